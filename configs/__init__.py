@@ -1,0 +1,1 @@
+"""Shipped configs, addressed by their path under configs/ (for example formats/int4.yaml)."""

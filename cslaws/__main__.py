@@ -1,0 +1,3 @@
+from cslaws.bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training, data, results store and the `bench` command line."""

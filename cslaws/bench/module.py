@@ -1,0 +1,163 @@
+"""The LightningModule that trains one Llama of the family over one (weight, activation) format pair.
+
+The token budget D is first-class: the run takes `tokens` (or `tokens_per_param` times N) and the number of
+optimizer steps follows from it, steps = D / (sequences per step x sequence length), which also sizes the
+single training epoch so that validation always runs at its end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from cslaws.formats.base import Format
+from cslaws.formats.linear import LinearFactory
+from cslaws.models.llama import Llama, get_size
+
+DEFAULT_TOKENS_PER_PARAM = 4.0
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LanguageModel(L.LightningModule):
+    """Next-token training of a Llama whose block linears compute over the given formats.
+
+    Args:
+        size: a name from `cslaws.models.llama.SIZES`.
+        label: the format's name in results and leaderboards (configs set it to their file stem).
+        weight: format of every block linear's weight; None is dense.
+        activation: format of every block linear's input; None is dense.
+        tokens: training budget D in tokens; or give `tokens_per_param` (D = that x N).
+        tokens_per_param: training budget as tokens per non-embedding parameter (when neither is given:
+            DEFAULT_TOKENS_PER_PARAM).
+        vocab_size: vocabulary of the tokenizer (linked from the data module by the CLI).
+        lr: peak learning rate; None takes the size's.
+        warmup: fraction of the steps spent in linear warm-up.
+        min_lr_ratio: the cosine schedule ends at this fraction of the peak.
+        weight_decay: AdamW decoupled weight decay, on matrices only.
+        betas: AdamW betas.
+    """
+
+    def __init__(
+        self,
+        size: str = "tiny",
+        label: str | None = None,
+        weight: Format | None = None,
+        activation: Format | None = None,
+        tokens: int | None = None,
+        tokens_per_param: float | None = None,
+        vocab_size: int = 2048,
+        lr: float | None = None,
+        warmup: float = 0.1,
+        min_lr_ratio: float = 0.1,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["weight", "activation"])
+        if tokens is not None and tokens_per_param is not None:
+            raise ValueError(f"give one of tokens={tokens} and tokens_per_param={tokens_per_param}, not both")
+        if tokens is None and tokens_per_param is None:
+            tokens_per_param = DEFAULT_TOKENS_PER_PARAM
+        for arg, value in (("tokens", tokens), ("tokens_per_param", tokens_per_param)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{arg}={value} is not allowed; the token budget must be positive")
+        if not 0 <= warmup < 1:
+            raise ValueError(f"warmup={warmup} is not allowed; it is a fraction of the steps in [0, 1)")
+        self.size_name = size
+        self.size = get_size(size)
+        self.factory = LinearFactory(weight, activation)
+        self.label = label or default_label(self.factory.weight, self.factory.activation)
+        self.model = Llama(self.size, vocab_size, self.factory)
+        self.lr = lr if lr is not None else self.size.lr
+        self.requested_tokens = tokens if tokens is not None else round(tokens_per_param * self.model.n_params)
+        self.total_steps = 0
+        self.val_loss = MeanMetric()
+
+    @property
+    def n_params(self) -> int:
+        return self.model.n_params
+
+    @property
+    def tokens_per_step(self) -> int:
+        dm = self.trainer.datamodule
+        return dm.tokens_per_batch * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    @property
+    def tokens(self) -> int:
+        """D actually trained on: whole steps of the budget."""
+        return self.total_steps * self.tokens_per_step
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        per_step = self.tokens_per_step
+        steps = self.requested_tokens // per_step
+        if steps < 1:
+            raise ValueError(
+                f"the token budget of {self.requested_tokens} tokens is smaller than one step of {per_step} tokens "
+                "(batch_size x seq_len x devices x accumulate_grad_batches); raise tokens or tokens_per_param"
+            )
+        self.total_steps = steps
+        self.trainer.datamodule.set_train_sequences(steps * per_step // self.trainer.datamodule.seq_len)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.model(tokens)
+
+    def _loss(self, batch: Tensor) -> Tensor:
+        logits = self.model(batch[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+
+    def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> None:
+        fraction = self.global_step / max(1, self.total_steps)
+        for fmt in self.factory.formats:
+            fmt.set_progress(fraction)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.val_loss.update(self._loss(batch), weight=batch[:, 1:].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val_loss": loss, "val_ppl": loss.exp()}, prog_bar=True)
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"test_loss": loss, "test_ppl": loss.exp()})
+
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(self.hparams.betas))
+        total = max(1, self.total_steps)
+        warmup = max(1, round(self.hparams.warmup * total))
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup, self.hparams.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def default_label(weight: Format, activation: Format) -> str:
+    """`dense` when nothing is compressed, else the registered names, e.g. `w:int+a:int`."""
+    parts = [f"{side}:{fmt.name or type(fmt).__name__}" for side, fmt in (("w", weight), ("a", activation)) if fmt.name != "dense"]
+    return "+".join(parts) or "dense"

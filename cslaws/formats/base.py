@@ -1,0 +1,139 @@
+"""The `Format` base class and the registry that names formats.
+
+A format is what a linear layer computes over: `compress(x)` returns `x` as the format represents it
+(the forward numerics) and carries the format's rule for the backward pass through autograd. The same
+`compress` feeds the capacity metric (GMSE: its mean squared error on standard Gaussian data).
+
+Adding a format is one file and one decorator::
+
+    @register_format("myfmt")
+    class MyFormat(Format):
+        def __init__(self, bits: int = 4) -> None:
+            super().__init__()
+            self.bits = bits          # every init arg is kept under its own name (see `spec`)
+
+        def compress(self, x: Tensor) -> Tensor: ...
+
+        @property
+        def bits_per_value(self) -> float: ...
+
+Configs inject formats as objects (`class_path` / `init_args`); code can also build them by their
+registered short name with `make_format("myfmt", bits=4)`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from torch import Tensor
+
+FORMATS: dict[str, type["Format"]] = {}
+
+F = TypeVar("F", bound=type["Format"])
+
+
+class Format:
+    """A number format for the weights or the activations (input) of a linear layer."""
+
+    #: The registered short name, set by `register_format`.
+    name: str = ""
+    #: True when `compress` returns values in a rotated basis without rotating back ("half" Hadamard,
+    #: QuEST). Then y = x W^T is only right when the other operand of the layer is rotated the same way;
+    #: `CompressedLinear` enforces that `rotation_key` matches on both sides.
+    keeps_rotated_basis: bool = False
+
+    def __init__(self) -> None:
+        self.progress = 0.0
+
+    def compress(self, x: Tensor) -> Tensor:
+        """Return `x` as the format represents it, differentiable by the format's backward rule."""
+        raise NotImplementedError
+
+    @property
+    def bits_per_value(self) -> float:
+        """Storage cost per value, metadata (scales, masks, indices) included."""
+        raise NotImplementedError
+
+    @property
+    def rotation_key(self) -> Any:
+        """Identifies the rotated basis when `keeps_rotated_basis`; both sides of a layer must agree."""
+        return None
+
+    def compress_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
+        """Compress only the survivors of a sparsifier (`keep` True), for composed formats.
+
+        Forward: the survivors as the format represents them, with statistics (scales) taken over the
+        survivors alone, and exact zeros elsewhere. Backward: the format's own rule on the survivors and
+        pass-through on the pruned positions, so that the sparsifier's backward mask alone decides what
+        pruned values receive. This default scales over all values; quantizers override it.
+        """
+        q = self.compress(x)
+        return x + (q * keep - x * keep).detach() if x.requires_grad else q * keep
+
+    def gaussian_grid(self) -> Tensor | None:
+        """Reconstruction levels for standard Gaussian input at the format's nominal scale (RMS = 1).
+
+        Only for scalar formats that round to the nearest of fixed levels; `None` otherwise. Lets the
+        capacity metric integrate the Gaussian MSE exactly instead of sampling it.
+        """
+        return None
+
+    def set_progress(self, fraction: float) -> None:
+        """Fraction of training done, in [0, 1]; formats with schedules (gradual pruning) read it."""
+        self.progress = fraction
+
+    def spec(self) -> dict[str, Any]:
+        """The format as config data: class_path and every init arg, for the results store."""
+        init_args = {}
+        for pname in inspect.signature(type(self).__init__).parameters:
+            if pname == "self":
+                continue
+            value = getattr(self, pname)
+            init_args[pname] = value.spec() if isinstance(value, Format) else _plain(value)
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.compress(x)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())
+        return f"{type(self).__name__}({args})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def register_format(name: str) -> Callable[[F], F]:
+    """Class decorator: register a `Format` subclass under a short name."""
+
+    def decorate(cls: F) -> F:
+        if not (isinstance(cls, type) and issubclass(cls, Format)):
+            raise TypeError(f"@register_format({name!r}) needs a Format subclass, got {cls!r}")
+        if name in FORMATS and FORMATS[name] is not cls:
+            raise ValueError(f"format name {name!r} is already registered to {FORMATS[name].__qualname__}")
+        FORMATS[name] = cls
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def get_format(name: str) -> type[Format]:
+    """The class registered under `name`; an unknown name lists the known ones."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        known = ", ".join(sorted(FORMATS))
+        raise KeyError(f"unknown format {name!r}; registered formats: {known}") from None
+
+
+def make_format(name: str, **kwargs: Any) -> Format:
+    """Build a registered format by its short name."""
+    return get_format(name)(**kwargs)

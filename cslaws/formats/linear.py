@@ -1,0 +1,60 @@
+"""The compressed linear layer: y = A(x) W(w)^T, with A and W the activation and weight formats."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cslaws.formats.base import Format
+from cslaws.formats.dense import Dense
+
+
+def check_pair(weight: Format, activation: Format) -> None:
+    """A layer whose formats keep a rotated basis is right only if both sides share that basis."""
+    if weight.keeps_rotated_basis or activation.keeps_rotated_basis:
+        if not (weight.keeps_rotated_basis and activation.keeps_rotated_basis):
+            side = "weight" if weight.keeps_rotated_basis else "activation"
+            raise ValueError(
+                f"the {side} format {getattr(weight if side == 'weight' else activation, 'name', '')!r} keeps "
+                "values in the rotated (half-Hadamard) basis, so both weight and activation formats must; "
+                f"got weight={weight!r}, activation={activation!r}"
+            )
+        if weight.rotation_key != activation.rotation_key:
+            raise ValueError(
+                "weight and activation formats rotate in different bases "
+                f"({weight.rotation_key!r} vs {activation.rotation_key!r}); they must match"
+            )
+
+
+class CompressedLinear(nn.Linear):
+    """nn.Linear without bias whose weight and input pass through their formats on every call."""
+
+    def __init__(self, in_features: int, out_features: int, weight: Format, activation: Format) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        check_pair(weight, activation)
+        self.weight_format = weight
+        self.activation_format = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.activation_format.compress(x), self.weight_format.compress(self.weight))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight={self.weight_format!r}, activation={self.activation_format!r}"
+
+
+class LinearFactory:
+    """Builds every linear layer inside the transformer blocks from one (weight, activation) pair."""
+
+    def __init__(self, weight: Format | None = None, activation: Format | None = None) -> None:
+        self.weight = weight if weight is not None else Dense()
+        self.activation = activation if activation is not None else Dense()
+        check_pair(self.weight, self.activation)
+
+    def __call__(self, in_features: int, out_features: int) -> nn.Linear:
+        if isinstance(self.weight, Dense) and isinstance(self.activation, Dense):
+            return nn.Linear(in_features, out_features, bias=False)
+        return CompressedLinear(in_features, out_features, self.weight, self.activation)
+
+    @property
+    def formats(self) -> list[Format]:
+        return [self.weight, self.activation]

@@ -1,0 +1,1 @@
+"""Scaling laws: fits, effective-parameter multipliers, GMSE capacity, leaderboard, plots, planner."""

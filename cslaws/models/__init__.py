@@ -1,0 +1,1 @@
+"""Llama-style decoder family whose linear layers come from a format factory."""
