@@ -27,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
 
 BUILTIN = "shakespeare"
 EOT = "<|endoftext|>"
@@ -222,7 +222,12 @@ class TextDataModule(L.LightningDataModule):
         self.entropy = unigram_entropy(self.train_rows[:, :-1].ravel())
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(Windows(self.train_rows, self.train_sequences), batch_size=self.batch_size, shuffle=False, drop_last=True, num_workers=self.num_workers)
+        # Our own sampler, in the fixed order and interleaved across ranks: Lightning's substitute would
+        # reshuffle, and then 1-process and multi-process runs would not see the same global batches.
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        data = Windows(self.train_rows, self.train_sequences)
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False, drop_last=True)
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(Windows(self.val_rows), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

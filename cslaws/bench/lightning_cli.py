@@ -50,14 +50,16 @@ class BenchCLI(LightningCLI):
         )
 
 
-def run_lightning_cli(args: list[str]) -> BenchCLI:
+def run_lightning_cli(args: list[str], run: bool = True, **trainer_overrides) -> BenchCLI:
+    """Parse `args` (a subcommand first when `run`) and run it; `run=False` only parses and builds."""
     torch.set_float32_matmul_precision("high")
     return BenchCLI(
         LanguageModel,
         TextDataModule,
         args=args,
+        run=run,
         seed_everything_default=0,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={**TRAINER_DEFAULTS, **trainer_overrides},
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "bench"},
+        parser_kwargs={"prog": "bench"} if run else {},
     )

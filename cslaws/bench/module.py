@@ -19,7 +19,7 @@ from cslaws.formats.base import Format
 from cslaws.formats.linear import LinearFactory
 from cslaws.models.llama import Llama, get_size
 
-DEFAULT_TOKENS_PER_PARAM = 4.0
+DEFAULT_TOKENS_PER_PARAM = 3.0
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -51,7 +51,7 @@ class LanguageModel(L.LightningModule):
 
     def __init__(
         self,
-        size: str = "tiny",
+        size: str = "mini",
         label: str | None = None,
         weight: Format | None = None,
         activation: Format | None = None,

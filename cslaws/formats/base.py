@@ -89,8 +89,7 @@ class Format:
         for pname in inspect.signature(type(self).__init__).parameters:
             if pname == "self":
                 continue
-            value = getattr(self, pname)
-            init_args[pname] = value.spec() if isinstance(value, Format) else _plain(value)
+            init_args[pname] = _plain(getattr(self, pname))
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
@@ -103,6 +102,9 @@ class Format:
 
 
 def _plain(value: Any) -> Any:
+    """Config data for an init arg: nested formats become their specs, tuples become lists."""
+    if isinstance(value, Format):
+        return value.spec()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

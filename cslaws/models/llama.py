@@ -35,10 +35,12 @@ class Size:
 # The paper family (QuEST / Panferov et al. 2025, 30M-800M non-embedding parameters) and CPU-sized models.
 SIZES: dict[str, Size] = {
     "nano": Size(n_layer=2, d_model=32, n_head=2, lr=3e-3),
-    "micro": Size(n_layer=2, d_model=64, n_head=2, lr=3e-3),
-    "tiny": Size(n_layer=3, d_model=96, n_head=3, lr=3e-3),
-    "mini": Size(n_layer=4, d_model=128, n_head=4, lr=2e-3),
-    "small": Size(n_layer=4, d_model=192, n_head=6, lr=2e-3),
+    "micro": Size(n_layer=2, d_model=48, n_head=2, lr=3e-3),
+    "milli": Size(n_layer=2, d_model=64, n_head=2, lr=3e-3),
+    "tiny": Size(n_layer=3, d_model=80, n_head=2, lr=3e-3),
+    "mini": Size(n_layer=3, d_model=96, n_head=3, lr=3e-3),
+    "small": Size(n_layer=4, d_model=128, n_head=4, lr=2e-3),
+    "medium": Size(n_layer=4, d_model=192, n_head=6, lr=2e-3),
     "30M": Size(n_layer=6, d_model=640, n_head=5, lr=1.2e-3),
     "50M": Size(n_layer=7, d_model=768, n_head=6, lr=1.2e-3),
     "100M": Size(n_layer=8, d_model=1024, n_head=8, lr=6e-4),

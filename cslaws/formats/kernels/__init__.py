@@ -3,15 +3,24 @@
 CUDA tensors go to Triton, CPU tensors to the torch reference; `backend="torch"` or `"triton"` forces
 one. Forcing Triton where it cannot run is an error, never a silent fallback. Under Triton's
 interpreter (`TRITON_INTERPRET=1`) the kernels run on CPU tensors, which is how the tests check them.
+
+- `triton_ops`: the kernels -- fused (rotate ->) (sparsify ->) quantize (-> rotate back) with a bit-packed
+  gradient mask, its masked backward, and a standalone fast Walsh-Hadamard transform.
+- `fused`: what a format asks of them (`QuantPlan`, `Rotation`, `Sparsity`), launch geometry, autograd.
+
+Formats with a kernel (`Int`, `Ternary`, `FP`, `MX`, `NVFP4`, `Hadamard`, `Compose`) take `backend` as an
+init arg and describe themselves to the kernel with `kernel_plan()`; the torch code stays the reference.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from torch import Tensor
 
-BACKENDS = ("auto", "torch", "triton")
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 
 
 def check_backend(backend: str) -> str:

@@ -1,0 +1,214 @@
+"""Low-precision floating-point formats: FP8 (E4M3, E5M2), FP6 (E3M2, E2M3), FP4 (E2M1) with a per-tensor,
+per-row or per-group scale; the OCP microscaling formats MXFP8/MXFP6/MXFP4; and NVFP4.
+
+Element formats follow the OCP Microscaling Formats (MX) Specification v1.0 (2023), sec. 5.3 (FP8 as in
+the OCP 8-bit Floating Point Specification, OFP8): E4M3 (bias 7, max 448, no infinities), E5M2 (bias 15,
+max 57344), E3M2 (bias 3, max 28), E2M3 (bias 1, max 7.5), E2M1 (bias 1, max 6), all with subnormals.
+
+Element rounding `fp_round` (a kernel must follow it), on float32 `v`:
+    e = clamp(floor(log2 |v|), emin, emax)     # exactly, from the float32 exponent field; v = 0 gives emin
+    quantum = 2^(e - mbits)                     # spacing of the grid in v's binade (subnormals: emin's)
+    q = clamp(round_half_even(v / quantum) * quantum, -max, max)
+i.e. round to nearest, ties to even mantissa, then saturate to the largest finite value (the OCP
+saturating conversion; a carry into the next binade is exact because that binade's grid is coarser).
+
+Scales:
+- `FP`: `scale = absmax(group) / max` in float32 (the group's extreme value maps to the format's max),
+  counted as 16 bits per row/group (see `quant.py`); `x -> fp_round(x / scale) * scale`.
+- `MX` (spec sec. 6.3): blocks of 32 along the last dim share an E8M0 power-of-two scale
+  `2^X, X = clamp(floor(log2 absmax(block)) - emax, -127, 127)` (an all-zero block takes X = -127);
+  elements `fp_round(x / 2^X)` saturate, as the spec prescribes for values above the element max.
+  bits_per_value = element bits + 8/32.
+- `NVFP4` (NVIDIA Blackwell): blocks of 16 E2M1 values share an E4M3 scale, times one float32 scale per
+  tensor: `s_t = absmax(tensor) / (6 * 448)`, `s_b = fp_round_e4m3(absmax(block) / (6 s_t))`,
+  `x -> fp_round_e2m1(x / (s_b s_t)) * (s_b s_t)`; a block whose scale rounds to 0 becomes zeros.
+  bits_per_value = 4 + 8/16 (the one float32 per tensor is not counted).
+
+Backward: "ste", "clipped" (`|x| <= max * scale`) or "trust" (`|q - x| <= trust * quantum * scale`, the
+local grid spacing), see `grad.py`.
+
+Idempotence: MX is exactly idempotent (power-of-two scales, and rounding keeps each block's absmax in
+its binade); FP is idempotent up to float32 rounding of the recomputed scale; NVFP4 is not in general
+(the E4M3 block scale is re-rounded from a changed absmax).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from cslaws.formats.base import register_format
+from cslaws.formats.grad import Backward, check_backward
+from cslaws.formats.kernels import Backend, check_backend
+from cslaws.formats.kernels.fused import QuantPlan
+from cslaws.formats.quant import TINY, Granularity, ScalarQuantizer, absmax
+
+
+class Element(NamedTuple):
+    ebits: int
+    mbits: int
+    emin: int
+    emax: int
+    max: float
+
+
+#: OCP MX v1.0 sec. 5.3 element formats: exponent/mantissa bits, min/max normal exponent, max finite.
+ELEMENTS: dict[str, Element] = {
+    "e4m3": Element(4, 3, -6, 8, 448.0),
+    "e5m2": Element(5, 2, -14, 15, 57344.0),
+    "e3m2": Element(3, 2, -2, 4, 28.0),
+    "e2m3": Element(2, 3, 0, 2, 7.5),
+    "e2m1": Element(2, 1, 0, 2, 6.0),
+}
+ElementName = Literal["e4m3", "e5m2", "e3m2", "e2m3", "e2m1"]
+MX_BLOCK = 32
+NVFP4_BLOCK = 16
+
+
+def get_element(name: str) -> Element:
+    """The element format called `name`; an unknown name lists the allowed ones."""
+    if name not in ELEMENTS:
+        raise ValueError(f"unknown FP element format {name!r}; allowed: {', '.join(ELEMENTS)}")
+    return ELEMENTS[name]
+
+
+def floor_log2(v: Tensor) -> Tensor:
+    """floor(log2 |v|) exactly (int32), from the float's exponent field; 0 maps to -1."""
+    return torch.frexp(v).exponent - 1
+
+
+def binade(v: Tensor) -> Tensor:
+    """2^floor(log2 |v|) for float32 `v`, read off the exponent field (0 for zeros and subnormals)."""
+    return (v.view(torch.int32) & 0x7F800000).view(torch.float32)
+
+
+def fp_round(v: Tensor, el: Element) -> tuple[Tensor, Tensor]:
+    """Round float32 `v` to the element grid (nearest, ties to even, saturating); also the local spacing."""
+    quantum = binade(v).clamp_(2.0**el.emin, 2.0**el.emax).mul_(2.0**-el.mbits)
+    q = (v / quantum).round_().mul_(quantum).clamp_(-el.max, el.max)
+    return q, quantum
+
+
+def element_bits(el: Element) -> int:
+    return 1 + el.ebits + el.mbits
+
+
+@register_format("fp")
+class FP(ScalarQuantizer):
+    """A low-precision float element format with an absmax float scale per tensor, row or group."""
+
+    def __init__(
+        self,
+        element: ElementName = "e4m3",
+        granularity: Granularity = "row",
+        group_size: int = 128,
+        backward: Backward = "ste",
+        trust: float = 0.5,
+        row_length: int = 1024,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.backend = check_backend(backend)
+        self.element = element
+        self.granularity = granularity
+        self.group_size = group_size
+        self.backward = backward
+        self.trust = trust
+        self.row_length = row_length
+        self._el = get_element(element)
+        self._check_common()
+
+    @property
+    def element_bits(self) -> float:
+        return float(element_bits(self._el))
+
+    def kernel_plan(self) -> QuantPlan:
+        el = self._el
+        return QuantPlan("fp", self.granularity, self.group_size, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max))
+
+    def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        scale = absmax(g, keep).div_(self._el.max).clamp_min_(TINY)
+        q, quantum = fp_round(g / scale, self._el)
+        return q.mul_(scale), quantum.mul_(scale), scale * self._el.max
+
+
+def mx_scale(amax: Tensor, el: Element) -> Tensor:
+    """The E8M0 shared scale 2^X of OCP MX v1.0 sec. 6.3 for blocks with absolute maximum `amax`."""
+    x = torch.where(amax > 0, floor_log2(amax) - el.emax, -127).clamp_(-127, 127)
+    return torch.exp2(x.float())
+
+
+@register_format("mx")
+class MX(ScalarQuantizer):
+    """OCP MX: blocks of 32 values sharing a power-of-two E8M0 scale (MXFP8 = e4m3/e5m2, MXFP6, MXFP4)."""
+
+    def __init__(
+        self, element: ElementName = "e2m1", backward: Backward = "ste", trust: float = 0.5, backend: Backend = "auto"
+    ) -> None:
+        super().__init__()
+        self.backend = check_backend(backend)
+        self.element = element
+        self.backward = backward
+        self.trust = trust
+        self.granularity = "group"
+        self.group_size = MX_BLOCK
+        self._el = get_element(element)
+        check_backward(backward, trust)
+
+    @property
+    def element_bits(self) -> float:
+        return float(element_bits(self._el))
+
+    @property
+    def bits_per_value(self) -> float:
+        return self.element_bits + 8 / MX_BLOCK
+
+    def kernel_plan(self) -> QuantPlan:
+        el = self._el
+        return QuantPlan("mx", "group", MX_BLOCK, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max))
+
+    def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        scale = mx_scale(absmax(g, keep), self._el)
+        q, quantum = fp_round(g / scale, self._el)
+        return q.mul_(scale), quantum.mul_(scale), scale * self._el.max
+
+
+def nvfp4_scale(amax: Tensor) -> Tensor:
+    """Per-block NVFP4 scale `s_b * s_t` from the blocks' absmax (the tensor's absmax is their max)."""
+    e2m1, e4m3 = ELEMENTS["e2m1"], ELEMENTS["e4m3"]
+    tensor_scale = amax.amax().div(e2m1.max * e4m3.max).clamp_min_(TINY)
+    return fp_round(amax / (e2m1.max * tensor_scale), e4m3)[0].mul_(tensor_scale)
+
+
+@register_format("nvfp4")
+class NVFP4(ScalarQuantizer):
+    """NVFP4: blocks of 16 E2M1 values sharing an E4M3 scale, times a float32 per-tensor scale."""
+
+    def __init__(self, backward: Backward = "ste", trust: float = 0.5, backend: Backend = "auto") -> None:
+        super().__init__()
+        self.backend = check_backend(backend)
+        self.backward = backward
+        self.trust = trust
+        self.granularity = "group"
+        self.group_size = NVFP4_BLOCK
+        check_backward(backward, trust)
+
+    @property
+    def element_bits(self) -> float:
+        return 4.0
+
+    @property
+    def bits_per_value(self) -> float:
+        return self.element_bits + 8 / NVFP4_BLOCK
+
+    def kernel_plan(self) -> QuantPlan:
+        el = ELEMENTS["e2m1"]
+        return QuantPlan("nvfp4", "group", NVFP4_BLOCK, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max))
+
+    def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        e2m1 = ELEMENTS["e2m1"]
+        scale = nvfp4_scale(absmax(g, keep))
+        q, quantum = fp_round(g / torch.where(scale > 0, scale, 1.0), e2m1)
+        return q.mul_(scale), quantum.mul_(scale), scale * e2m1.max

@@ -1,0 +1,245 @@
+"""Vector quantization: groups of d values rounded to the nearest point of a Gaussian-optimal codebook.
+
+Forward: each scale group (a row by default, see `quant.py` for granularities) is divided by its RMS
+`s`; its values are split into vectors of `dim` consecutive values, each replaced by the nearest (exact
+Euclidean distance, see `nearest`) of `points` codewords, and multiplied back by `s`.
+The codebook minimises the MSE of the standard Gaussian in `dim` dimensions, as the HIGGS grids
+(Malinovskii et al. 2024, "Pushing the Limits of Large Language Model Quantization via the Linearity
+Theorem", sec. 4); it is built here by Lloyd's algorithm (k-means; Lloyd 1982) on `samples` standard
+Gaussian vectors drawn with a fixed `seed` (k-means++ seeding, Arthur & Vassilvitskii 2007), then cached
+on disk under `$CSLAWS_CACHE` (default `~/.cache/cslaws`) in `vq/`, keyed by (dim, points, seed, samples,
+iters); `samples` defaults to 256 per point, at least 2^16.
+
+Backward: "ste" passes every gradient; "trust" is the trust estimator of QuEST (Panferov et al. 2025)
+in `dim` dimensions: a vector gets its gradient only when its residual `||u - c||` (in units of the
+group's RMS) is at most `trust * r`, where `r = sqrt(dim * D)` is the codebook's RMS residual norm on
+Gaussian data (D its MSE per value). Bounded cells keep their residuals below about 1.7 r (the corner
+of a square cell), so the default `trust = 2` cuts only vectors far out in the unbounded outer cells:
+2-3% of Gaussian vectors for d = 2 and 16 to 256 points, 1.5% for d = 4 and 256 points.
+
+`compress_sparse` takes the RMS over the survivors and zeroes the pruned positions after quantizing, with
+pass-through gradient there (see `Format.compress_sparse`).
+
+bits_per_value = log2(points) / dim + 16 bits per group/row scale (the `row_length` rule of `quant.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from cslaws.formats.base import Format, register_format
+from cslaws.formats.grad import with_rule
+from cslaws.formats.quant import SCALE_BITS, TINY, Granularity, check_granularity, group_view, rms
+
+VQBackward = Literal["ste", "trust"]
+VQ_BACKWARDS = ("ste", "trust")
+#: Largest codebook. Building takes 0.2-8 s up to 256 points and 15-30 s at 1024 on one core (then cached).
+MAX_POINTS = 1024
+#: Entries of one (vectors x codewords) distance block of `nearest_cdist`, bounding its memory.
+_BLOCK = 1 << 22
+
+
+def cache_dir() -> Path:
+    """Where codebooks are kept: `$CSLAWS_CACHE/vq`, default `~/.cache/cslaws/vq`."""
+    return Path(os.environ.get("CSLAWS_CACHE", Path.home() / ".cache" / "cslaws")) / "vq"
+
+
+def nearest(u: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the nearest codeword (exact Euclidean distance) for each row of `u` (n, d).
+
+    CPU tensors use a k-d tree, CUDA tensors `torch.cdist` (see the two functions below). Exact ties
+    (measure zero on continuous data) may resolve to either codeword.
+    """
+    return nearest_kdtree(u, codebook) if u.device.type == "cpu" else nearest_cdist(u, codebook)
+
+
+def nearest_kdtree(u: Tensor, codebook: Tensor) -> Tensor:
+    """Nearest codeword by `scipy.spatial.cKDTree` (distances in float64), on CPU."""
+    _, idx = cKDTree(codebook.double().numpy()).query(u.detach().double().numpy(), workers=1)
+    return torch.from_numpy(idx).to(u.device)
+
+
+def nearest_cdist(u: Tensor, codebook: Tensor) -> Tensor:
+    """Nearest codeword by `torch.cdist` on differences (not the matmul expansion, which cancels), in blocks
+    of at most `_BLOCK` distances to bound the memory; runs on any device."""
+    rows = max(1, _BLOCK // codebook.shape[0])
+    blocks = u.detach().split(rows)
+    return torch.cat([torch.cdist(b, codebook, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1) for b in blocks])
+
+
+def kmeans_pp(x: np.ndarray, points: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each new centre drawn with probability proportional to its squared distance."""
+    centres = np.empty((points, x.shape[1]))
+    centres[0] = x[rng.integers(len(x))]
+    d2 = np.square(x - centres[0]).sum(-1)
+    for i in range(1, points):
+        centres[i] = x[rng.choice(len(x), p=d2 / d2.sum())]
+        d2 = np.minimum(d2, np.square(x - centres[i]).sum(-1))
+    return centres
+
+
+def default_samples(points: int) -> int:
+    """Gaussian training vectors for a codebook: 256 per point, at least 2^16."""
+    return max(1 << 16, 256 * points)
+
+
+def lloyd_codebook(dim: int, points: int, seed: int, samples: int, iters: int) -> tuple[Tensor, float]:
+    """Gaussian-optimal codebook (points, dim) by Lloyd's algorithm, and its held-out MSE per value.
+
+    k-means++ seeding on the first min(samples, 32 points) samples, then Lloyd iterations on all of them
+    until `iters` iterations or a relative MSE improvement below 1e-6. An empty cell takes the sample
+    with the largest error. The MSE is measured on `samples` fresh vectors (the training MSE is biased
+    low). Deterministic for a given (dim, points, seed, samples, iters).
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, dim))
+    c = kmeans_pp(x[: min(samples, 32 * points)], points, rng)
+    mse = math.inf
+    for _ in range(iters):
+        dist, idx = cKDTree(c).query(x, workers=1)
+        new_mse = float(np.mean(np.square(dist))) / dim
+        if new_mse > mse * (1 - 1e-6):
+            break
+        mse = new_mse
+        counts = np.bincount(idx, minlength=points)
+        c = np.stack([np.bincount(idx, weights=x[:, j], minlength=points) for j in range(dim)], axis=1)
+        c /= np.maximum(counts, 1)[:, None]
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            c[empty] = x[np.argsort(dist)[-empty.size :]]
+    c = c.astype(np.float32)
+    dist, _ = cKDTree(c).query(rng.standard_normal((samples, dim)), workers=1)
+    return torch.from_numpy(c), float(np.mean(np.square(dist))) / dim
+
+
+@lru_cache(maxsize=None)
+def _cached(path: Path, dim: int, points: int, seed: int, samples: int, iters: int) -> tuple[Tensor, float]:
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        return saved["codebook"], float(saved["mse"])
+    codebook, mse = lloyd_codebook(dim, points, seed, samples, iters)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"codebook": codebook, "mse": mse}, tmp)
+    os.replace(tmp, path)  # atomic: concurrent runs never read a half-written file
+    return codebook, mse
+
+
+#: Part of every cache key: bump it when `lloyd_codebook` changes, so stale codebooks are not reused.
+CODEBOOK_VERSION = 1
+
+
+def gaussian_codebook(
+    dim: int, points: int, seed: int = 0, samples: int | None = None, iters: int = 100
+) -> tuple[Tensor, float]:
+    """The cached codebook (points, dim) float32 and its Gaussian MSE per value (built on first use)."""
+    samples = default_samples(points) if samples is None else samples
+    path = cache_dir() / f"v{CODEBOOK_VERSION}_d{dim}_k{points}_seed{seed}_n{samples}_it{iters}.pt"
+    return _cached(path, dim, points, seed, samples, iters)
+
+
+@register_format("vq")
+class VQ(Format):
+    """Vector quantization of `dim` consecutive values to a Gaussian-optimal codebook of `points` points."""
+
+    def __init__(
+        self,
+        dim: int = 2,
+        points: int = 16,
+        granularity: Granularity = "row",
+        group_size: int = 128,
+        row_length: int = 1024,
+        backward: VQBackward = "trust",
+        trust: float = 2.0,
+        seed: int = 0,
+        samples: Optional[int] = None,
+        iters: int = 100,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(dim, int) and dim >= 1):
+            raise ValueError(f"dim must be a positive integer (values per vector), got {dim!r}")
+        if not (isinstance(points, int) and 2 <= points <= MAX_POINTS and points & (points - 1) == 0):
+            raise ValueError(
+                f"points (codebook size) must be a power of two 2^k between 2 and {MAX_POINTS}, got {points!r}"
+            )
+        check_granularity(granularity, group_size, row_length)
+        if granularity == "group" and group_size % dim:
+            raise ValueError(f"group_size {group_size} must be a multiple of dim={dim}")
+        if backward not in VQ_BACKWARDS:
+            raise ValueError(f"unknown backward rule {backward!r} for VQ; allowed: {', '.join(VQ_BACKWARDS)}")
+        if not trust > 0:
+            raise ValueError(f"trust must be > 0 (a multiple of the codebook's RMS residual), got {trust!r}")
+        if samples is not None and not (isinstance(samples, int) and samples >= 16 * points):
+            raise ValueError(
+                f"samples must be None (default: {default_samples(points)}) or an integer >= 16 * points = "
+                f"{16 * points} to fit the codebook, got {samples!r}"
+            )
+        if not (isinstance(iters, int) and iters >= 1):
+            raise ValueError(f"iters must be a positive integer, got {iters!r}")
+        self.dim = dim
+        self.points = points
+        self.granularity = granularity
+        self.group_size = group_size
+        self.row_length = row_length
+        self.backward = backward
+        self.trust = trust
+        self.seed = seed
+        self.samples = samples
+        self.iters = iters
+        self.codebook, self.codebook_mse = gaussian_codebook(dim, points, seed, samples, iters)
+
+    @property
+    def element_bits(self) -> float:
+        """Index bits per value, without scales."""
+        return math.log2(self.points) / self.dim
+
+    @property
+    def bits_per_value(self) -> float:
+        per_scale = {"tensor": math.inf, "row": self.row_length, "group": self.group_size}[self.granularity]
+        return self.element_bits + SCALE_BITS / per_scale
+
+    @property
+    def radius(self) -> float:
+        """Trust radius in units of the group RMS."""
+        return self.trust * math.sqrt(self.dim * self.codebook_mse)
+
+    def _run(self, x: Tensor, keep: Tensor | None, need_mask: bool) -> tuple[Tensor, Tensor | None]:
+        g = group_view(x.float(), self.granularity, self.group_size)
+        kg = None if keep is None else group_view(keep, self.granularity, self.group_size)
+        n = g.shape[-1]
+        if n % self.dim:
+            raise ValueError(
+                f"VQ with dim={self.dim} needs scale groups (rows) whose length is a multiple of {self.dim}, got {n}"
+            )
+        s = rms(g, kg).clamp_min_(TINY)
+        u = (g / s).reshape(-1, self.dim)
+        codebook = self.codebook.to(u.device)
+        q = codebook[nearest(u, codebook)]
+        mask = None
+        if need_mask and self.backward == "trust":
+            inside = (u - q).norm(dim=-1, keepdim=True) <= self.radius
+            mask = inside.expand_as(u).reshape(g.shape)
+        q = q.reshape(g.shape).mul_(s)
+        if kg is not None:
+            q = q.mul_(kg)
+            mask = None if mask is None else mask | ~kg
+        return q.reshape(x.shape).to(x.dtype), None if mask is None else mask.reshape(x.shape)
+
+    def compress(self, x: Tensor) -> Tensor:
+        return with_rule(x, lambda t, need: self._run(t, None, need))
+
+    def compress_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
+        if keep.shape != x.shape or keep.dtype != torch.bool:
+            raise ValueError(
+                f"keep must be a bool tensor of the shape of x {tuple(x.shape)}, got {keep.dtype} {tuple(keep.shape)}"
+            )
+        return with_rule(x, lambda t, need: self._run(t, keep, need))

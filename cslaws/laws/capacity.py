@@ -1,0 +1,215 @@
+"""Capacity of a number format: its Gaussian MSE (GMSE) and the multiplier the unified law predicts.
+
+GMSE is the mean squared error of `fmt.compress` on standard Gaussian data (Panferov et al. 2025,
+"Unified Scaling Laws for Compressed Representations"): the capacity rho(GMSE) = Lsat tanh(F log4(1/GMSE))^C
+predicts the format's effective-parameter multiplier, and capacities multiply across the formats of a
+layer (weights x activations).
+
+Two ways to measure it:
+- exact, for formats that round to the nearest of fixed levels (`gaussian_grid()`): integrate
+  (x - q(x))^2 phi(x) over the Voronoi cells of the levels in closed form, using
+  d/dx [(1 + q^2) Phi(x) - (x - 2q) phi(x)] = (x - q)^2 phi(x);
+- sampled, for every other format: `compress` on SAMPLE_ROWS rows of ROW_LENGTH standard Gaussian values
+  (seed SEED, float32, under torch.no_grad, fed as matrices of CHUNK_ROWS rows so per-tensor statistics
+  see a realistic weight matrix), the mean of the per-row MSEs and its standard error across rows.
+  16.8 million values put the standard error near 0.05% of the GMSE (3 significant digits) for every
+  format tried, 2-bit grids and 50% pruning included.
+
+The information-theoretic floor for b bits per value on a Gaussian source is the distortion-rate bound
+D(b) = 2^(-2b) (Cover & Thomas, Elements of Information Theory, sec. 10.3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+from scipy.stats import norm
+
+from cslaws.formats import FORMATS, Format, make_format
+from cslaws.formats.dense import Dense
+from cslaws.formats.hadamard import Hadamard, fwht, rotation_block
+from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, rho, rho_inverse
+
+ROW_LENGTH = 4096
+SAMPLE_ROWS = 4096
+CHUNK_ROWS = 64
+SEED = 0
+
+
+@dataclass
+class Capacity:
+    """One line of `bench capacity`. Product lines (weights x activations) have no GMSE of their own:
+    `gmse` is the single-tensor GMSE with the same predicted capacity (None when the product reaches
+    Lsat, which no single tensor can), and `bits`/`gmse_se` are None."""
+
+    name: str
+    gmse: float | None
+    gmse_se: float | None
+    bits: float | None
+    rho: float
+    method: str
+
+    @property
+    def rho_per_bit(self) -> float | None:
+        return None if self.bits is None else self.rho / self.bits
+
+    @property
+    def floor(self) -> float | None:
+        return None if self.bits is None else 2.0 ** (-2.0 * self.bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"rho_per_bit": self.rho_per_bit, "floor": self.floor}
+
+
+def gaussian_mse_of_levels(levels: np.ndarray) -> float:
+    """E[(X - q(X))^2], X ~ N(0, 1), q rounding to the nearest level (closed form per Voronoi cell)."""
+    q = np.unique(np.asarray(levels, dtype=np.float64))
+    edges = np.concatenate([[-np.inf], (q[1:] + q[:-1]) / 2.0, [np.inf]])
+
+    def antiderivative(x: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            tail = np.where(np.isfinite(x), (x - 2.0 * q) * norm.pdf(x), 0.0)
+        return (1.0 + q**2) * norm.cdf(x) - tail
+
+    return float(np.sum(antiderivative(edges[1:]) - antiderivative(edges[:-1])))
+
+
+def _in_output_basis(fmt: Format, x: torch.Tensor) -> torch.Tensor:
+    """`x` in the basis of `fmt.compress(x)`: rotated for formats that keep the rotated basis."""
+    if not fmt.keeps_rotated_basis:
+        return x
+    if isinstance(fmt, Hadamard):
+        return fwht(x, rotation_block(x.shape[-1], fmt.block))
+    raise ValueError(
+        f"{fmt!r} keeps its output in a rotated basis that the capacity metric does not know how to "
+        "reproduce; only Hadamard rotations are supported"
+    )
+
+
+def gaussian_mse_sampled(fmt: Format, rows: int = SAMPLE_ROWS, row_length: int = ROW_LENGTH, seed: int = SEED) -> tuple[float, float]:
+    """Mean over rows of the per-row MSE of `fmt.compress` on standard Gaussian rows, and its standard error.
+
+    Formats that keep a rotated basis (half Hadamard) are compared with the rotated input; the rotation is
+    orthogonal, so that is the error a layer sees once both operands are rotated.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    per_row = []
+    with torch.no_grad():
+        for start in range(0, rows, CHUNK_ROWS):
+            x = torch.randn(min(CHUNK_ROWS, rows - start), row_length, generator=gen)
+            err = fmt.compress(x).double() - _in_output_basis(fmt, x).double()
+            per_row.append(err.pow(2).mean(dim=1).numpy())
+    mse = np.concatenate(per_row)
+    return float(mse.mean()), float(mse.std(ddof=1) / math.sqrt(len(mse)))
+
+
+def gmse(fmt: Format) -> tuple[float, float, str]:
+    """(GMSE, standard error, method): exact where the format has a Gaussian grid, sampled otherwise."""
+    levels = fmt.gaussian_grid()
+    if levels is not None:
+        return gaussian_mse_of_levels(levels.detach().cpu().double().numpy()), 0.0, "integral"
+    value, se = gaussian_mse_sampled(fmt)
+    return value, se, "sampled"
+
+
+@lru_cache(maxsize=256)
+def _gmse_of_spec(spec_json: str) -> tuple[float, float, str]:
+    return gmse(format_from_spec(json.loads(spec_json)))
+
+
+def gmse_of_spec(spec: dict[str, Any]) -> tuple[float, float, str]:
+    """GMSE of a stored format spec ({"class_path", "init_args"}), cached per spec."""
+    return _gmse_of_spec(json.dumps(spec, sort_keys=True))
+
+
+def _format_parser() -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--label", type=Optional[str], default=None)
+    parser.add_argument("--weight", type=Optional[Format], default=None)
+    parser.add_argument("--activation", type=Optional[Format], default=None)
+    return parser
+
+
+def format_from_spec(spec: dict[str, Any]) -> Format:
+    """Build a format from its spec (class_path and init_args), as the results store records it."""
+    parser = _format_parser()
+    return parser.instantiate(parser.parse_object({"weight": spec})).weight
+
+
+def load_format_config(path: str | Path) -> tuple[str, Format | None, Format | None]:
+    """(label, weight, activation) of a format config: a file path, or a path under the shipped configs."""
+    p = resolve_config(str(path))
+    data = yaml.safe_load(p.read_text())
+    model = (data or {}).get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError(f"{p} has no `model:` section; a format config holds model.label/weight/activation")
+    extra = set(model) - {"label", "weight", "activation"}
+    if extra:
+        raise ValueError(f"{p}: model.{sorted(extra)} are not format settings; allowed: label, weight, activation")
+    parser = _format_parser()
+    cfg = parser.instantiate(parser.parse_object(model))
+    return cfg.label or p.stem, cfg.weight, cfg.activation
+
+
+def resolve_config(name: str) -> Path:
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = files("cslaws.configs") / name
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise FileNotFoundError(f"no format config {name!r}: not a file, nor a shipped config (e.g. formats/int4.yaml)")
+
+
+def _is_config(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or "/" in name
+
+
+def capacity_lines(name: str, F: float = RHO_F, C: float = RHO_C, Lsat: float = RHO_LSAT) -> list[Capacity]:
+    """Capacity lines for a registered short name (default args) or a format config."""
+    if _is_config(name):
+        label, weight, activation = load_format_config(name)
+        tensors = [(s, f) for s, f in (("weight", weight), ("activation", activation)) if f is not None and not isinstance(f, Dense)]
+        if not tensors:
+            return [Capacity(label, 0.0, 0.0, 16.0, Lsat, "dense")]
+        if len(tensors) == 1:
+            return [_line(label, tensors[0][1], F, C, Lsat)]
+        lines = [_line(f"{label}/{side}", fmt, F, C, Lsat) for side, fmt in tensors]
+        product = float(np.prod([line.rho for line in lines]))
+        equivalent = float(rho_inverse(product, F, C, Lsat)) if product < Lsat else None
+        return [*lines, Capacity(f"{label}/product", equivalent, None, None, product, "product")]
+    if name not in FORMATS:
+        known = ", ".join(sorted(FORMATS))
+        raise KeyError(f"unknown format {name!r}: registered short names are {known}; configs are paths such as formats/int4.yaml")
+    fmt = make_format(name)
+    if isinstance(fmt, Dense):
+        return [Capacity(name, 0.0, 0.0, fmt.bits_per_value, Lsat, "dense")]
+    return [_line(name, fmt, F, C, Lsat)]
+
+
+def _line(name: str, fmt: Format, F: float, C: float, Lsat: float) -> Capacity:
+    value, se, method = gmse(fmt)
+    return Capacity(name, value, se, fmt.bits_per_value, float(rho(value, F, C, Lsat)), method)
+
+
+def defaultable_formats() -> tuple[list[str], list[str]]:
+    """Registered short names that build with default arguments, and those that need arguments."""
+    ok, need = [], []
+    for name in sorted(FORMATS):
+        try:
+            make_format(name)
+        except TypeError:
+            need.append(name)
+        else:
+            ok.append(name)
+    return ok, need

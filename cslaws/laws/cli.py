@@ -1,0 +1,278 @@
+"""`bench law | capacity | leaderboard | plot | plan`: scaling-law commands of the bench CLI.
+
+    bench law fit --runs FILE.csv [--n-col N] [--d-col D | --flop-col COL] [--loss-col loss]
+                  [--exclude-top K] [--format-col COL [--dense LABEL]] [--bootstrap K] [--format text|json]
+    bench capacity [NAME_OR_CONFIG ...] [--format text|json]
+    bench leaderboard [--store PATH] [--format text|md|csv|json]
+    bench plot [--store PATH] --out DIR
+    bench plan [--store PATH] (--memory-bits X | --flops C | both) [--formats LABEL ...]
+
+`law fit` reads a CSV of runs: a file path, or a data set shipped with the package (`data/chinchilla/
+svg_extracted_data.csv`, the runs of Hoffmann et al. 2022 as extracted by Besiroglu et al. 2024, and
+`data/quest/runs.csv`, the QuEST runs; see the README beside each). Tokens D come from a column
+(`--d-col`, default `D`) or from training compute (`--flop-col`, D = C / (6 N)):
+
+    bench law fit --runs data/chinchilla/svg_extracted_data.csv --n-col "Model Size" \
+        --flop-col "Training FLOP" --exclude-top 5
+    bench law fit --runs data/quest/runs.csv --format-col format --bootstrap 100
+
+Without `--format-col` it fits the Chinchilla form; with it, the compression form with one multiplier
+per label, relative to `--dense`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cslaws.laws import capacity as cap
+from cslaws.laws import leaderboard as lb
+from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, FitError, LawFit, Runs, fit_chinchilla, fit_compression
+from cslaws.laws.plan import plan
+from cslaws.laws.uncertainty import Bootstrap, bootstrap
+
+SUBCOMMANDS = ("law", "capacity", "leaderboard", "plot", "plan")
+SHIPPED_DATA = ("data/chinchilla/svg_extracted_data.csv", "data/quest/runs.csv")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print(f"usage: bench {{{','.join(SUBCOMMANDS)}}} ...; got {argv[:1] or 'nothing'}", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    handlers = {"law": _law, "capacity": _capacity, "leaderboard": _leaderboard, "plot": _plot, "plan": _plan}
+    try:
+        return handlers[command](rest)
+    except (FitError, ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"bench {command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _out(text: Any) -> None:
+    Console(soft_wrap=True).print(text)
+
+
+# ----------------------------------------------------------------------------------------------------
+# bench law fit
+
+
+def _law(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench law", description="Fit a scaling law to runs in a CSV file.")
+    sub = p.add_subparsers(dest="action", required=True)
+    f = sub.add_parser("fit", help="fit the Chinchilla form, or the compression form with --format-col")
+    f.add_argument("--runs", required=True, type=Path, help="CSV file, one run per row")
+    f.add_argument("--n-col", default="N", help="column of non-embedding parameters N (default: N)")
+    f.add_argument("--d-col", default=None, help="column of training tokens D (default: D)")
+    f.add_argument("--flop-col", default=None, help="column of training FLOPs C; D = C / (6 N). Excludes --d-col")
+    f.add_argument("--loss-col", default="loss", help="column of final loss (default: loss)")
+    f.add_argument("--exclude-top", type=int, default=0, metavar="K", help="leave out the K highest-loss runs")
+    f.add_argument("--format-col", default=None, help="column of format labels: fit one eff per label")
+    f.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
+    f.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples for intervals")
+    f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    f.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    args = p.parse_args(argv)
+    runs, excluded = _read_runs(args)
+    law = fit_compression(runs, args.dense) if args.format_col else fit_chinchilla(runs)
+    intervals = bootstrap(law, runs, k=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    result = law.to_dict() | {"excluded": excluded}
+    if intervals is not None:
+        result |= {"ci": intervals.to_dict()["ci"], "bootstrap": args.bootstrap}
+        if args.format_col:
+            result["eff_ci"] = intervals.to_dict()["eff_ci"]
+    if args.format == "json":
+        print(json.dumps(result))
+    else:
+        _out(_law_table(law, intervals, excluded))
+    return 0
+
+
+def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
+    if args.d_col is not None and args.flop_col is not None:
+        raise ValueError("give either --d-col (tokens) or --flop-col (FLOPs, D = C / (6 N)), not both")
+    with open(_runs_path(args.runs), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise FitError(f"{args.runs} has no runs")
+    d_col = args.flop_col or args.d_col or "D"
+    needed = [args.n_col, d_col, args.loss_col] + ([args.format_col] if args.format_col else [])
+    missing = [c for c in needed if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{args.runs} has no column(s) {missing}; its columns are {list(rows[0])}")
+
+    def column(name: str) -> np.ndarray:
+        try:
+            return np.array([float(r[name]) if r[name].strip() else np.nan for r in rows])
+        except ValueError as err:
+            raise ValueError(f"column {name!r} of {args.runs} holds a non-number: {err}") from None
+
+    n, loss = column(args.n_col), column(args.loss_col)
+    d = column(d_col) / (6.0 * n) if args.flop_col else column(d_col)
+    labels = [r[args.format_col] for r in rows] if args.format_col else None
+    runs = Runs.of(n, d, loss, labels)
+    if not 0 <= args.exclude_top < len(runs):
+        raise ValueError(f"--exclude-top must be in [0, {len(runs) - 1}] for {len(runs)} runs, got {args.exclude_top}")
+    keep = np.argsort(runs.loss, kind="stable")[: len(runs) - args.exclude_top]
+    return runs.subset(np.sort(keep)), args.exclude_top
+
+
+def _runs_path(path: Path) -> Path:
+    """A CSV path as given when it exists, else a data set shipped in the package (data/...)."""
+    if path.is_file():
+        return path
+    shipped = files("cslaws.laws") / str(path)
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise FileNotFoundError(f"no runs file {str(path)!r}: not a file, nor a shipped data set ({', '.join(SHIPPED_DATA)})")
+
+
+def _law_table(law: LawFit, intervals: Bootstrap | None, excluded: int) -> Table:
+    ci = intervals.ci if intervals else {}
+    eff_ci = intervals.eff_ci if intervals else {}
+    table = Table(title=f"{law.form} law fit ({law.n_runs} runs, {excluded} highest-loss left out)",
+                  caption=escape(lb.law_summary(law) + f"; Huber objective {law.objective:.6g}"))
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    table.add_column(f"{100 * intervals.level:.0f}% bootstrap interval" if intervals else "interval", justify="right")
+    for name, value in law.constants().items():
+        table.add_row(name, f"{value:.5g}", escape(_interval(ci.get(name))))
+    if law.form != "chinchilla":
+        for label, value in law.eff.items():
+            table.add_row(escape(f"eff[{label}]"), f"{value:.4f}", escape(_interval(eff_ci.get(label))))
+    return table
+
+
+def _interval(bounds: tuple[float, float] | None) -> str:
+    return "-" if bounds is None else f"[{bounds[0]:.5g}, {bounds[1]:.5g}]"
+
+
+# ----------------------------------------------------------------------------------------------------
+# bench capacity
+
+
+def _capacity(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench capacity", description="Gaussian MSE, bits and predicted capacity of formats.")
+    p.add_argument("names", nargs="*", help="registered short names (default args) or format configs (formats/int4.yaml)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--F", type=float, default=RHO_F, help=f"unified-law F (default {RHO_F}, Llama/C4 scalar quantization)")
+    p.add_argument("--C", type=float, default=RHO_C, help=f"unified-law C (default {RHO_C})")
+    p.add_argument("--Lsat", type=float, default=RHO_LSAT, help=f"unified-law Lsat (default {RHO_LSAT})")
+    args = p.parse_args(argv)
+    names = args.names
+    if not names:
+        names, need_args = cap.defaultable_formats()
+        if need_args:
+            print(f"not listed (need arguments; pass a config instead): {', '.join(need_args)}", file=sys.stderr)
+    lines = [line for name in names for line in cap.capacity_lines(name, args.F, args.C, args.Lsat)]
+    if args.format == "json":
+        print(json.dumps([line.to_dict() for line in lines]))
+        return 0
+    table = Table(title=f"Capacity on standard Gaussian data (rows of {cap.ROW_LENGTH}; rho with F={args.F}, C={args.C}, Lsat={args.Lsat})")
+    for col in ("format", "GMSE", "+- s.e.", "method", "bits/value", "rho", "rho/bit", "floor 2^-2b"):
+        table.add_column(col, justify="left" if col in ("format", "method") else "right")
+    g = lambda v, fmt="{:.4g}": "-" if v is None else fmt.format(v)  # noqa: E731
+    for line in lines:
+        table.add_row(escape(line.name), g(line.gmse), g(line.gmse_se, "{:.2g}"), line.method, g(line.bits, "{:.4f}"),
+                      f"{line.rho:.4f}", g(line.rho_per_bit), g(line.floor))
+    _out(table)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# bench leaderboard / plot / plan
+
+
+def _store_records(path: Path | None) -> tuple[list[Any], Path]:
+    from cslaws.bench.store import ResultsStore, default_store_path
+
+    store_path = Path(path) if path is not None else default_store_path()
+    if not store_path.is_file():
+        raise FileNotFoundError(f"no results store at {store_path}; train runs first or pass --store PATH")
+    records = ResultsStore(store_path).runs(status="finished")
+    if not records:
+        raise FitError(f"the store {store_path} has no finished runs; the law needs finished runs to fit")
+    return records, store_path
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
+    p.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
+    p.add_argument("--bootstrap", type=int, default=100, metavar="K", help="bootstrap resamples (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _board(args: argparse.Namespace) -> tuple[lb.Leaderboard, list[Any]]:
+    records, _ = _store_records(args.store)
+    return lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed), records
+
+
+def _leaderboard(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench leaderboard", description="Refit the compression law and rank formats.")
+    _store_args(p)
+    p.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
+    args = p.parse_args(argv)
+    board, _ = _board(args)
+    if args.format == "json":
+        print(json.dumps(board.to_dict()))
+    elif args.format == "md":
+        print(lb.render_markdown(board), end="")
+    elif args.format == "csv":
+        print(lb.render_csv(board), end="")
+    else:
+        _out(lb.render_table(board))
+    return 0
+
+
+def _plot(argv: list[str]) -> int:
+    from cslaws.laws.plot import plot_all
+
+    p = argparse.ArgumentParser(prog="bench plot", description="Figures of the leaderboard fit.")
+    _store_args(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    args = p.parse_args(argv)
+    board, records = _board(args)
+    for path in plot_all(board, lb.runs_of(records), args.out):
+        print(path)
+    return 0
+
+
+def _plan(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench plan", description="Rank formats by predicted loss under a budget.")
+    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
+    p.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
+    p.add_argument("--memory-bits", type=float, default=None, help="memory budget for the weights, in bits")
+    p.add_argument("--flops", type=float, default=None, help="training compute budget C in FLOPs (C = 6 N D)")
+    p.add_argument("--formats", nargs="+", default=None, help="candidate labels (default: every fitted label)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    args = p.parse_args(argv)
+    if args.memory_bits is None and args.flops is None:
+        p.error("give --memory-bits, --flops, or both")
+    records, _ = _store_records(args.store)
+    law = fit_compression(lb.runs_of(records), args.dense)
+    bits = {k: float(v) for k, v in lb._one_per_label(records, "bits_per_value").items()}
+    choices = plan(law, bits, args.memory_bits, args.flops, args.formats)
+    if args.format == "json":
+        print(json.dumps([c.to_dict() for c in choices]))
+        return 0
+    budget = ", ".join(s for s in (args.memory_bits and f"memory {args.memory_bits:.3g} bits",
+                                   args.flops and f"compute {args.flops:.3g} FLOPs") if s)
+    table = Table(title=f"Plan under {budget} (predicted loss, best first)", caption=escape(lb.law_summary(law)))
+    for col in ("format", "bits/value", "eff", "N", "D", "pred. loss", "vs dense"):
+        table.add_column(col, justify="left" if col == "format" else "right")
+    for c in choices:
+        table.add_row(escape(c.label), f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.3g}", "unlimited" if c.d is None else f"{c.d:.3g}",
+                      f"{c.loss:.4f}", f"{c.improvement:+.4f}")
+    _out(table)
+    return 0

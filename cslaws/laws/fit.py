@@ -1,0 +1,581 @@
+"""Scaling-law fits: the Chinchilla form, the compression form (one multiplier per format) and the
+unified form (multiplier predicted from the format's Gaussian MSE).
+
+    Chinchilla (Hoffmann et al. 2022):      L(N, D) = A N^-alpha + B D^-beta + E
+    compression (Frantar et al. 2025):      L(N, D) = A (N eff_f)^-alpha + B D^-beta + E,  eff_dense = 1
+    unified (Panferov et al. 2025):         eff = prod over compressed tensors of rho_family(GMSE),
+                                            rho(GMSE) = Lsat tanh(F log4(1 / GMSE))^C
+
+The objective follows Hoffmann et al. (2022, appendix D.2) and the replication of Besiroglu et al. (2024):
+the Huber loss (delta = 1e-3) between log L_obs and the log-sum-exp form of the prediction,
+log L = LSE(a - alpha (log N + log eff), b - beta log D, e) with A = exp(a), B = exp(b), E = exp(e),
+summed over runs. The fit evaluates the objective on a grid of starting points at once (numpy, the
+per-format log-multipliers profiled out on a 1-D grid, which is exact because the objective separates by
+format once the shared constants are fixed), then runs L-BFGS-B with the analytic gradient from the
+best few grid points (a short run from each, the best two to convergence) and keeps the lowest optimum.
+Internally a format's multiplier enters as the offset alpha log eff_f and log N, log D are centred
+(see `_PerFormat`, `_Problem`): both keep the problem well conditioned.
+
+Every fit reports its quality: the RMSE of the residuals in log loss, and a leave-largest-size-out check
+(fit on the smaller models, predict the runs of the largest one).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import huber, logsumexp
+
+HUBER_DELTA = 1e-3
+#: Published unified-law constants for scalar quantization, Llama on C4 (Panferov et al. 2025).
+RHO_F, RHO_C, RHO_LSAT = 0.41, 1.39, 1.0
+SHARED = ("A", "B", "E", "alpha", "beta")
+FAMILY_PARAMS = ("F", "C", "Lsat")
+
+# Starting grid for the five shared log-parameters (a, b, e, alpha, beta), after Besiroglu et al. (2024)
+# with a finer exponent axis; log-multipliers are profiled on _LOG_EFF_GRID.
+_GRID_A = np.arange(0.0, 30.0, 5.0)
+_GRID_E = np.arange(-1.0, 1.01, 0.5)
+_GRID_EXP = np.array([0.1, 0.3, 0.6, 1.0, 2.0])
+_LOG_EFF_GRID = np.linspace(-7.0, 1.0, 9)
+_N_STARTS = 6
+_N_FINAL = 2
+_SCREEN_ITERS = 200
+_LBFGS = {"maxiter": 5000, "maxfun": 20000, "ftol": 1e-15, "gtol": 1e-11}
+_E_FLOOR = 5.0
+_EXP_MIN = 1e-3
+
+
+def rho(gmse: np.ndarray | float, F: float = RHO_F, C: float = RHO_C, Lsat: float = RHO_LSAT) -> np.ndarray:
+    """Capacity predicted by the unified law from a Gaussian MSE (dense, GMSE = 0, gives Lsat).
+
+    A GMSE of 1 or more (no better than storing zeros) gives capacity 0.
+    """
+    g = np.asarray(gmse, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        u = np.maximum(np.log(1.0 / g) / math.log(4.0), 0.0)
+    return Lsat * np.tanh(F * u) ** C
+
+
+def rho_inverse(capacity: np.ndarray | float, F: float = RHO_F, C: float = RHO_C, Lsat: float = RHO_LSAT) -> np.ndarray:
+    """The Gaussian MSE whose predicted capacity is `capacity` (inverse of `rho`, for capacity < Lsat)."""
+    r = np.asarray(capacity, dtype=np.float64)
+    u = np.arctanh((r / Lsat) ** (1.0 / C)) / F
+    return 4.0 ** (-u)
+
+
+class FitError(ValueError):
+    """The runs cannot support the fit that was asked for."""
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Training runs: non-embedding parameters N, tokens D, final loss, and a format label per run."""
+
+    n: np.ndarray
+    d: np.ndarray
+    loss: np.ndarray
+    label: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        n: Sequence[float] | np.ndarray,
+        d: Sequence[float] | np.ndarray,
+        loss: Sequence[float] | np.ndarray,
+        label: Sequence[str] | None = None,
+    ) -> "Runs":
+        arrays = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in (("N", n), ("D", d), ("loss", loss))}
+        size = len(arrays["N"])
+        labels = np.asarray(["dense"] * size if label is None else [str(s) for s in label], dtype=object)
+        for key, arr in [*arrays.items(), ("label", labels)]:
+            if len(arr) != size:
+                raise FitError(f"{key} has {len(arr)} values but N has {size}; every run needs N, D, loss and label")
+        for key, arr in arrays.items():
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr <= 0))
+            if len(bad):
+                raise FitError(
+                    f"{len(bad)} run(s) have a NaN, infinite or non-positive {key} (rows {bad[:10].tolist()}, "
+                    f"values {arr[bad[:10]].tolist()}); N, D and loss must be finite and > 0"
+                )
+        return cls(arrays["N"], arrays["D"], arrays["loss"], labels)
+
+    def __len__(self) -> int:
+        return len(self.n)
+
+    def subset(self, mask: np.ndarray) -> "Runs":
+        return Runs(self.n[mask], self.d[mask], self.loss[mask], self.label[mask])
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Leave-largest-size-out check: fit without the largest model, predict its runs."""
+
+    n: float
+    runs: int
+    rmse_log: float
+    max_rel_err: float
+
+
+@dataclass
+class LawFit:
+    """A fitted law. `eff` has every label (the reference label at 1); `family` the unified constants."""
+
+    form: str
+    A: float
+    B: float
+    E: float
+    alpha: float
+    beta: float
+    eff: dict[str, float]
+    objective: float
+    rmse_log: float
+    n_runs: int
+    reference: str
+    family: dict[str, dict[str, float]] = field(default_factory=dict)
+    holdout: Holdout | None = None
+    holdout_note: str = ""
+    at_bound: list[str] = field(default_factory=list)
+    theta: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    optima: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    #: Unified form: a run index for each key of `eff` (runs with the same compressed tensors share one).
+    eff_runs: dict[str, int] = field(default_factory=dict, repr=False)
+    problem: "_Problem | None" = field(default=None, repr=False)
+
+    def predict(self, n: np.ndarray | float, d: np.ndarray | float, eff: np.ndarray | float = 1.0) -> np.ndarray:
+        n_eff = np.asarray(n, dtype=np.float64) * np.asarray(eff, dtype=np.float64)
+        return self.A * n_eff ** -self.alpha + self.B * np.asarray(d, dtype=np.float64) ** -self.beta + self.E
+
+    def constants(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in SHARED}
+
+    def to_dict(self) -> dict:
+        out: dict = {**self.constants(), "objective": self.objective, "rmse_log": self.rmse_log, "runs": self.n_runs}
+        if self.form != "chinchilla":
+            out["eff"] = dict(self.eff)
+        if self.family:
+            out["family"] = {k: dict(v) for k, v in self.family.items()}
+        out["holdout"] = None if self.holdout is None else vars(self.holdout).copy()
+        if self.holdout is None:
+            out["holdout_note"] = self.holdout_note
+        out["at_bound"] = list(self.at_bound)
+        return out
+
+    def family_eff(self, components: Sequence[tuple[str, float]]) -> float:
+        """Unified form: eff of a run with these (family, GMSE) compressed tensors."""
+        return unified_eff(components, self.family)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parametrisations of log eff. theta = [a, b, e, alpha, beta, *extra].
+
+
+class _PerFormat:
+    """One free parameter per non-reference label: its offset k_f = alpha log eff_f on the N term.
+
+    The offset is what the runs pin down (A eff_f^-alpha); parametrising by log eff_f directly couples
+    every multiplier to alpha and leaves L-BFGS a long curved valley to crawl along.
+    """
+
+    def __init__(self, runs: Runs, reference: str) -> None:
+        self.names = sorted({str(s) for s in runs.label} - {reference})
+        index = {name: j for j, name in enumerate(self.names)}
+        self.idx = np.array([index.get(str(s), -1) for s in runs.label])
+        self.onehot = np.zeros((len(runs), len(self.names)))
+        rows = np.flatnonzero(self.idx >= 0)
+        self.onehot[rows, self.idx[rows]] = 1.0
+
+    @property
+    def n_extra(self) -> int:
+        return len(self.names)
+
+    def shift(self, theta: np.ndarray) -> np.ndarray:
+        return theta[:, 5:] @ self.onehot.T
+
+    def shift_grad(self, g_run: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros((len(theta), 5)), g_run @ self.onehot], axis=1)
+
+    def log_eff(self, theta: np.ndarray) -> np.ndarray:
+        return theta[:, 5:] / theta[:, 3:4]
+
+
+class _Unified:
+    """log eff of a run = sum over its compressed tensors c of log Lsat_f + C_f log tanh(F_f u_c),
+    u_c = log4(1 / GMSE_c); extra = [log F, log C, log Lsat] per family; shift = alpha log eff."""
+
+    def __init__(self, n_runs: int, components: Sequence[Sequence[tuple[str, float]]]) -> None:
+        flat = [(i, fam, g) for i, comps in enumerate(components) for fam, g in comps]
+        self.families = sorted({fam for _, fam, _ in flat})
+        fam_index = {f: j for j, f in enumerate(self.families)}
+        self.run = np.array([i for i, _, _ in flat], dtype=np.int64)
+        self.fam = np.array([fam_index[f] for _, f, _ in flat], dtype=np.int64)
+        self.u = np.array([math.log(1.0 / g) / math.log(4.0) for _, _, g in flat])
+        self.comp_to_run = np.zeros((len(flat), n_runs))
+        self.comp_to_run[np.arange(len(flat)), self.run] = 1.0
+        self.comp_to_fam = np.zeros((len(flat), len(self.families)))
+        self.comp_to_fam[np.arange(len(flat)), self.fam] = 1.0
+
+    @property
+    def n_extra(self) -> int:
+        return 3 * len(self.families)
+
+    def _parts(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        p = theta[:, 5:].reshape(len(theta), len(self.families), 3)[:, self.fam, :]
+        F, C, log_lsat = np.exp(p[..., 0]), np.exp(p[..., 1]), p[..., 2]
+        z = F * self.u
+        return z, C, log_lsat, np.log(np.tanh(z))
+
+    def log_eff(self, theta: np.ndarray) -> np.ndarray:
+        z, C, log_lsat, log_tanh = self._parts(theta)
+        return (log_lsat + C * log_tanh) @ self.comp_to_run
+
+    def shift(self, theta: np.ndarray) -> np.ndarray:
+        return theta[:, 3:4] * self.log_eff(theta)
+
+    def shift_grad(self, g_run: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        z, C, _, log_tanh = self._parts(theta)
+        alpha = theta[:, 3:4]
+        g_comp = (alpha * g_run) @ self.comp_to_run.T
+        # d log tanh(z) / d log F = z (1 - tanh^2 z) / tanh z = 2 z / sinh(2 z)
+        d_logf = C * 2.0 * z / np.sinh(2.0 * z)
+        d_logc = C * log_tanh
+        extra = np.stack([(g_comp * d_logf) @ self.comp_to_fam, (g_comp * d_logc) @ self.comp_to_fam,
+                          g_comp @ self.comp_to_fam], axis=-1).reshape(len(theta), -1)
+        shared = np.zeros((len(theta), 5))
+        shared[:, 3] = (g_run * self.log_eff(theta)).sum(1)
+        return np.concatenate([shared, extra], axis=1)
+
+
+def _objective(
+    theta: np.ndarray, logn: np.ndarray, logd: np.ndarray, logl: np.ndarray, w: np.ndarray, model
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sum of Huber(log-sum-exp prediction - log L) and its gradient, for each row of theta."""
+    a, b, e, alpha, beta = (theta[:, k : k + 1] for k in range(5))
+    t1 = a - alpha * logn - model.shift(theta)
+    terms = np.stack([t1, b - beta * logd, np.broadcast_to(e, t1.shape)])
+    # log-sum-exp and its softmax weights from one exponential (scipy's versions cost more per call).
+    top = terms.max(axis=0)
+    ex = np.exp(terms - top)
+    total = ex.sum(axis=0)
+    soft = ex / total
+    r = top + np.log(total) - logl
+    f = huber(HUBER_DELTA, r) @ w
+    psi = np.clip(r, -HUBER_DELTA, HUBER_DELTA) * w
+    g1, g2, g3 = psi * soft[0], psi * soft[1], psi * soft[2]
+    shared = np.concatenate(
+        [g1.sum(1, keepdims=True), g2.sum(1, keepdims=True), g3.sum(1, keepdims=True),
+         -(g1 * logn).sum(1, keepdims=True), -(g2 * logd).sum(1, keepdims=True)],
+        axis=1,
+    )
+    grad = model.shift_grad(-g1, theta)
+    grad[:, :5] += shared
+    return f, grad
+
+
+# ----------------------------------------------------------------------------------------------------
+# Starting points
+
+
+def _shared_grid() -> np.ndarray:
+    return np.array(list(itertools.product(_GRID_A, _GRID_A, _GRID_E, _GRID_EXP, _GRID_EXP)))
+
+
+def _grid_starts(logn, logd, logl, model: _PerFormat, n_starts: int) -> np.ndarray:
+    """The n_starts best grid points (n_starts, P), each format's offset profiled on its own 1-D grid.
+
+    Given the shared constants the objective is a sum of independent per-format terms, so minimising each
+    format's term over its 1-D log-multiplier grid gives the exact grid minimum over all parameters.
+    """
+    grid = _shared_grid()
+    a, b, e, alpha, beta = (grid[:, k : k + 1] for k in range(5))
+    t1, t2 = a - alpha * logn, b - beta * logd
+    total = np.zeros(len(grid))
+    best_k = np.zeros((len(grid), model.n_extra))
+    dense = model.idx < 0
+    if dense.any():
+        pred = np.logaddexp(np.logaddexp(t1[:, dense], t2[:, dense]), e)
+        total += huber(HUBER_DELTA, pred - logl[dense]).sum(axis=1)
+    for j in range(model.n_extra):
+        rows = model.idx == j
+        t1_l = t1[:, None, rows] - alpha[:, :, None] * _LOG_EFF_GRID[None, :, None]
+        pred = np.logaddexp(np.logaddexp(t1_l, t2[:, None, rows]), e[:, :, None])
+        per_l = huber(HUBER_DELTA, pred - logl[rows]).sum(axis=2)  # (grid points, log-eff values)
+        arg = per_l.argmin(axis=1)
+        total += per_l[np.arange(len(grid)), arg]
+        best_k[:, j] = alpha[:, 0] * _LOG_EFF_GRID[arg]
+    order = np.argsort(total)[:n_starts]
+    return np.concatenate([grid[order], best_k[order]], axis=1)
+
+
+class _Problem:
+    """Runs in centred log coordinates plus the search bounds, and the two-stage multi-start solver.
+
+    Centring log N and log D (a' = a - alpha mean(log N), likewise b) removes the near-collinearity of
+    a and alpha that otherwise makes L-BFGS crawl. E is bounded below by min(loss) e^-5 and the exponents
+    by 1e-3: where the runs cannot separate E from a small alpha the optimum runs off to E -> 0, and
+    the bound turns that into a reported boundary solution (`LawFit.at_bound`) instead of an endless
+    search.
+    """
+
+    def __init__(self, runs: Runs, model, extra_bounds: list[tuple[float | None, float | None]] | None = None) -> None:
+        logn, logd, self.logl = _data(runs)
+        self.mu_n, self.mu_d = float(logn.mean()), float(logd.mean())
+        self.data = (logn - self.mu_n, logd - self.mu_d, self.logl)
+        self.model = model
+        self.e_min = math.log(float(runs.loss.min())) - _E_FLOOR
+        extra = extra_bounds if extra_bounds is not None else [(None, None)] * model.n_extra
+        self.bounds = [(None, None), (None, None), (self.e_min, None), (_EXP_MIN, None), (_EXP_MIN, None), *extra]
+
+    def centre(self, theta: np.ndarray) -> np.ndarray:
+        t = np.array(theta, dtype=np.float64)
+        lo = np.array([-np.inf if b[0] is None else b[0] for b in self.bounds])
+        hi = np.array([np.inf if b[1] is None else b[1] for b in self.bounds])
+        t = np.clip(t, lo, hi)
+        t[..., 0] -= t[..., 3] * self.mu_n
+        t[..., 1] -= t[..., 4] * self.mu_d
+        return t
+
+    def raw(self, theta: np.ndarray) -> np.ndarray:
+        t = np.array(theta, dtype=np.float64)
+        t[..., 0] += t[..., 3] * self.mu_n
+        t[..., 1] += t[..., 4] * self.mu_d
+        return t
+
+    def minimize(self, theta: np.ndarray, w: np.ndarray, maxiter: int) -> tuple[np.ndarray, float]:
+        """L-BFGS-B from a raw-coordinate start; returns the raw optimum and the objective there."""
+
+        # Divided by delta, the objective is about |residual| per run, a scale L-BFGS-B's tolerances suit.
+        def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
+            f, g = _objective(t[None, :], *self.data, w, self.model)
+            return f[0] / HUBER_DELTA, g[0] / HUBER_DELTA
+
+        res = minimize(fun, self.centre(theta), jac=True, method="L-BFGS-B", bounds=self.bounds,
+                       options=_LBFGS | {"maxiter": maxiter})
+        return self.raw(res.x), float(res.fun) * HUBER_DELTA
+
+    def solve(self, starts: np.ndarray, w: np.ndarray | None = None) -> "_Solution":
+        """Short L-BFGS-B runs from every start, then the best few run to convergence."""
+        w = np.ones(len(self.logl)) if w is None else w
+        short = sorted((self.minimize(s, w, _SCREEN_ITERS) for s in starts), key=lambda r: r[1])
+        full = sorted((self.minimize(t, w, _LBFGS["maxiter"]) for t, _ in short[:_N_FINAL]), key=lambda r: r[1])
+        return _Solution(full[0][0], full[0][1], np.stack([t for t, _ in full]))
+
+    def at_bound(self, theta: np.ndarray) -> list[str]:
+        names = ["E" if theta[2] <= self.e_min + 1e-6 else "", "alpha" if theta[3] <= _EXP_MIN + 1e-9 else "",
+                 "beta" if theta[4] <= _EXP_MIN + 1e-9 else ""]
+        return [n for n in names if n]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public fits
+
+
+def _check_runs(runs: Runs, n_params: int, what: str) -> None:
+    sizes = np.unique(runs.n)
+    if len(sizes) < 2:
+        raise FitError(
+            f"all {len(runs)} runs have the same model size N={sizes[0]:.4g}; the {what} needs runs of at least "
+            "2 model sizes (3 or more to check the fit on the largest)"
+        )
+    if len(np.unique(runs.d)) < 2:
+        raise FitError(f"all {len(runs)} runs have the same D; the {what} needs at least 2 token counts")
+    if len(runs) <= n_params:
+        raise FitError(
+            f"the {what} has {n_params} parameters but only {len(runs)} runs were given; it needs at least "
+            f"{n_params + 1} runs"
+        )
+
+
+def _data(runs: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.log(runs.n), np.log(runs.d), np.log(runs.loss)
+
+
+def _rmse_log(theta: np.ndarray, runs: Runs, model) -> float:
+    logn, logd, logl = _data(runs)
+    f_terms = _predict_log(theta, logn, logd, model)
+    return float(np.sqrt(np.mean((f_terms - logl) ** 2)))
+
+
+def _predict_log(theta: np.ndarray, logn, logd, model) -> np.ndarray:
+    a, b, e, alpha, beta = theta[:5]
+    t1 = a - alpha * logn - model.shift(theta[None, :])[0]
+    return logsumexp(np.stack([t1, b - beta * logd, np.full_like(logd, e)]), axis=0)
+
+
+@dataclass
+class _Solution:
+    theta: np.ndarray
+    objective: float
+    optima: np.ndarray  # every local optimum found, best first (starting points for bootstrap refits)
+
+
+def _solve_per_format(problem: _Problem, runs: Runs) -> _Solution:
+    starts = _grid_starts(*_data(runs), problem.model, _N_STARTS)
+    return problem.solve(starts)
+
+
+def _law_from_solution(form: str, sol: _Solution, runs: Runs, problem: _Problem, reference: str) -> LawFit:
+    theta, model = sol.theta, problem.model
+    a, b, e, alpha, beta = (float(v) for v in theta[:5])
+    if isinstance(model, _PerFormat):
+        eff = {reference: 1.0} | {name: float(np.exp(theta[5 + j] / alpha)) for j, name in enumerate(model.names)}
+        family = {}
+    else:
+        eff = {}
+        family = {
+            fam: dict(zip(FAMILY_PARAMS, (float(np.exp(v)) for v in theta[5 + 3 * j : 8 + 3 * j])))
+            for j, fam in enumerate(model.families)
+        }
+    return LawFit(
+        form=form, A=math.exp(a), B=math.exp(b), E=math.exp(e), alpha=alpha, beta=beta, eff=eff,
+        objective=sol.objective, rmse_log=_rmse_log(theta, runs, model), n_runs=len(runs), reference=reference,
+        family=family, at_bound=problem.at_bound(theta), theta=theta, optima=sol.optima, problem=problem,
+    )
+
+
+def _holdout(runs: Runs, refit, eff_of) -> tuple[Holdout | None, str]:
+    """Fit on all but the largest model size and score the prediction of the largest size's runs."""
+    largest = runs.n.max()
+    train, test = runs.subset(runs.n < largest), runs.subset(runs.n == largest)
+    try:
+        law = refit(train)
+    except FitError as err:
+        return None, f"no leave-largest-size-out check: without N={largest:.4g} {err}"
+    # A label (or family) seen only at the largest size has no multiplier in the refit: those runs are
+    # not scored, and the count says how many were.
+    eff = np.broadcast_to(np.asarray(eff_of(law, test), dtype=np.float64), test.n.shape)
+    scored = np.isfinite(eff)
+    if not scored.any():
+        return None, f"no leave-largest-size-out check: no format has runs both below and at N={largest:.4g}"
+    pred = law.predict(test.n[scored], test.d[scored], eff[scored])
+    err_log = np.log(pred) - np.log(test.loss[scored])
+    rel = np.abs(pred / test.loss[scored] - 1.0)
+    return Holdout(float(largest), int(scored.sum()), float(np.sqrt(np.mean(err_log**2))), float(rel.max())), ""
+
+
+def _check_reference(runs: Runs, reference: str) -> None:
+    if not np.any(runs.label == reference):
+        have = ", ".join(sorted(set(runs.label)))
+        raise FitError(
+            f"no runs have the reference label {reference!r} (labels present: {have}); the multipliers are "
+            "relative to it, so the compression form needs at least one reference run"
+        )
+
+
+def fit_chinchilla(runs: Runs, *, holdout: bool = True) -> LawFit:
+    """Fit L = A N^-alpha + B D^-beta + E to all runs (labels ignored)."""
+    plain = Runs(runs.n, runs.d, runs.loss, np.full(len(runs), "dense", dtype=object))
+    _check_runs(plain, 5, "Chinchilla form")
+    problem = _Problem(plain, _PerFormat(plain, "dense"))
+    law = _law_from_solution("chinchilla", _solve_per_format(problem, plain), plain, problem, "dense")
+    if holdout:
+        law.holdout, law.holdout_note = _holdout(plain, lambda r: fit_chinchilla(r, holdout=False), lambda l, t: 1.0)
+    return law
+
+
+def fit_compression(runs: Runs, reference: str = "dense", *, holdout: bool = True) -> LawFit:
+    """Fit L = A (N eff_f)^-alpha + B D^-beta + E jointly over all labels, eff_reference = 1."""
+    _check_reference(runs, reference)
+    model = _PerFormat(runs, reference)
+    _check_runs(runs, 5 + model.n_extra, f"compression form with {model.n_extra} non-reference label(s)")
+    problem = _Problem(runs, model)
+    law = _law_from_solution("compression", _solve_per_format(problem, runs), runs, problem, reference)
+    if holdout:
+        law.holdout, law.holdout_note = _holdout(
+            runs,
+            lambda r: fit_compression(r, reference, holdout=False),
+            lambda l, t: np.array([l.eff.get(s, np.nan) for s in t.label]),
+        )
+    return law
+
+
+def unified_eff(components: Sequence[tuple[str, float]], family: dict[str, dict[str, float]]) -> float:
+    """eff of one run under fitted family constants: the product of rho over its compressed tensors
+    (NaN when a tensor's family has no fitted constants)."""
+    if any(fam not in family for fam, _ in components):
+        return math.nan
+    return float(np.prod([rho(g, **family[fam]) for fam, g in components]))
+
+
+def _fit_rho_to_effs(
+    components: Sequence[Sequence[tuple[str, float]]], log_eff: np.ndarray, families: list[str]
+) -> np.ndarray:
+    """Starting family constants: least squares of log eff against log rho over a grid of (F, C, Lsat)."""
+    grid = np.array(list(itertools.product(np.log([0.1, 0.2, 0.4, 0.8, 1.6]), np.log([0.5, 1.0, 1.5, 2.5]),
+                                           np.log([0.7, 0.85, 1.0, 1.2]))))
+    out = []
+    for fam in families:
+        rows = [(i, [g for f, g in comps if f == fam]) for i, comps in enumerate(components)]
+        err = np.zeros(len(grid))
+        for i, gs in rows:
+            if not gs:
+                continue
+            u = np.log(1.0 / np.array(gs)) / math.log(4.0)
+            pred = (grid[:, 2:3] + np.exp(grid[:, 1:2]) * np.log(np.tanh(np.exp(grid[:, 0:1]) * u))).sum(1)
+            err += (pred - log_eff[i]) ** 2
+        out.append(grid[err.argmin()])
+    return np.concatenate(out)
+
+
+def fit_unified(
+    runs: Runs,
+    components: Sequence[Sequence[tuple[str, float]]],
+    *,
+    fixed: dict[str, float] | None = None,
+    holdout: bool = True,
+) -> LawFit:
+    """Fit L = A (N eff)^-alpha + B D^-beta + E with eff = prod_c rho_family(c)(GMSE_c).
+
+    `components[i]` lists run i's compressed tensors as (family, GMSE) pairs (empty for dense). F, C and
+    Lsat are shared within a family; `fixed` pins any of them (e.g. {"Lsat": 1.0}) in every family.
+    """
+    if len(components) != len(runs):
+        raise FitError(f"components has {len(components)} entries but there are {len(runs)} runs; give one per run")
+    bad = [(i, g) for i, comps in enumerate(components) for _, g in comps if not (0.0 < g < 1.0)]
+    if bad:
+        raise FitError(f"GMSE must lie in (0, 1) for every compressed tensor; got {bad[:5]} (run, GMSE)")
+    fixed = dict(fixed or {})
+    unknown = set(fixed) - set(FAMILY_PARAMS)
+    if unknown:
+        raise FitError(f"fixed names {sorted(unknown)} are not unified-law constants; allowed: {FAMILY_PARAMS}")
+    model = _Unified(len(runs), components)
+    if not model.families:
+        raise FitError("no run has a compressed tensor; the unified form needs runs with GMSE < 1")
+    free = 5 + (3 - len(fixed)) * len(model.families)
+    _check_runs(runs, free, f"unified form with {len(model.families)} family(ies)")
+    labels = np.array(["dense" if not c else "|".join(f"{f}:{g:.9g}" for f, g in c) for c in components], dtype=object)
+    if not np.any(labels == "dense"):
+        raise FitError("the unified form needs dense runs (no compressed tensor) to anchor eff = 1")
+    per_format = fit_compression(Runs(runs.n, runs.d, runs.loss, labels), "dense", holdout=False)
+    log_eff = np.log([per_format.eff[s] for s in labels])
+    family0 = _fit_rho_to_effs(components, log_eff, model.families)
+    published = np.tile(np.log([RHO_F, RHO_C, RHO_LSAT]), len(model.families))
+    bounds: list[tuple[float | None, float | None]] = []
+    for j in range(len(model.families)):
+        for k, name in enumerate(FAMILY_PARAMS):
+            if name in fixed:
+                family0[3 * j + k] = published[3 * j + k] = math.log(fixed[name])
+            bounds.append((math.log(fixed[name]),) * 2 if name in fixed else (None, None))
+    problem = _Problem(runs, model, bounds)
+    starts = np.stack([np.concatenate([per_format.theta[:5], f0]) for f0 in (family0, published)])
+    law = _law_from_solution("unified", problem.solve(starts), runs, problem, "dense")
+    log_eff_runs = model.log_eff(law.theta[None, :])[0]
+    law.eff_runs = {s: int(np.flatnonzero(labels == s)[0]) for s in dict.fromkeys(labels)}
+    law.eff = {s: float(np.exp(log_eff_runs[i])) for s, i in law.eff_runs.items()}
+    if holdout:
+        largest = runs.n.max()
+        keep = runs.n < largest
+
+        def refit(r: Runs) -> LawFit:
+            return fit_unified(r, [c for c, k in zip(components, keep) if k], fixed=fixed, holdout=False)
+
+        def eff_of(l: LawFit, t: Runs) -> np.ndarray:
+            return np.array([unified_eff(c, l.family) for c, k in zip(components, keep) if not k])
+
+        law.holdout, law.holdout_note = _holdout(runs, refit, eff_of)
+    return law

@@ -1,0 +1,157 @@
+"""The leaderboard: one compression-law fit over every finished run of a results store, one row per format.
+
+Each row: bits per value, the fitted multiplier eff with its bootstrap interval, eff x 16 / bits (the
+multiplier per bit, relative to 16-bit dense: above 1 means the format buys more than its memory saving),
+the GMSE of the weight and activation formats (rebuilt from the stored specs) and the capacity the
+unified law predicts from them with the published constants (their product when both are compressed),
+and the number of runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from cslaws.laws.capacity import gmse_of_spec
+from cslaws.laws.fit import FitError, LawFit, Runs, fit_compression, rho
+from cslaws.laws.uncertainty import Bootstrap, bootstrap
+
+DENSE_BITS = 16.0
+
+
+@dataclass
+class Row:
+    label: str
+    bits: float
+    eff: float
+    eff_lo: float
+    eff_hi: float
+    eff_per_bit: float
+    gmse_weight: float | None
+    gmse_activation: float | None
+    rho: float
+    runs: int
+
+
+@dataclass
+class Leaderboard:
+    law: LawFit
+    intervals: Bootstrap
+    rows: list[Row]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"law": self.law.to_dict(), "bootstrap": self.intervals.to_dict(), "rows": [asdict(r) for r in self.rows]}
+
+
+def runs_of(records: Sequence[Any]) -> Runs:
+    """The fit's view of stored runs: N = n_params, D = tokens, loss = final_val_loss, label."""
+    if not records:
+        raise FitError("the store has no finished runs; train some (bench fit / bench sweep) before fitting a law")
+    return Runs.of([r.n_params for r in records], [r.tokens for r in records],
+                   [r.final_val_loss for r in records], [r.label for r in records])
+
+
+def _without_backend(value: Any) -> Any:
+    """A format spec without `backend` entries: where a run executed (torch or Triton kernels, which
+    reproduce torch exactly) does not change the format."""
+    if isinstance(value, dict):
+        return {k: _without_backend(v) for k, v in value.items() if k != "backend"}
+    if isinstance(value, list):
+        return [_without_backend(v) for v in value]
+    return value
+
+
+def _one_per_label(records: Iterable[Any], attr: str) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for r in records:
+        value = getattr(r, attr)
+        if r.label in seen and _without_backend(seen[r.label]) != _without_backend(value):
+            raise FitError(
+                f"label {r.label!r} has runs with different {attr} ({seen[r.label]!r} vs {value!r}); a label must "
+                "name one format, so give differing formats different labels"
+            )
+        seen[r.label] = value
+    return seen
+
+
+def _gmse(spec: dict[str, Any] | None) -> float | None:
+    if spec is None or spec.get("class_path", "").endswith(".Dense"):
+        return None
+    return gmse_of_spec(spec)[0]
+
+
+def build(records: Sequence[Any], reference: str = "dense", k: int = 100, seed: int = 0) -> Leaderboard:
+    """Fit the compression form over `records` (finished RunRecords), bootstrap it, and rank formats."""
+    runs = runs_of(records)
+    bits = _one_per_label(records, "bits_per_value")
+    weights = _one_per_label(records, "weight")
+    activations = _one_per_label(records, "activation")
+    law = fit_compression(runs, reference)
+    intervals = bootstrap(law, runs, k=k, seed=seed)
+    eff_ci = intervals.eff_ci
+    rows = []
+    for label, eff in law.eff.items():
+        gw, ga = _gmse(weights[label]), _gmse(activations[label])
+        capacity = math.prod(float(rho(g)) for g in (gw, ga) if g is not None)
+        lo, hi = eff_ci[label]
+        rows.append(Row(label, float(bits[label]), eff, lo, hi, eff * DENSE_BITS / float(bits[label]), gw, ga,
+                        capacity, int(np.sum(runs.label == label))))
+    rows.sort(key=lambda r: -r.eff_per_bit)
+    return Leaderboard(law, intervals, rows)
+
+
+COLUMNS = ("format", "bits/value", "eff", "eff 95% CI", "eff x 16/bits", "GMSE w", "GMSE a", "rho(GMSE)", "runs")
+
+
+def _cells(r: Row) -> list[str]:
+    g = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    return [r.label, f"{r.bits:.3f}", f"{r.eff:.3f}", f"[{r.eff_lo:.3f}, {r.eff_hi:.3f}]", f"{r.eff_per_bit:.3f}",
+            g(r.gmse_weight), g(r.gmse_activation), f"{r.rho:.3f}", str(r.runs)]
+
+
+def law_summary(law: LawFit) -> str:
+    c = law.constants()
+    text = (f"L = {c['A']:.4g} (N eff)^-{c['alpha']:.4f} + {c['B']:.4g} D^-{c['beta']:.4f} + {c['E']:.4f}; "
+            f"{law.n_runs} runs, RMSE(log L) = {law.rmse_log:.4f}")
+    if law.holdout is not None:
+        text += (f"; largest size N={law.holdout.n:.3g} held out: RMSE(log L) = {law.holdout.rmse_log:.4f}, "
+                 f"max rel. error {law.holdout.max_rel_err:.2%}")
+    else:
+        text += f"; {law.holdout_note}"
+    if law.at_bound:
+        text += f"; at search bound (not determined by the runs): {', '.join(law.at_bound)}"
+    return text
+
+
+def render_markdown(board: Leaderboard) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in board.rows]
+    return "\n".join(lines) + f"\n\n{law_summary(board.law)}\n"
+
+
+def render_csv(board: Leaderboard) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    names = list(asdict(board.rows[0]))
+    writer.writerow(names)
+    for r in board.rows:
+        writer.writerow([asdict(r)[k] for k in names])
+    return out.getvalue()
+
+
+def render_table(board: Leaderboard):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="Compression leaderboard (eff relative to dense; 95% bootstrap intervals)",
+                  caption=escape(law_summary(board.law)))
+    for name in COLUMNS:
+        table.add_column(name, justify="left" if name == "format" else "right")
+    for r in board.rows:
+        table.add_row(*(escape(c) for c in _cells(r)))
+    return table

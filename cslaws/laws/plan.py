@@ -1,0 +1,82 @@
+"""Plan a training run under a memory and/or compute budget with the fitted compression law.
+
+Predicted loss of format f at N parameters and D tokens: L = A (N eff_f)^-alpha + B D^-beta + E.
+- Memory budget M bits: N <= M / bits_f. Compute budget C FLOPs: D = C / (6 N) (Kaplan et al. 2020;
+  compressed formats are taken to cost the same FLOPs per parameter and token as dense).
+- Compute only: the loss along D = C / (6N) is minimised at
+  N* = (alpha A eff^-alpha / (beta B))^(1 / (alpha + beta)) (C / 6)^(beta / (alpha + beta))
+  (set dL/dN = 0; Hoffmann et al. 2022, eq. 4 with A eff^-alpha in place of A).
+- Both: the loss is unimodal in log N along the compute line, so the optimum is min(N*, M / bits_f).
+- Memory only: D is not limited, so the plan reports the D -> infinity limit A (N eff)^-alpha + E.
+Each choice is compared with dense (eff 1, the reference label's bits) under the same budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cslaws.laws.fit import LawFit
+
+
+@dataclass
+class Choice:
+    label: str
+    bits: float
+    eff: float
+    n: float
+    d: float | None
+    loss: float
+    dense_loss: float
+    improvement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_optimal_n(law: LawFit, eff: float, flops: float) -> float:
+    a_eff = law.A * eff ** -law.alpha
+    s = law.alpha + law.beta
+    return (law.alpha * a_eff / (law.beta * law.B)) ** (1.0 / s) * (flops / 6.0) ** (law.beta / s)
+
+
+def best_point(law: LawFit, eff: float, bits: float, memory_bits: float | None, flops: float | None) -> tuple[float, float | None, float]:
+    """(N, D or None for unlimited, predicted loss) minimising the loss under the budgets."""
+    if memory_bits is None and flops is None:
+        raise ValueError("a plan needs a memory budget (bits), a compute budget (FLOPs), or both")
+    n_max = None if memory_bits is None else memory_bits / bits
+    if flops is None:
+        return n_max, None, law.A * (n_max * eff) ** -law.alpha + law.E
+    n = compute_optimal_n(law, eff, flops)
+    if n_max is not None:
+        n = min(n, n_max)
+    d = flops / (6.0 * n)
+    return n, d, float(law.predict(n, d, eff))
+
+
+def plan(
+    law: LawFit,
+    bits: dict[str, float],
+    memory_bits: float | None = None,
+    flops: float | None = None,
+    labels: list[str] | None = None,
+) -> list[Choice]:
+    """Candidate formats ranked by predicted loss under the budget (best first)."""
+    for name, value in (("memory budget", memory_bits), ("compute budget", flops)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"the {name} must be a positive number, got {value}")
+    chosen = list(law.eff) if labels is None else labels
+    unknown = [s for s in chosen if s not in law.eff]
+    if unknown:
+        raise ValueError(f"no fitted multiplier for {unknown}; formats in the fit: {', '.join(law.eff)}")
+    missing = [s for s in [*chosen, law.reference] if s not in bits]
+    if missing:
+        raise ValueError(f"bits per value unknown for {missing}; give bits for every candidate and the reference")
+    _, _, dense_loss = best_point(law, 1.0, bits[law.reference], memory_bits, flops)
+    choices = []
+    for label in chosen:
+        eff = law.eff[label]
+        n, d, loss = best_point(law, eff, bits[label], memory_bits, flops)
+        choices.append(Choice(label, bits[label], eff, n, d, loss, dense_loss, dense_loss - loss))
+    return sorted(choices, key=lambda c: c.loss)

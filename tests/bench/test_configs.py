@@ -1,0 +1,53 @@
+"""Every shipped YAML goes through the real `bench` command line parser and builds its objects."""
+
+from pathlib import Path
+
+import pytest
+
+from cslaws.bench.cli import resolve_config, shipped_configs
+from cslaws.bench.lightning_cli import BenchCLI, run_lightning_cli
+from cslaws.formats.base import Format
+
+RUN_CONFIGS = sorted(p for p in shipped_configs().rglob("*.yaml") if p.parent.name != "matrix")
+
+
+def build(path: Path, *extra: str) -> BenchCLI:
+    return run_lightning_cli(["--config", str(path), "--model.size", "nano", *extra], run=False, logger=False)
+
+
+def test_configs_are_shipped() -> None:
+    names = {str(p.relative_to(shipped_configs())) for p in RUN_CONFIGS}
+    assert {"formats/dense.yaml", "formats/int4.yaml", "formats/w4a4.yaml", "formats/int4_sp50.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: str(p.relative_to(shipped_configs())))
+def test_config_parses_and_builds(path: Path) -> None:
+    cli = build(path)
+    model = cli.model
+    assert model.label == path.stem, "a format config's label is its file stem"
+    for fmt in model.factory.formats:
+        assert isinstance(fmt, Format)
+        assert fmt.bits_per_value > 0
+
+
+def test_config_lookup_by_shipped_name_from_any_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Path(resolve_config("formats/int4.yaml")) == shipped_configs() / "formats" / "int4.yaml"
+    local = tmp_path / "formats" / "int4.yaml"
+    local.parent.mkdir()
+    local.write_text("model: {label: mine}\n")
+    assert resolve_config("formats/int4.yaml") == "formats/int4.yaml"
+
+
+def test_unknown_config_lists_shipped_ones(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"config 'formats/int3_sp99.yaml' is neither.*formats/int4.yaml"):
+        resolve_config("formats/int3_sp99.yaml")
+
+
+def test_print_config_through_the_console_entry_point(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(["fit", "--config", resolve_config("formats/int4.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "label: int4" in out and "class_path: cslaws.formats" in out

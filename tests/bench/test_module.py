@@ -1,0 +1,72 @@
+import math
+
+import lightning as L
+import pytest
+
+from cslaws.bench.data import TextDataModule
+from cslaws.bench.module import LanguageModel, cosine_with_warmup
+
+
+def trainer(**kw) -> L.Trainer:
+    args = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=1.0, gradient_clip_val=1.0)
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor() -> None:
+    values = [cosine_with_warmup(s, total=100, warmup=10, min_ratio=0.1) for s in range(101)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0) and values[100] == pytest.approx(0.1)
+    assert values[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+def test_budget_sets_steps_and_loss_falls(small_corpus) -> None:
+    L.seed_everything(0)
+    dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=512, seq_len=32, batch_size=8, val_sequences=16)
+    model = LanguageModel(size="nano", tokens=60 * 8 * 32 + 100, vocab_size=512, lr=1e-2)
+    t = trainer(inference_mode=False)
+    t.validate(model, datamodule=dm, verbose=False)
+    before = float(t.callback_metrics["val_loss"])
+    t = trainer()
+    t.fit(model, datamodule=dm)
+    assert model.total_steps == 60 and t.global_step == 60
+    assert model.tokens == 60 * 8 * 32
+    assert float(t.callback_metrics["val_loss"]) < before - 1.0
+
+
+def test_tokens_per_param_budget_counts_n(small_corpus) -> None:
+    model = LanguageModel(size="nano", tokens_per_param=2.0, vocab_size=512)
+    assert model.requested_tokens == round(2.0 * model.n_params)
+
+
+def test_budget_below_one_step_is_an_error_before_training(small_corpus) -> None:
+    dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=512, seq_len=32, batch_size=8, val_sequences=16)
+    model = LanguageModel(size="nano", tokens=100, vocab_size=512)
+    with pytest.raises(ValueError, match=r"token budget of 100 tokens is smaller than one step of 256 tokens"):
+        trainer().fit(model, datamodule=dm)
+    assert model.total_steps == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(size="huge"), "unknown model size 'huge'"),
+        (dict(tokens=10, tokens_per_param=2.0), "not both"),
+        (dict(tokens=-5), "tokens=-5 is not allowed"),
+        (dict(warmup=1.5), "warmup=1.5 is not allowed"),
+    ],
+)
+def test_bad_module_arguments(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        LanguageModel(**kwargs)
+
+
+def test_weight_decay_only_on_matrices() -> None:
+    model = LanguageModel(size="nano", tokens=1000, vocab_size=64)
+    opt = model.configure_optimizers()["optimizer"]
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))

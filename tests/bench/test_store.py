@@ -1,0 +1,50 @@
+import sqlite3
+
+import pytest
+
+from cslaws.bench.store import ResultsStore, RunRecord
+
+
+def record(**kw) -> RunRecord:
+    args = dict(label="int4", model="nano", n_params=26784, tokens=1000, bits_per_value=4.125, seed=0,
+                dataset="d", tokenizer="t", code_version="0", weight={"class_path": "x.Int", "init_args": {"bits": 4}})
+    args.update(kw)
+    return RunRecord(**args)
+
+
+def test_run_lifecycle_and_curve(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "r.db")
+    rid = store.start_run(record())
+    assert store.runs() == [] and store.runs("running")[0].run_id == rid
+    store.log_point(rid, 10, 1000, 5.0, None)
+    store.log_point(rid, 20, 2000, None, 4.5)
+    store.finish(rid, 4.5)
+    (run,) = store.runs()
+    assert run.final_val_loss == 4.5 and run.weight == {"class_path": "x.Int", "init_args": {"bits": 4}}
+    assert run.activation is None and run.finished_at >= run.started_at
+    assert store.curve(rid) == [(10, 1000, 5.0, None), (20, 2000, None, 4.5)]
+
+
+def test_failed_runs_are_not_finished(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "r.db")
+    rid = store.start_run(record(cell="c1"))
+    store.fail(rid, "boom")
+    assert store.runs() == [] and store.runs("failed")[0].error == "boom"
+    assert store.finished_cells() == set()
+
+
+def test_store_is_wal_and_rejects_unknown_status(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "r.db")
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError, match="unknown status 'done'"):
+        store.runs("done")
+
+
+def test_add_finished_needs_a_loss(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "r.db")
+    with pytest.raises(ValueError, match="final_val_loss"):
+        store.add_finished(record())
+    store.add_finished(record(final_val_loss=3.0), curve=[(1, 100, 4.0, 3.9)])
+    (run,) = store.runs()
+    assert store.curve(run.run_id) == [(1, 100, 4.0, 3.9)]

@@ -1,0 +1,114 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cslaws.bench.cli import shipped_configs
+from cslaws.bench.store import ResultsStore
+from cslaws.bench.sweep import cells, emit, main, parse
+from cslaws.models.llama import SIZES, non_embedding_params
+
+MATRICES = sorted((shipped_configs() / "matrix").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", MATRICES, ids=lambda p: p.name)
+def test_shipped_matrix_parses_through_the_sweep_parser(path: Path) -> None:
+    cfg = parse(["--matrix", f"matrix/{path.name}"])
+    grid = cells(cfg)
+    assert len(grid) == len(cfg.models) * len(cfg.formats) * len(cfg.tokens_per_param) * len(cfg.seeds)
+    assert len({c.key for c in grid}) == len(grid), "every cell has its own key"
+
+
+def test_cpu_matrix_covers_the_issue_minimum() -> None:
+    cfg = parse(["--matrix", "matrix/cpu.yaml"])
+    assert len(cfg.models) >= 4
+    labels = {Path(f).stem for f in cfg.formats}
+    assert {"dense", "int8", "int4", "w4a4", "sp50", "int4_sp50"} <= labels
+
+
+def test_cell_flops_are_6nd() -> None:
+    cfg = parse(["--models", "[micro]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[10]"])
+    (cell,) = cells(cfg)
+    n = non_embedding_params(SIZES["micro"])
+    assert cell.flops == 6 * n * (10 * n)
+
+
+def test_cell_key_changes_with_shared_settings() -> None:
+    base = ["--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]"]
+    (a,) = cells(parse(base))
+    (b,) = cells(parse(base + ["--fit", "{data: {seq_len: 16}}"]))
+    assert a.key != b.key and a.key.startswith("nano/dense/tpp2/s0/")
+
+
+def test_emit_lines_and_slurm(tmp_path) -> None:
+    cfg = parse(["--models", "[nano, micro]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]"])
+    grid = cells(cfg)
+    lines = emit(grid, tmp_path / "s.db", tmp_path / "f.yaml", "lines").splitlines()
+    assert len(lines) == 2 and all(line.startswith("bench fit ") for line in lines)
+    assert f"--store.cell {grid[1].key}" in lines[1]
+    slurm = emit(grid, tmp_path / "s.db", tmp_path / "f.yaml", "slurm")
+    assert "#SBATCH --array=0-1" in slurm and 'COMMANDS[$SLURM_ARRAY_TASK_ID]' in slurm
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "[giant]"], "unknown model size 'giant'"),
+        (["--formats", "[formats/nope.yaml]"], "config 'formats/nope.yaml' is neither"),
+        (["--tokens_per_param", "[0]"], "tokens_per_param must be positive"),
+        (["--jobs", "0"], "--jobs 0 is not allowed"),
+        (["--emit", "pbs"], "--emit 'pbs' is not allowed"),
+    ],
+)
+def test_bad_matrix_input(args, message) -> None:
+    base = {"--models": "[nano]", "--formats": "[formats/dense.yaml]", "--tokens_per_param": "[2]"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    argv = [x for kv in base.items() for x in kv]
+    with pytest.raises((SystemExit, ValueError), match=message):
+        parse(argv)
+
+
+@pytest.mark.slow
+def test_sweep_fills_the_store_and_resumes(tmp_path, capsys, small_corpus) -> None:
+    matrix = tmp_path / "m.yaml"
+    data = {"path": "text", "data_files": small_corpus[:1], "seq_len": 16, "batch_size": 8, "vocab_size": 300, "val_sequences": 16}
+    matrix.write_text(yaml.safe_dump({
+        "models": ["nano"], "formats": ["formats/dense.yaml", "formats/int4.yaml"], "tokens_per_param": [2], "seeds": [0],
+        "fit": {"data": data,
+                "trainer": {"val_check_interval": 0.5, "enable_model_summary": False, "logger": False}},
+    }))
+    store_path = tmp_path / "runs.db"
+    assert main(["sweep", "--matrix", str(matrix), "--store", str(store_path)]) == 0
+    runs = ResultsStore(store_path).runs()
+    assert sorted(r.label for r in runs) == ["dense", "int4"]
+    assert all(r.cell and r.tokens > 0 and r.final_val_loss > 0 for r in runs)
+    capsys.readouterr()
+    assert main(["sweep", "--matrix", str(matrix), "--store", str(store_path), "--dry-run"]) == 0
+    assert "2 cells, 0 to run" in capsys.readouterr().out
+    assert main(["sweep", "--matrix", str(matrix), "--store", str(store_path)]) == 0
+    assert len(ResultsStore(store_path).runs(None)) == 2, "a resumed sweep runs nothing twice"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_and_write_one_run(tmp_path, small_corpus) -> None:
+    """Two gloo processes of batch 4 see the same global batches as one process of batch 8 (the training
+    windows are in a fixed order and DistributedSampler interleaves them), so the losses agree."""
+
+    def fit(devices: int, batch: int, store: Path) -> float:
+        cmd = [sys.executable, "-m", "cslaws", "fit", "--model.size", "nano", "--model.tokens", str(30 * 8 * 16),
+               "--data.path", "text", "--data.data_files", str(small_corpus), "--data.vocab_size", "300",
+               "--data.seq_len", "16", "--data.batch_size", str(batch), "--data.val_sequences", "16",
+               "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.logger", "false",
+               "--trainer.enable_model_summary", "false", "--store.path", str(store), "--store.refit", "false"]
+        if devices > 1:
+            cmd += ["--trainer.strategy", "ddp"]
+        subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        (run,) = ResultsStore(store).runs(None)
+        assert run.status == "finished" and run.tokens == 30 * 8 * 16
+        return run.final_val_loss
+
+    one = fit(1, 8, tmp_path / "one.db")
+    two = fit(2, 4, tmp_path / "two.db")
+    assert abs(one - two) < 1e-3

@@ -1,0 +1,202 @@
+"""GMSE capacity: the closed-form Voronoi integral, the sampled estimate, and `bench capacity` against
+Gaussian MSEs derived independently here (scipy quadrature and optimisation, closed forms)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize
+from scipy.stats import norm
+from torch import Tensor
+
+from cslaws.formats import Format, register_format
+from cslaws.laws.capacity import gaussian_mse_of_levels, gaussian_mse_sampled
+from cslaws.laws.cli import main
+from cslaws.laws.fit import rho, rho_inverse
+
+
+@register_format("toy_levels")
+class ToyLevels(Format):
+    """Test format: rounds to the nearest of fixed levels (uniform mid-rise, 2^bits levels of `step`)."""
+
+    def __init__(self, bits: int = 2, step: float = 0.9956) -> None:
+        super().__init__()
+        self.bits = bits
+        self.step = step
+
+    def _levels(self) -> Tensor:
+        half = 2 ** (self.bits - 1)
+        return (torch.arange(-half, half, dtype=torch.float64) + 0.5) * self.step
+
+    def compress(self, x: Tensor) -> Tensor:
+        half = 2 ** (self.bits - 1)
+        return ((x / self.step).floor().clamp(-half, half - 1) + 0.5) * self.step
+
+    @property
+    def bits_per_value(self) -> float:
+        return float(self.bits)
+
+    def gaussian_grid(self) -> Tensor | None:
+        return self._levels()
+
+
+@register_format("toy_levels_sampled")
+class ToyLevelsSampled(ToyLevels):
+    """The same quantizer without a Gaussian grid: its GMSE must be sampled."""
+
+    def gaussian_grid(self) -> Tensor | None:
+        return None
+
+
+def _quad_mse(levels: np.ndarray) -> float:
+    """E[(X - q(X))^2] by adaptive quadrature on each Voronoi cell."""
+    q = np.sort(levels)
+    edges = np.concatenate([[-np.inf], (q[1:] + q[:-1]) / 2, [np.inf]])
+    return sum(integrate.quad(lambda x, c=c: (x - c) ** 2 * norm.pdf(x), lo, hi, epsabs=1e-13, epsrel=1e-12)[0]
+               for c, lo, hi in zip(q, edges[:-1], edges[1:]))
+
+
+def _optimal_uniform_mse(bits: int) -> float:
+    """Gaussian MSE of the best symmetric uniform 2^bits-level mid-rise quantizer (Max 1960, table)."""
+    half = 2 ** (bits - 1)
+    levels = lambda step: (np.arange(-half, half) + 0.5) * step  # noqa: E731
+    res = optimize.minimize_scalar(lambda s: _quad_mse(levels(s)), bounds=(0.05, 3.0), method="bounded",
+                                   options={"xatol": 1e-10})
+    return float(res.fun)
+
+
+def _capacity_json(capsys, *names: str) -> list[dict]:
+    assert main(["capacity", *names, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _write_config(tmp_path, label: str, weight: str, activation: str | None = None) -> str:
+    text = f"model:\n  label: {label}\n  weight:\n{weight}"
+    if activation is not None:
+        text += f"  activation:\n{activation}"
+    path = tmp_path / f"{label}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_voronoi_integral_matches_quadrature():
+    rng = np.random.default_rng(0)
+    for size in (2, 5, 16):
+        levels = np.sort(rng.normal(size=size) * 1.5)
+        assert gaussian_mse_of_levels(levels) == pytest.approx(_quad_mse(levels), rel=1e-9)
+    # One level at 0: the MSE is E[X^2] = 1.
+    assert gaussian_mse_of_levels(np.array([0.0])) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_sampled_gmse_agrees_with_integral_within_its_error():
+    fmt = ToyLevelsSampled(bits=2, step=0.9956)
+    value, se = gaussian_mse_sampled(fmt)
+    exact = gaussian_mse_of_levels(ToyLevels(bits=2, step=0.9956).gaussian_grid().numpy())
+    assert 0 < se < 6e-4 * exact  # 3 significant digits
+    assert abs(value - exact) < 4 * se
+
+
+def test_capacity_cli_on_toy_formats(capsys):
+    integral, sampled = _capacity_json(capsys, "toy_levels", "toy_levels_sampled")
+    exact = _quad_mse(ToyLevels().gaussian_grid().numpy())
+    assert integral["method"] == "integral" and integral["gmse"] == pytest.approx(exact, rel=1e-9)
+    assert integral["gmse_se"] == 0.0
+    assert sampled["method"] == "sampled" and sampled["gmse"] == pytest.approx(exact, rel=1e-3)
+    for line in (integral, sampled):
+        assert line["bits"] == 2.0
+        assert line["rho"] == pytest.approx(float(rho(line["gmse"])), rel=1e-12)
+        assert line["rho_per_bit"] == pytest.approx(line["rho"] / 2.0, rel=1e-12)
+        assert line["floor"] == pytest.approx(2.0**-4, rel=1e-12)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_capacity_reproduces_optimal_uniform_int(capsys, tmp_path, bits):
+    """Int with Gaussian-optimal scale = the best uniform quantizer: same MSE to 3 significant digits."""
+    weight = ("    class_path: cslaws.formats.int.Int\n"
+              f"    init_args: {{bits: {bits}, grid: midrise, scale: gaussian, granularity: row}}\n")
+    (line,) = _capacity_json(capsys, _write_config(tmp_path, f"int{bits}", weight))
+    assert line["name"] == f"int{bits}"
+    assert line["gmse"] == pytest.approx(_optimal_uniform_mse(bits), rel=1e-3)
+    if bits == 1:  # sign quantizer at +-sqrt(2/pi): 1 - 2/pi
+        assert line["gmse"] == pytest.approx(1 - 2 / math.pi, rel=1e-3)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75])
+def test_capacity_reproduces_magnitude_pruning_closed_form(capsys, tmp_path, sparsity):
+    """Pruning the fraction s of smallest |x| of N(0,1) zeroes |x| < t, t = Phi^-1((1+s)/2), so
+    GMSE = E[X^2; |X| < t] = int_{-t}^{t} x^2 phi(x) dx = (2 Phi(t) - 1) - 2 t phi(t) = s - 2 t phi(t)."""
+    t = norm.ppf((1 + sparsity) / 2)
+    expected = sparsity - 2 * t * norm.pdf(t)
+    weight = f"    class_path: cslaws.formats.sparse.Magnitude\n    init_args: {{sparsity: {sparsity}}}\n"
+    (line,) = _capacity_json(capsys, _write_config(tmp_path, f"sp{int(sparsity * 100)}", weight))
+    assert line["method"] == "sampled"
+    assert line["gmse_se"] < 6e-4 * expected
+    assert abs(line["gmse"] - expected) < 4 * line["gmse_se"]
+    assert line["gmse"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_weight_and_activation_config_multiplies_capacities(capsys, tmp_path):
+    w = "    class_path: cslaws.formats.int.Int\n    init_args: {bits: 4}\n"
+    a = "    class_path: cslaws.formats.int.Int\n    init_args: {bits: 2}\n"
+    weight, activation, product = _capacity_json(capsys, _write_config(tmp_path, "w4a2", w, a))
+    assert (weight["name"], activation["name"], product["name"]) == ("w4a2/weight", "w4a2/activation", "w4a2/product")
+    assert product["rho"] == pytest.approx(weight["rho"] * activation["rho"], rel=1e-12)
+    assert product["bits"] is None and product["gmse_se"] is None
+    assert float(rho(product["gmse"])) == pytest.approx(product["rho"], rel=1e-9)
+    assert product["gmse"] == pytest.approx(float(rho_inverse(product["rho"])), rel=1e-12)
+
+
+def test_shipped_config_by_path_under_configs(capsys):
+    (line,) = _capacity_json(capsys, "formats/int4.yaml")
+    assert line["name"] == "int4"
+    assert line["gmse"] == pytest.approx(_optimal_uniform_mse(4), rel=1e-3)
+
+
+def test_no_names_lists_registered_formats(capsys, monkeypatch):
+    import cslaws.laws.capacity as cap
+    from cslaws.formats import FORMATS
+
+    # A few registered formats keep this quick; "hadamard" needs an inner format, so it cannot be listed.
+    monkeypatch.setattr(cap, "FORMATS", {k: FORMATS[k] for k in ("dense", "toy_levels", "int", "hadamard")})
+    assert main(["capacity", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    names = {line["name"] for line in json.loads(captured.out)}
+    assert names == {"dense", "toy_levels", "int"}
+    dense = next(line for line in json.loads(captured.out) if line["name"] == "dense")
+    assert dense["gmse"] == 0.0 and dense["rho"] == 1.0
+    assert "need arguments" in captured.err and "hadamard" in captured.err
+
+
+def test_unknown_format_is_a_clear_error(capsys):
+    assert main(["capacity", "no_such_format"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown format 'no_such_format'" in err and "toy_levels" in err and "formats/int4.yaml" in err
+
+
+def test_text_table_has_every_column(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["capacity", "toy_levels"]) == 0
+    out = capsys.readouterr().out
+    for column in ("GMSE", "bits/value", "rho", "rho/bit", "floor 2^-2b", "toy_levels"):
+        assert column in out
+
+
+def test_half_hadamard_error_is_measured_in_the_rotated_basis():
+    """A rotation is orthogonal and maps i.i.d. Gaussian rows to i.i.d. Gaussian rows, so a rotated
+    format's GMSE equals its inner format's, also when the output stays in the rotated basis."""
+    from cslaws.formats.hadamard import Hadamard
+    from cslaws.laws.capacity import gmse
+
+    exact = gaussian_mse_of_levels(ToyLevels().gaussian_grid().numpy())
+    for variant in ("half", "full"):
+        value, se, method = gmse(Hadamard(format=ToyLevelsSampled(), block=128, variant=variant))
+        assert method == "sampled"
+        assert abs(value - exact) < 4 * se and se < 6e-4 * exact
+
+
+def test_rho_of_useless_format_is_zero():
+    assert rho(1.0) == 0.0 and rho(1.9) == 0.0

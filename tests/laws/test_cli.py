@@ -1,0 +1,269 @@
+"""`bench law fit | leaderboard | plot | plan` end to end: JSON outputs parsed and checked against the
+constants the runs were drawn from, brute-force planning, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.formats.int import Int
+from cslaws.laws.capacity import gaussian_mse_of_levels
+from cslaws.laws.cli import main
+from cslaws.laws.fit import rho
+
+from conftest import TRUE, synthetic
+
+EFFS = {"dense": 1.0, "int4": 0.7, "int3": 0.55, "int2": 0.4}
+
+
+def _spec(bits: int) -> dict:
+    return {"class_path": "cslaws.formats.int.Int", "init_args": {"bits": bits, "scale": "gaussian"}}
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "results.db"
+    store = ResultsStore(path)
+    n, d, loss, lab = synthetic(noise=0.003, seed=11, effs=EFFS)
+    for i, (ni, di, li, label) in enumerate(zip(n, d, loss, lab)):
+        bits = None if label == "dense" else int(label[3:])
+        store.add_finished(RunRecord(
+            label=label, model=f"m{int(ni)}", n_params=int(ni), tokens=int(di),
+            bits_per_value=16.0 if bits is None else Int(bits=bits).bits_per_value, seed=i, dataset="synthetic",
+            tokenizer="none", code_version="test", config="", weight=None if bits is None else _spec(bits),
+            final_val_loss=float(li),
+        ))
+    # A failed run must not enter the fit.
+    store.start_run(RunRecord(label="int4", model="x", n_params=10**7, tokens=10**8, bits_per_value=4.0, seed=0,
+                              dataset="synthetic", tokenizer="none", code_version="test"))
+    return path
+
+
+def _json(capsys, argv: list[str]):
+    assert main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_leaderboard_json(capsys, store_path):
+    board = _json(capsys, ["leaderboard", "--store", str(store_path), "--format", "json", "--bootstrap", "30"])
+    rows = {r["label"]: r for r in board["rows"]}
+    assert set(rows) == set(EFFS)
+    assert board["law"]["runs"] == 4 * 28
+    for label, true in EFFS.items():
+        r = rows[label]
+        assert r["eff"] == pytest.approx(true, rel=0.03)
+        assert r["eff_lo"] <= r["eff"] <= r["eff_hi"]
+        assert r["runs"] == 28
+        assert r["eff_per_bit"] == pytest.approx(r["eff"] * 16 / r["bits"], rel=1e-12)
+    for bits in (2, 3, 4):
+        r = rows[f"int{bits}"]
+        exact = gaussian_mse_of_levels(Int(bits=bits).gaussian_grid().numpy())
+        assert r["gmse_weight"] == pytest.approx(exact, rel=1e-12) and r["gmse_activation"] is None
+        assert r["rho"] == pytest.approx(float(rho(exact)), rel=1e-12)
+    assert rows["dense"]["gmse_weight"] is None and rows["dense"]["rho"] == 1.0
+    # Rows are ranked by eff x 16 / bits.
+    ranks = [r["eff_per_bit"] for r in board["rows"]]
+    assert ranks == sorted(ranks, reverse=True)
+    assert board["law"]["alpha"] == pytest.approx(TRUE["alpha"], rel=0.05)
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "text"])
+def test_leaderboard_other_formats(capsys, store_path, fmt, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["leaderboard", "--store", str(store_path), "--format", fmt, "--bootstrap", "5"]) == 0
+    out = capsys.readouterr().out
+    for label in EFFS:
+        assert label in out
+    if fmt == "csv":
+        lines = out.strip().splitlines()
+        assert lines[0].startswith("label,bits,eff,eff_lo,eff_hi") and len(lines) == 1 + len(EFFS)
+    if fmt == "md":
+        assert out.startswith("| format |") and "held out" in out
+
+
+def test_plot_writes_three_figures(capsys, store_path, tmp_path):
+    import matplotlib.image
+
+    assert main(["plot", "--store", str(store_path), "--out", str(tmp_path / "figs"), "--bootstrap", "5"]) == 0
+    printed = capsys.readouterr().out.split()
+    names = sorted(p.rsplit("/", 1)[1] for p in printed)
+    assert names == ["eff_vs_gmse.png", "iso_memory.png", "loss_vs_n.png"]
+    for p in printed:
+        img = matplotlib.image.imread(p)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0
+
+
+def _brute_plan(law: dict, eff: float, bits: float, memory: float | None, flops: float | None) -> tuple[float, float]:
+    """Best (N, loss) over a fine log grid of N plus the memory bound, with D = C / (6N), N <= memory / bits."""
+    n = np.geomspace(1e3, 1e15, 400_001)
+    if memory is not None:
+        n = np.append(n[n < memory / bits], memory / bits)
+    d = flops / (6 * n) if flops is not None else np.inf
+    loss = law["A"] * (n * eff) ** -law["alpha"] + (law["B"] * d ** -law["beta"] if flops is not None else 0) + law["E"]
+    i = int(np.argmin(loss))
+    return float(n[i]), float(loss[i])
+
+
+@pytest.mark.parametrize("memory,flops", [(None, 1e20), (2e9, 1e20), (2e9, None)])
+def test_plan_matches_brute_force(capsys, store_path, memory, flops):
+    argv = ["plan", "--store", str(store_path), "--format", "json"]
+    argv += ["--memory-bits", str(memory)] if memory else []
+    argv += ["--flops", str(flops)] if flops else []
+    choices = _json(capsys, argv)
+    law = _json(capsys, ["law", "fit", "--runs", str(_store_csv(store_path)), "--format-col", "label", "--format", "json"])
+    assert [c["loss"] for c in choices] == sorted(c["loss"] for c in choices)
+    dense = next(c for c in choices if c["label"] == "dense")
+    for c in choices:
+        n_best, loss_best = _brute_plan(law, law["eff"][c["label"]], c["bits"], memory, flops)
+        assert c["loss"] == pytest.approx(loss_best, rel=1e-7)
+        assert c["n"] == pytest.approx(n_best, rel=2e-4)
+        assert c["improvement"] == pytest.approx(dense["loss"] - c["loss"], abs=1e-12)
+        if flops is None:
+            assert c["d"] is None
+        else:
+            assert c["d"] == pytest.approx(flops / (6 * c["n"]), rel=1e-12)
+    if memory is not None and flops is None:
+        # Memory-bound: the compressed formats fit more parameters and beat dense.
+        assert choices[0]["label"] != "dense" and choices[0]["improvement"] > 0
+
+
+_CSV_CACHE: dict = {}
+
+
+def _store_csv(store_path):
+    """The store's finished runs as a CSV with columns N, D, loss, label (for `bench law fit`)."""
+    if store_path not in _CSV_CACHE:
+        path = store_path.parent / "runs.csv"
+        records = ResultsStore(store_path).runs()
+        lines = ["N,D,loss,label"] + [f"{r.n_params},{r.tokens},{r.final_val_loss!r},{r.label}" for r in records]
+        path.write_text("\n".join(lines) + "\n")
+        _CSV_CACHE[store_path] = path
+    return _CSV_CACHE[store_path]
+
+
+def test_law_fit_chinchilla_json(capsys, chinchilla_csv):
+    out = _json(capsys, ["law", "fit", "--runs", str(chinchilla_csv), "--n-col", "Model Size", "--flop-col",
+                         "Training FLOP", "--exclude-top", "5", "--format", "json"])
+    assert out["runs"] == 240 and out["excluded"] == 5
+    assert {"A", "B", "E", "alpha", "beta", "objective", "rmse_log", "holdout"} <= set(out)
+    assert "eff" not in out
+    assert out["E"] == pytest.approx(1.8172, rel=0.01) and out["alpha"] == pytest.approx(0.3478, rel=0.02)
+
+
+def test_law_fit_quest_compression_with_bootstrap(capsys, quest_csv):
+    out = _json(capsys, ["law", "fit", "--runs", str(quest_csv), "--format-col", "format", "--bootstrap", "8",
+                         "--format", "json"])
+    assert len(out["eff"]) == 17 and out["eff"]["dense"] == 1.0
+    assert set(out["eff_ci"]) == set(out["eff"])
+    assert set(out["ci"]) == {"A", "B", "E", "alpha", "beta"}
+    for label, (lo, hi) in out["eff_ci"].items():
+        assert lo <= hi
+    assert out["bootstrap"] == 8
+
+
+def test_law_fit_recovers_synthetic_constants(capsys, store_path):
+    out = _json(capsys, ["law", "fit", "--runs", str(_store_csv(store_path)), "--format-col", "label", "--format", "json"])
+    for label, true in EFFS.items():
+        assert out["eff"][label] == pytest.approx(true, rel=0.03)
+    assert out["E"] == pytest.approx(TRUE["E"], rel=0.02)
+
+
+def test_law_fit_text_output(capsys, store_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["law", "fit", "--runs", str(_store_csv(store_path)), "--format-col", "label"]) == 0
+    out = capsys.readouterr().out
+    assert "eff[int2]" in out and "alpha" in out and "held out" in out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_empty_store_is_a_clear_error(capsys, tmp_path):
+    path = tmp_path / "empty.db"
+    ResultsStore(path)
+    assert main(["leaderboard", "--store", str(path)]) == 1
+    assert "has no finished runs" in capsys.readouterr().err
+
+
+def test_missing_store_is_a_clear_error(capsys, tmp_path):
+    assert main(["plan", "--store", str(tmp_path / "nope.db"), "--flops", "1e20"]) == 1
+    assert "no results store at" in capsys.readouterr().err
+
+
+def test_law_fit_rejects_both_token_sources(capsys, chinchilla_csv):
+    argv = ["law", "fit", "--runs", str(chinchilla_csv), "--d-col", "x", "--flop-col", "Training FLOP"]
+    assert main(argv) == 1
+    assert "either --d-col" in capsys.readouterr().err
+
+
+def test_law_fit_names_missing_columns(capsys, chinchilla_csv):
+    assert main(["law", "fit", "--runs", str(chinchilla_csv)]) == 1
+    err = capsys.readouterr().err
+    assert "no column(s) ['N', 'D']" in err and "Model Size" in err
+
+
+def test_law_fit_single_size_and_too_few_runs(capsys, tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("N,D,loss\n" + "".join(f"1e8,{d},{3 - d / 1e11}\n" for d in (1e9, 2e9, 4e9, 8e9, 1.6e10, 3.2e10)))
+    assert main(["law", "fit", "--runs", str(path)]) == 1
+    assert "same model size" in capsys.readouterr().err
+    path.write_text("N,D,loss\n1e7,1e8,4\n1e8,1e9,3\n1e9,1e10,2.5\n")
+    assert main(["law", "fit", "--runs", str(path)]) == 1
+    assert "5 parameters but only 3 runs" in capsys.readouterr().err
+
+
+def test_plan_needs_a_budget(capsys, store_path):
+    with pytest.raises(SystemExit):
+        main(["plan", "--store", str(store_path)])
+    assert "--memory-bits, --flops, or both" in capsys.readouterr().err
+
+
+def test_plan_unknown_format(capsys, store_path):
+    assert main(["plan", "--store", str(store_path), "--flops", "1e20", "--formats", "int9"]) == 1
+    assert "no fitted multiplier for ['int9']" in capsys.readouterr().err
+
+
+def test_unknown_subcommand(capsys):
+    assert main(["nope"]) == 2
+    assert "usage: bench" in capsys.readouterr().err
+
+
+
+def test_rho_curve_fit_recovers_generating_constants():
+    from cslaws.laws.plot import fit_rho_curve
+
+    g = np.array([0.3, 0.12, 0.04, 0.01])
+    F, C = fit_rho_curve(g, rho(g, 0.55, 1.1))
+    assert (F, C) == pytest.approx((0.55, 1.1), rel=1e-6)
+
+
+def test_shipped_data_sets_are_the_test_copies(chinchilla_csv, quest_csv):
+    from importlib.resources import files
+
+    from cslaws.laws.cli import SHIPPED_DATA, _runs_path
+
+    for name, copy in zip(SHIPPED_DATA, (chinchilla_csv, quest_csv)):
+        assert _runs_path(type(copy)(name)).read_bytes() == copy.read_bytes()
+        assert (files("cslaws.laws") / name).is_file()
+
+
+def test_missing_runs_file(capsys, tmp_path):
+    assert main(["law", "fit", "--runs", str(tmp_path / "none.csv")]) == 1
+    assert "no runs file" in capsys.readouterr().err
+
+
+def test_leaderboard_rejects_a_label_with_two_formats(capsys, tmp_path):
+    path = tmp_path / "mixed.db"
+    store = ResultsStore(path)
+    n, d, loss, lab = synthetic(effs={"dense": 1.0, "int4": 0.7})
+    for i, (ni, di, li, label) in enumerate(zip(n, d, loss, lab)):
+        spec = None if label == "dense" else _spec(4 if i % 2 else 3)
+        store.add_finished(RunRecord(label=label, model="m", n_params=int(ni), tokens=int(di), bits_per_value=16.0,
+                                     seed=i, dataset="s", tokenizer="t", code_version="v", weight=spec,
+                                     final_val_loss=float(li)))
+    assert main(["leaderboard", "--store", str(path), "--bootstrap", "2"]) == 1
+    assert "label 'int4' has runs with different weight" in capsys.readouterr().err
