@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+from rich.console import Console
 
 import cslaws
 from cslaws.bench.store import ResultsStore, RunRecord
@@ -29,6 +31,23 @@ def code_version() -> str:
     if sha.returncode != 0:
         return cslaws.__version__
     return f"{cslaws.__version__}+g{sha.stdout.strip()}{'.dirty' if dirty.stdout.strip() else ''}"
+
+
+REFIT_BOOTSTRAP = 30
+
+
+def print_leaderboard_row(store: ResultsStore, label: str) -> None:
+    """Refit the compression law over every finished run in the store and print `label`'s row."""
+    from cslaws.laws import leaderboard as lb
+    from cslaws.laws.fit import FitError
+
+    console = Console()
+    try:
+        board = lb.build(store.runs(), k=REFIT_BOOTSTRAP)
+    except FitError as err:
+        console.print(f"[yellow]no law yet[/] for {label!r}: {err}")
+        return
+    console.print(lb.render_table(replace(board, rows=[r for r in board.rows if r.label == label])))
 
 
 class StreamToStore(L.Callback):
@@ -96,9 +115,7 @@ class StreamToStore(L.Callback):
             return
         self.store.finish(self.run_id, float(trainer.callback_metrics["val_loss"]))
         if self.refit:
-            from cslaws.laws.report import print_format_row
-
-            print_format_row(self.store, pl_module.label)
+            print_leaderboard_row(self.store, pl_module.label)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self.run_id is not None:

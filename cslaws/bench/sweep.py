@@ -201,11 +201,8 @@ def print_leaderboard(store_path: Path, console: Console) -> None:
     """The refit leaderboard; a store that cannot support a fit yet says why, without failing the sweep."""
     from cslaws.laws.cli import main as laws_main
 
-    try:
-        laws_main(["leaderboard", "--store", str(store_path)])
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            console.print("[yellow]no leaderboard yet[/]: the store cannot support a fit (see above)")
+    if laws_main(["leaderboard", "--store", str(store_path)]) != 0:
+        console.print("[yellow]no leaderboard yet[/]: the store cannot support a fit (see above)")
 
 
 if __name__ == "__main__":

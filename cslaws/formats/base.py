@@ -60,6 +60,15 @@ class Format:
         """Identifies the rotated basis when `keeps_rotated_basis`; both sides of a layer must agree."""
         return None
 
+    def reference(self, x: Tensor) -> Tensor:
+        """`x` in the basis that `compress(x)` returns, so that the format's error is compress(x) - reference(x).
+
+        The identity, except for formats that keep a rotated basis, which must say how they rotate.
+        """
+        if self.keeps_rotated_basis:
+            raise NotImplementedError(f"{type(self).__name__} keeps a rotated basis and must define reference(x)")
+        return x
+
     def compress_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
         """Compress only the survivors of a sparsifier (`keep` True), for composed formats.
 

@@ -112,13 +112,8 @@ class FP(ScalarQuantizer):
         super().__init__()
         self.backend = check_backend(backend)
         self.element = element
-        self.granularity = granularity
-        self.group_size = group_size
-        self.backward = backward
-        self.trust = trust
-        self.row_length = row_length
         self._el = get_element(element)
-        self._check_common()
+        self._set_common(granularity, group_size, backward, trust, row_length)
 
     @property
     def element_bits(self) -> float:

@@ -146,6 +146,9 @@ class Hadamard(Format):
             q = fused.rotate(q, b)
         return q.to(x.dtype)
 
+    def reference(self, x: Tensor) -> Tensor:
+        return rotate(x, rotation_block(x.shape[-1], self.block)) if self.keeps_rotated_basis else x
+
     def compress_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
         raise ValueError(
             "Hadamard cannot compress only the survivors of a sparsifier: the rotation mixes pruned and kept "

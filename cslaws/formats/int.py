@@ -121,15 +121,10 @@ class Int(ScalarQuantizer):
         self.bits = bits
         self.grid = grid
         self.scale = scale
-        self.granularity = granularity
-        self.group_size = group_size
-        self.backward = backward
-        self.trust = trust
-        self.row_length = row_length
         self.levels = int_levels(bits, grid)
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
-        self._check_common()
+        self._set_common(granularity, group_size, backward, trust, row_length)
         if scale == "gaussian":
             gaussian_clip(self.levels)  # computed (and cached) now, not inside the first training step
 

@@ -67,12 +67,7 @@ class LloydMax(ScalarQuantizer):
         if not (isinstance(bits, int) and 1 <= bits <= 4):
             raise ValueError(f"Lloyd-Max bits must be an integer in [1, 4], got {bits!r}")
         self.bits = bits
-        self.granularity = granularity
-        self.group_size = group_size
-        self.backward = backward
-        self.trust = trust
-        self.row_length = row_length
-        self._check_common()
+        self._set_common(granularity, group_size, backward, trust, row_length)
         lv = np.array(lloyd_max_levels(2**bits))
         widths = cell_widths(lv)
         self._levels = torch.tensor(lv, dtype=torch.float32)

@@ -119,9 +119,12 @@ class ScalarQuantizer(Format):
     #: fused kernel (`kernel_plan`) take it as an init arg.
     backend: str = "torch"
 
-    def _check_common(self) -> None:
-        check_granularity(self.granularity, self.group_size, self.row_length)
-        check_backward(self.backward, self.trust)
+    def _set_common(self, granularity: str, group_size: int, backward: str, trust: float, row_length: int) -> None:
+        """Keep and check the settings every scalar quantizer shares (scale grouping, backward rule)."""
+        self.granularity, self.group_size, self.row_length = granularity, group_size, row_length
+        self.backward, self.trust = backward, trust
+        check_granularity(granularity, group_size, row_length)
+        check_backward(backward, trust)
 
     def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor | float]:
         raise NotImplementedError

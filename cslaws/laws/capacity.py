@@ -37,7 +37,6 @@ from scipy.stats import norm
 
 from cslaws.formats import FORMATS, Format, make_format
 from cslaws.formats.dense import Dense
-from cslaws.formats.hadamard import Hadamard, fwht, rotation_block
 from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, rho, rho_inverse
 
 ROW_LENGTH = 4096
@@ -84,18 +83,6 @@ def gaussian_mse_of_levels(levels: np.ndarray) -> float:
     return float(np.sum(antiderivative(edges[1:]) - antiderivative(edges[:-1])))
 
 
-def _in_output_basis(fmt: Format, x: torch.Tensor) -> torch.Tensor:
-    """`x` in the basis of `fmt.compress(x)`: rotated for formats that keep the rotated basis."""
-    if not fmt.keeps_rotated_basis:
-        return x
-    if isinstance(fmt, Hadamard):
-        return fwht(x, rotation_block(x.shape[-1], fmt.block))
-    raise ValueError(
-        f"{fmt!r} keeps its output in a rotated basis that the capacity metric does not know how to "
-        "reproduce; only Hadamard rotations are supported"
-    )
-
-
 def gaussian_mse_sampled(fmt: Format, rows: int = SAMPLE_ROWS, row_length: int = ROW_LENGTH, seed: int = SEED) -> tuple[float, float]:
     """Mean over rows of the per-row MSE of `fmt.compress` on standard Gaussian rows, and its standard error.
 
@@ -107,7 +94,7 @@ def gaussian_mse_sampled(fmt: Format, rows: int = SAMPLE_ROWS, row_length: int =
     with torch.no_grad():
         for start in range(0, rows, CHUNK_ROWS):
             x = torch.randn(min(CHUNK_ROWS, rows - start), row_length, generator=gen)
-            err = fmt.compress(x).double() - _in_output_basis(fmt, x).double()
+            err = fmt.compress(x).double() - fmt.reference(x).double()
             per_row.append(err.pow(2).mean(dim=1).numpy())
     mse = np.concatenate(per_row)
     return float(mse.mean()), float(mse.std(ddof=1) / math.sqrt(len(mse)))

@@ -389,6 +389,14 @@ def _check_runs(runs: Runs, n_params: int, what: str) -> None:
             f"the {what} has {n_params} parameters but only {len(runs)} runs were given; it needs at least "
             f"{n_params + 1} runs"
         )
+    # With log D an affine function of log N (say, one tokens-per-parameter ratio for every run), the N and D
+    # power laws are collinear: any alpha fits as well as any other and the multipliers mean nothing.
+    slope, intercept = np.polyfit(np.log(runs.n), np.log(runs.d), 1)
+    if np.max(np.abs(np.log(runs.d) - (slope * np.log(runs.n) + intercept))) < 1e-3:
+        raise FitError(
+            f"in all {len(runs)} runs D is tied to N (D ~ N^{slope:.3g}, e.g. one tokens-per-parameter ratio), so "
+            f"the {what} cannot tell the N term from the D term; add runs at a second token budget"
+        )
 
 
 def _data(runs: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

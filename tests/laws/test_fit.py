@@ -203,6 +203,14 @@ def test_single_model_size_is_rejected():
         fit_chinchilla(Runs.of([1e8] * 10, np.linspace(1e9, 1e10, 10), np.linspace(3, 2.5, 10)))
 
 
+def test_one_tokens_per_parameter_ratio_is_rejected():
+    n = np.repeat([1e6, 2e6, 4e6, 8e6], 3)
+    loss = 2.0 + 400 * n**-0.3 + np.tile([0.0, 0.01, 0.02], 4)
+    with pytest.raises(FitError, match=r"D is tied to N \(D ~ N\^1, .*add runs at a second token budget"):
+        fit_compression(Runs.of(n, 15 * n, loss, np.tile(["dense", "a", "b"], 4)))
+    fit_chinchilla(Runs.of(n, np.where(np.arange(12) % 2, 15, 5) * n, loss))
+
+
 def test_too_few_runs_names_the_count():
     n, d, loss, lab = synthetic()
     few = np.array([0, 30, 60, 85 % len(n), 10, 40])

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cslaws.formats import quant
 from cslaws.formats.fp import FP, MX, NVFP4
 from cslaws.formats.hadamard import Hadamard
 from cslaws.formats.int import Int, Ternary
@@ -54,6 +55,7 @@ def test_auto_on_cpu_takes_the_torch_path(make, monkeypatch):
         raise AssertionError("a kernel was called for a CPU tensor under backend='auto'")
 
     monkeypatch.setattr(fused, "fake_quantize", no_kernels)
+    monkeypatch.setattr(quant, "fake_quantize", no_kernels)
     monkeypatch.setattr(fused, "fwht", no_kernels)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.randn(3, 64, requires_grad=True)
