@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
-from rich.console import Console
 
 import cslaws
 from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.console import console
 
 
 def code_version() -> str:
@@ -41,13 +41,13 @@ def print_leaderboard_row(store: ResultsStore, label: str) -> None:
     from cslaws.laws import leaderboard as lb
     from cslaws.laws.fit import FitError
 
-    console = Console()
+    out = console()
     try:
         board = lb.build(store.runs(), k=REFIT_BOOTSTRAP)
     except FitError as err:
-        console.print(f"[yellow]no law yet[/] for {label!r}: {err}")
+        out.print(f"[yellow]no law yet[/] for {label!r}: {err}")
         return
-    console.print(lb.render_table(replace(board, rows=[r for r in board.rows if r.label == label])))
+    out.print(lb.render_table(replace(board, rows=[r for r in board.rows if r.label == label])))
 
 
 class StreamToStore(L.Callback):

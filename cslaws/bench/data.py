@@ -71,6 +71,7 @@ class CorpusSpec:
         """The documents' texts and a fingerprint of the loaded split (for caches and the results store)."""
         import datasets
 
+        datasets.disable_progress_bars()  # its "Downloading data" bars show local copies, which reads as a download
         self.check()
         if self.path == BUILTIN:
             ds = datasets.load_dataset("text", data_files={"train": shakespeare_files()}, split="train", sample_by="document")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from rich.console import Console
 
 from cslaws.bench.callback import StreamToStore
 from cslaws.bench.data import TextDataModule
 from cslaws.bench.module import LanguageModel
+from cslaws.console import console
 
 TRAINER_DEFAULTS = {
     "max_epochs": 1,
@@ -43,7 +43,7 @@ class BenchCLI(LightningCLI):
             return
         model, dm = self.model, self.datamodule
         val = self.trainer.callback_metrics.get("val_loss")
-        Console().print(
+        console().print(
             f"[bold]{model.label}[/] {model.size_name}: N={model.n_params:,} D={model.tokens:,} tokens "
             f"({model.total_steps} steps); final val_loss={float(val):.4f} nats "
             f"vs unigram entropy {dm.entropy:.4f} nats"

@@ -109,7 +109,7 @@ class LanguageModel(L.LightningModule):
                 f"the token budget of {self.requested_tokens} tokens is smaller than one step of {per_step} tokens "
                 "(batch_size x seq_len x devices x accumulate_grad_batches); raise tokens or tokens_per_param"
             )
-        self.total_steps = steps
+        self.total_steps = align_to_validation(steps, self.trainer.val_check_interval)
         self.trainer.datamodule.set_train_sequences(steps * per_step // self.trainer.datamodule.seq_len)
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -155,6 +155,26 @@ class LanguageModel(L.LightningModule):
         warmup = max(1, round(self.hparams.warmup * total))
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup, self.hparams.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def align_to_validation(steps: int, val_check_interval: int | float) -> int:
+    """The largest step count <= `steps` whose last validation falls on its last step.
+
+    Lightning validates every `val_check_interval` (a fraction of the epoch, or a number of steps) and not
+    again at the end of the epoch; a run's final validation loss must be that of the whole budget.
+    """
+    if isinstance(val_check_interval, int):
+        period = val_check_interval
+    else:
+        period = round(1 / val_check_interval)
+        if abs(period * val_check_interval - 1) > 1e-9:
+            raise ValueError(f"val_check_interval={val_check_interval} is not allowed; use 1/k (1.0, 0.5, 0.25, 0.2, 0.1) or a number of steps")
+    aligned = steps // period * period
+    if aligned < 1:
+        raise ValueError(f"the token budget gives {steps} steps, fewer than one validation period of {period} steps ({val_check_interval=})")
+    if not isinstance(val_check_interval, int) and int(aligned * val_check_interval) * period != aligned:
+        raise ValueError(f"val_check_interval={val_check_interval} does not divide {aligned} steps exactly; use 1.0, 0.5, 0.25, 0.2 or 0.1")
+    return aligned
 
 
 def default_label(weight: Format, activation: Format) -> str:

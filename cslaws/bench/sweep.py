@@ -31,11 +31,18 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from cslaws.bench.cli import resolve_config
 from cslaws.bench.store import ResultsStore, default_store_path
+from cslaws.console import console as rich_console
 from cslaws.models.llama import SIZES, get_size, non_embedding_params
 
 
@@ -156,7 +163,7 @@ def emit(todo: list[Cell], store: Path, fit_config: Path, kind: str) -> str:
 
 def main(argv: list[str]) -> int:
     cfg = parse(argv[1:])
-    console = Console()
+    console = rich_console()
     store_path = Path(cfg.store) if cfg.store else default_store_path()
     store = ResultsStore(store_path)
     done = store.finished_cells()

@@ -1,8 +1,7 @@
 """Compressed number formats. Every module in this package registers its formats on import.
 
 Adding a format is one new file here with one `@register_format` class: this package imports every
-module beside it, so nothing else needs editing. Formats still under trial live in
-`cslaws.formats.experimental`, which is not imported by default.
+module beside it, so nothing else needs editing.
 """
 
 import importlib
@@ -11,7 +10,7 @@ import pkgutil
 from cslaws.formats.base import FORMATS, Format, get_format, make_format, register_format
 from cslaws.formats.linear import CompressedLinear, LinearFactory
 
-_NOT_FORMATS = {"base", "linear", "kernels", "experimental"}
+_NOT_FORMATS = {"base", "linear", "kernels"}
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _NOT_FORMATS and not _mod.name.startswith("_"):

@@ -31,13 +31,22 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cslaws.console import console
 from cslaws.laws import capacity as cap
 from cslaws.laws import leaderboard as lb
-from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, FitError, LawFit, Runs, fit_chinchilla, fit_compression
+from cslaws.laws.fit import (
+    RHO_C,
+    RHO_F,
+    RHO_LSAT,
+    FitError,
+    LawFit,
+    Runs,
+    fit_chinchilla,
+    fit_compression,
+)
 from cslaws.laws.plan import plan
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
@@ -61,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _out(text: Any) -> None:
-    Console(soft_wrap=True).print(text)
+    console().print(text)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +203,7 @@ def _capacity(argv: list[str]) -> int:
 # bench leaderboard / plot / plan
 
 
-def _store_records(path: Path | None) -> tuple[list[Any], Path]:
+def _store_records(path: Path | None, min_params: int = 0) -> tuple[list[Any], Path]:
     from cslaws.bench.store import ResultsStore, default_store_path
 
     store_path = Path(path) if path is not None else default_store_path()
@@ -203,18 +212,27 @@ def _store_records(path: Path | None) -> tuple[list[Any], Path]:
     records = ResultsStore(store_path).runs(status="finished")
     if not records:
         raise FitError(f"the store {store_path} has no finished runs; the law needs finished runs to fit")
-    return records, store_path
+    kept = [r for r in records if r.n_params >= min_params]
+    if not kept:
+        raise FitError(f"none of the {len(records)} finished runs in {store_path} has N >= --min-params {min_params}")
+    return kept, store_path
+
+
+def _common_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
+    p.add_argument("--min-params", type=int, default=0, metavar="N",
+                   help="leave out runs of models with fewer than N non-embedding parameters (below the power-law regime)")
+    p.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
-    p.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
+    _common_store_args(p)
     p.add_argument("--bootstrap", type=int, default=100, metavar="K", help="bootstrap resamples (default 100)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _board(args: argparse.Namespace) -> tuple[lb.Leaderboard, list[Any]]:
-    records, _ = _store_records(args.store)
+    records, _ = _store_records(args.store, args.min_params)
     return lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed), records
 
 
@@ -250,8 +268,7 @@ def _plot(argv: list[str]) -> int:
 
 def _plan(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bench plan", description="Rank formats by predicted loss under a budget.")
-    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
-    p.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
+    _common_store_args(p)
     p.add_argument("--memory-bits", type=float, default=None, help="memory budget for the weights, in bits")
     p.add_argument("--flops", type=float, default=None, help="training compute budget C in FLOPs (C = 6 N D)")
     p.add_argument("--formats", nargs="+", default=None, help="candidate labels (default: every fitted label)")
@@ -259,7 +276,7 @@ def _plan(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.memory_bits is None and args.flops is None:
         p.error("give --memory-bits, --flops, or both")
-    records, _ = _store_records(args.store)
+    records, _ = _store_records(args.store, args.min_params)
     law = fit_compression(lb.runs_of(records), args.dense)
     bits = {k: float(v) for k, v in lb._one_per_label(records, "bits_per_value").items()}
     choices = plan(law, bits, args.memory_bits, args.flops, args.formats)
@@ -269,7 +286,7 @@ def _plan(argv: list[str]) -> int:
     budget = ", ".join(s for s in (args.memory_bits and f"memory {args.memory_bits:.3g} bits",
                                    args.flops and f"compute {args.flops:.3g} FLOPs") if s)
     table = Table(title=f"Plan under {budget} (predicted loss, best first)", caption=escape(lb.law_summary(law)))
-    for col in ("format", "bits/value", "eff", "N", "D", "pred. loss", "vs dense"):
+    for col in ("format", "bits/value", "eff", "N", "D", "pred. loss", "better than dense by"):
         table.add_column(col, justify="left" if col == "format" else "right")
     for c in choices:
         table.add_row(escape(c.label), f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.3g}", "unlimited" if c.d is None else f"{c.d:.3g}",

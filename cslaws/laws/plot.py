@@ -1,7 +1,7 @@
 """Figures of a leaderboard fit (matplotlib, Agg backend, PNG files).
 
-- loss_vs_n.png: final loss against N per format, runs as points, the fitted law as curves at each
-  format's median tokens per parameter.
+- loss_vs_n.png: final loss against N per format, runs as points, the fitted law as curves, one per token
+  budget (tokens per parameter, rounded to 2 significant digits) that the format's runs were trained at.
 - eff_vs_gmse.png: fitted eff (bootstrap interval as error bars) against GMSE, with the published rho
   curve and, given 3 or more formats, the rho curve fitted to those points (F and C by least squares in
   log eff, Lsat = 1 as published for scalar quantization: three free constants would pass exactly
@@ -46,6 +46,11 @@ def _equivalent_gmse(gw: float | None, ga: float | None) -> float | None:
     return float(rho_inverse(rho(gw) * rho(ga)))
 
 
+def _budgets(tokens_per_param: np.ndarray) -> list[float]:
+    """The distinct token budgets, to 2 significant digits (D is whole steps, so D/N is never exact)."""
+    return sorted({float(f"{r:.2g}") for r in tokens_per_param})
+
+
 def plot_all(board: Leaderboard, runs: Runs, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     law = board.law
@@ -57,11 +62,11 @@ def plot_all(board: Leaderboard, runs: Runs, out: Path) -> list[Path]:
     for label, colour in colours.items():
         rows = runs.label == label
         ax.scatter(runs.n[rows], runs.loss[rows], color=colour, s=18, label=label)
-        ratio = float(np.median(runs.d[rows] / runs.n[rows]))
         n = np.geomspace(runs.n.min() / 1.5, runs.n.max() * 1.5, 100)
-        ax.plot(n, law.predict(n, ratio * n, law.eff[label]), color=colour, lw=1)
+        for ratio in _budgets(runs.d[rows] / runs.n[rows]):
+            ax.plot(n, law.predict(n, ratio * n, law.eff[label]), color=colour, lw=1)
     ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss",
-           title="Loss vs N (curves: fitted law at each format's median D/N)")
+           title="Loss vs N (curves: fitted law at each token budget D/N)")
     ax.legend(fontsize=7, ncol=2)
     paths.append(_save(fig, out / "loss_vs_n.png"))
 

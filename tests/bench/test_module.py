@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 
 from cslaws.bench.data import TextDataModule
-from cslaws.bench.module import LanguageModel, cosine_with_warmup
+from cslaws.bench.module import LanguageModel, align_to_validation, cosine_with_warmup
 
 
 def trainer(**kw) -> L.Trainer:
@@ -34,6 +34,36 @@ def test_budget_sets_steps_and_loss_falls(small_corpus) -> None:
     assert model.total_steps == 60 and t.global_step == 60
     assert model.tokens == 60 * 8 * 32
     assert float(t.callback_metrics["val_loss"]) < before - 1.0
+
+
+@pytest.mark.parametrize("interval", [1.0, 0.5, 0.25, 0.2, 0.1, 1 / 3, 7])
+def test_steps_align_so_the_last_validation_is_the_last_step(interval) -> None:
+    unit = interval if isinstance(interval, int) else round(1 / interval)  # steps are rounded to a multiple of it
+    for steps in range(10, 400):
+        aligned = align_to_validation(steps, interval)
+        period = interval if isinstance(interval, int) else int(aligned * interval)  # Lightning's own rule
+        assert steps - unit < aligned <= steps and aligned % period == 0
+
+
+def test_validation_intervals_that_cannot_end_on_the_last_step_are_refused() -> None:
+    with pytest.raises(ValueError, match="val_check_interval=0.3 is not allowed"):
+        align_to_validation(100, 0.3)
+    with pytest.raises(ValueError, match="gives 3 steps, fewer than one validation period of 4 steps"):
+        align_to_validation(3, 0.25)
+
+
+def test_final_validation_is_at_the_end_of_the_budget(small_corpus) -> None:
+    dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=512, seq_len=32, batch_size=8, val_sequences=16)
+    model = LanguageModel(size="nano", tokens=30 * 8 * 32, vocab_size=512)
+    seen = []
+
+    class Steps(L.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            seen.append(trainer.global_step)
+
+    trainer(val_check_interval=0.25, callbacks=[Steps()]).fit(model, datamodule=dm)
+    assert model.total_steps == 28 and seen == [7, 14, 21, 28]
+    assert model.tokens == 28 * 8 * 32
 
 
 def test_tokens_per_param_budget_counts_n(small_corpus) -> None:

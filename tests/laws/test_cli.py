@@ -216,6 +216,19 @@ def test_law_fit_single_size_and_too_few_runs(capsys, tmp_path):
     assert "5 parameters but only 3 runs" in capsys.readouterr().err
 
 
+def test_min_params_leaves_out_the_small_models(capsys, store_path):
+    from cslaws.bench.store import ResultsStore
+
+    sizes = sorted({r.n_params for r in ResultsStore(store_path).runs()})
+    cut = sizes[1]
+    board = _json(capsys, ["leaderboard", "--store", str(store_path), "--format", "json", "--bootstrap", "5",
+                           "--min-params", str(cut)])
+    kept = sum(1 for r in ResultsStore(store_path).runs() if r.n_params >= cut)
+    assert board["law"]["runs"] == kept < 4 * 28
+    assert main(["leaderboard", "--store", str(store_path), "--min-params", str(10 * sizes[-1])]) == 1
+    assert f"has N >= --min-params {10 * sizes[-1]}" in capsys.readouterr().err
+
+
 def test_plan_needs_a_budget(capsys, store_path):
     with pytest.raises(SystemExit):
         main(["plan", "--store", str(store_path)])
