@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_reference import at_boundary, hadamard64, to_quantizer_basis
+from kernel_reference import at_boundary, hadamard64, run, to_quantizer_basis
 
 from cslaws.formats.fp import FP, MX, NVFP4
 from cslaws.formats.hadamard import Hadamard, rotation_block
@@ -84,13 +84,6 @@ def sample(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tenso
     x = torch.randn(shape, generator=gen)
     x = x * torch.where(torch.rand(shape, generator=gen) < 0.02, 8.0, 1.0)
     return x.to(dtype)
-
-
-def run(fmt, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.clone().requires_grad_(True)
-    y = fmt.compress(x)
-    y.backward(grad)
-    return y.detach(), x.grad
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

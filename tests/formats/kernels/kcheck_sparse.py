@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_reference import run
 
 from cslaws.formats.compose import Compose
 from cslaws.formats.fp import FP, MX, NVFP4
@@ -45,13 +46,6 @@ def with_ties(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Te
     x[0, :16] = torch.tensor([1.0, -1.0] * 8)
     x[1, 8:24] = 0.0
     return x.to(dtype)
-
-
-def run(fmt, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.clone().requires_grad_(True)
-    y = fmt.compress(x)
-    y.backward(grad)
-    return y.detach(), x.grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

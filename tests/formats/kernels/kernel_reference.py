@@ -103,3 +103,11 @@ def to_quantizer_basis(fmt, y: Tensor, grad: bool) -> Tensor:
     if isinstance(fmt, Hadamard) and (grad or fmt.variant == "full"):
         return hadamard64(y, rotation_block(y.shape[-1], fmt.block))
     return y.double()
+
+
+def run(fmt, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fmt.compress(x)` and the gradient it passes back for `grad`."""
+    x = x.clone().requires_grad_(True)
+    y = fmt.compress(x)
+    y.backward(grad)
+    return y.detach(), x.grad
