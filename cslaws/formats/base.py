@@ -42,6 +42,10 @@ class Format:
     #: QuEST). Then y = x W^T is only right when the other operand of the layer is rotated the same way;
     #: `CompressedLinear` enforces that `rotation_key` matches on both sides.
     keeps_rotated_basis: bool = False
+    #: The family whose unified-law constants (F, C, Lsat) this format shares: Panferov et al. 2025 fit
+    #: one set per family ("scalar" quantization, "sparse", "vq"). Empty: not declared, so the unified fit
+    #: refuses the format rather than guess.
+    family: str = ""
 
     def __init__(self) -> None:
         self.progress = 0.0
@@ -87,6 +91,11 @@ class Format:
         capacity metric integrate the Gaussian MSE exactly instead of sampling it.
         """
         return None
+
+    def capacity_parts(self) -> list["Format"]:
+        """The formats whose capacities multiply to this one's in the unified law: itself; the parts of a
+        composition; nothing for dense."""
+        return [self]
 
     def set_progress(self, fraction: float) -> None:
         """Fraction of training done, in [0, 1]; formats with schedules (gradual pruning) read it."""

@@ -93,6 +93,10 @@ class Compose(Format):
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
         return self.sparsifier.density * e + (self.value.bits_per_value - e) + self.sparsifier.metadata_bits
 
+    def capacity_parts(self) -> list[Format]:
+        """Sparsity and quantization each keep their own capacity; the unified law multiplies them."""
+        return self.sparsifier.capacity_parts() + self.value.capacity_parts()
+
     def set_progress(self, fraction: float) -> None:
         super().set_progress(fraction)
         for f in self.formats:

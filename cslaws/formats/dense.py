@@ -17,6 +17,9 @@ class Dense(Format):
     def compress(self, x: Tensor) -> Tensor:
         return x
 
+    def capacity_parts(self) -> list[Format]:
+        return []
+
     @property
     def bits_per_value(self) -> float:
         return 16.0

@@ -127,6 +127,16 @@ class Hadamard(Format):
     def rotation_key(self) -> Any:
         return ("hadamard", self.block) if self.keeps_rotated_basis else None
 
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        return self.format.family
+
+    def capacity_parts(self) -> list[Format]:
+        """A rotated single format is one part (its GMSE is measured through the rotation); a rotated
+        composition keeps its parts, whose Gaussian errors the orthogonal rotation does not change."""
+        parts = self.format.capacity_parts()
+        return [self] if len(parts) == 1 else parts
+
     def compress(self, x: Tensor) -> Tensor:
         b = rotation_block(x.shape[-1], self.block)
         if use_triton(x, self.backend):

@@ -118,6 +118,7 @@ class ScalarQuantizer(Format):
     #: "auto": Triton for CUDA tensors, torch otherwise (see `cslaws.formats.kernels`); formats with a
     #: fused kernel (`kernel_plan`) take it as an init arg.
     backend: str = "torch"
+    family = "scalar"
 
     def _set_common(self, granularity: str, group_size: int, backward: str, trust: float, row_length: int) -> None:
         """Keep and check the settings every scalar quantizer shares (scale grouping, backward rule)."""

@@ -147,6 +147,7 @@ class Sparsifier(Format):
 
     backward: str
     rbbm_p: Optional[float]
+    family = "sparse"
 
     def _init_backward(self, backward: str, rbbm_p: Optional[float]) -> None:
         _check_backward(backward, rbbm_p)

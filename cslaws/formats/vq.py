@@ -151,6 +151,8 @@ def gaussian_codebook(
 class VQ(Format):
     """Vector quantization of `dim` consecutive values to a Gaussian-optimal codebook of `points` points."""
 
+    family = "vq"
+
     def __init__(
         self,
         dim: int = 2,

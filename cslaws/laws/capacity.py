@@ -119,6 +119,28 @@ def gmse_of_spec(spec: dict[str, Any]) -> tuple[float, float, str]:
     return _gmse_of_spec(json.dumps(spec, sort_keys=True))
 
 
+def components_of(fmt: Format) -> list[tuple[str, float]]:
+    """(family, GMSE) of each part whose capacity multiplies into the format's (unified law)."""
+    parts = fmt.capacity_parts()
+    undeclared = [type(p).__name__ for p in parts if not p.family]
+    if undeclared:
+        raise ValueError(
+            f"format(s) {undeclared} declare no unified-law family; set the class attribute `family` "
+            "(e.g. 'scalar', 'sparse', 'vq', or a new family name) to fit them with the unified form"
+        )
+    return [(p.family, gmse(p)[0]) for p in parts]
+
+
+@lru_cache(maxsize=256)
+def _components_of_spec(spec_json: str) -> tuple[tuple[str, float], ...]:
+    return tuple(components_of(format_from_spec(json.loads(spec_json))))
+
+
+def components_of_spec(spec: dict[str, Any] | None) -> list[tuple[str, float]]:
+    """`components_of` for a stored format spec; none for a missing (dense) format."""
+    return [] if spec is None else list(_components_of_spec(json.dumps(spec, sort_keys=True)))
+
+
 def _format_parser() -> ArgumentParser:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--label", type=Optional[str], default=None)

@@ -2,6 +2,7 @@
 
     bench law fit --runs FILE.csv [--n-col N] [--d-col D | --flop-col COL] [--loss-col loss]
                   [--exclude-top K] [--format-col COL [--dense LABEL]] [--bootstrap K] [--format text|json]
+    bench law unified [--store PATH] [--min-params N] [--fix NAME=VALUE ...] [--bootstrap K] [--format text|json]
     bench capacity [NAME_OR_CONFIG ...] [--format text|json]
     bench leaderboard [--store PATH] [--format text|md|csv|json]
     bench plot [--store PATH] --out DIR
@@ -78,7 +79,8 @@ def _out(text: Any) -> None:
 
 
 def _law(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench law", description="Fit a scaling law to runs in a CSV file.")
+    p = argparse.ArgumentParser(prog="bench law", description="Fit scaling laws: to runs in a CSV file (fit), or "
+                                "the unified form over a results store (unified).")
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fit", help="fit the Chinchilla form, or the compression form with --format-col")
     f.add_argument("--runs", required=True, type=Path, help="CSV file, one run per row")
@@ -92,7 +94,31 @@ def _law(argv: list[str]) -> int:
     f.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples for intervals")
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     f.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    u = sub.add_parser("unified", help="fit rho(GMSE)'s constants per family of formats over a results store")
+    _common_store_args(u)
+    u.add_argument("--fix", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="pin unified-law constants in every family, e.g. --fix Lsat=1 C=1.39")
+    u.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples for intervals")
+    u.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    u.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     args = p.parse_args(argv)
+    return _law_fit(args) if args.action == "fit" else _law_unified(args)
+
+
+def _law_unified(args: argparse.Namespace) -> int:
+    from cslaws.laws.unified import build_unified, parse_fixed, render_tables
+
+    fixed = parse_fixed(args.fix)
+    records, _ = _store_records(args.store, args.min_params)
+    report = build_unified(records, fixed, reference=args.dense, k=args.bootstrap, seed=args.seed)
+    if args.format == "json":
+        print(json.dumps(report.to_dict()))
+    else:
+        _out(render_tables(report))
+    return 0
+
+
+def _law_fit(args: argparse.Namespace) -> int:
     runs, excluded = _read_runs(args)
     law = fit_compression(runs, args.dense) if args.format_col else fit_chinchilla(runs)
     intervals = bootstrap(law, runs, k=args.bootstrap, seed=args.seed) if args.bootstrap else None
@@ -278,7 +304,7 @@ def _plan(argv: list[str]) -> int:
         p.error("give --memory-bits, --flops, or both")
     records, _ = _store_records(args.store, args.min_params)
     law = fit_compression(lb.runs_of(records), args.dense)
-    bits = {k: float(v) for k, v in lb._one_per_label(records, "bits_per_value").items()}
+    bits = {k: float(v) for k, v in lb.one_per_label(records, "bits_per_value").items()}
     choices = plan(law, bits, args.memory_bits, args.flops, args.formats)
     if args.format == "json":
         print(json.dumps([c.to_dict() for c in choices]))

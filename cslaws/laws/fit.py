@@ -241,8 +241,9 @@ class _Unified:
         z, C, _, log_tanh = self._parts(theta)
         alpha = theta[:, 3:4]
         g_comp = (alpha * g_run) @ self.comp_to_run.T
-        # d log tanh(z) / d log F = z (1 - tanh^2 z) / tanh z = 2 z / sinh(2 z)
-        d_logf = C * 2.0 * z / np.sinh(2.0 * z)
+        # d log tanh(z) / d log F = z (1 - tanh^2 z) / tanh z = 2 z / sinh(2 z), written with exp(-2z)
+        # so that a start far out in F does not overflow sinh
+        d_logf = C * 4.0 * z * np.exp(-2.0 * z) / -np.expm1(-4.0 * z)
         d_logc = C * log_tanh
         extra = np.stack([(g_comp * d_logf) @ self.comp_to_fam, (g_comp * d_logc) @ self.comp_to_fam,
                           g_comp @ self.comp_to_fam], axis=-1).reshape(len(theta), -1)
@@ -530,6 +531,21 @@ def _fit_rho_to_effs(
     return np.concatenate(out)
 
 
+def _check_identifiable(
+    components: Sequence[Sequence[tuple[str, float]]], families: list[str], free: list[str]
+) -> None:
+    """rho depends on GMSE alone, so a family's free constants need at least as many distinct GMSEs."""
+    for fam in families:
+        seen = sorted({float(f"{g:.6g}") for comps in components for f, g in comps if f == fam})
+        if len(seen) < len(free):
+            raise FitError(
+                f"family {fam!r} has formats at {len(seen)} distinct GMSE value(s) {seen} but {len(free)} free "
+                f"constants {free}: rho(GMSE) cannot determine them. Add runs of formats of that family at "
+                f"other GMSEs, or pin {len(free) - len(seen)} more of {free} in every family (fixed={{...}}; "
+                "on the command line --fix NAME=VALUE, e.g. --fix Lsat=1 C=1.39)"
+            )
+
+
 def fit_unified(
     runs: Runs,
     components: Sequence[Sequence[tuple[str, float]]],
@@ -554,6 +570,7 @@ def fit_unified(
     model = _Unified(len(runs), components)
     if not model.families:
         raise FitError("no run has a compressed tensor; the unified form needs runs with GMSE < 1")
+    _check_identifiable(components, model.families, [p for p in FAMILY_PARAMS if p not in fixed])
     free = 5 + (3 - len(fixed)) * len(model.families)
     _check_runs(runs, free, f"unified form with {len(model.families)} family(ies)")
     labels = np.array(["dense" if not c else "|".join(f"{f}:{g:.9g}" for f, g in c) for c in components], dtype=object)

@@ -66,7 +66,7 @@ def _without_backend(value: Any) -> Any:
     return value
 
 
-def _one_per_label(records: Iterable[Any], attr: str) -> dict[str, Any]:
+def one_per_label(records: Iterable[Any], attr: str) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for r in records:
         value = getattr(r, attr)
@@ -88,9 +88,9 @@ def _gmse(spec: dict[str, Any] | None) -> float | None:
 def build(records: Sequence[Any], reference: str = "dense", k: int = 100, seed: int = 0) -> Leaderboard:
     """Fit the compression form over `records` (finished RunRecords), bootstrap it, and rank formats."""
     runs = runs_of(records)
-    bits = _one_per_label(records, "bits_per_value")
-    weights = _one_per_label(records, "weight")
-    activations = _one_per_label(records, "activation")
+    bits = one_per_label(records, "bits_per_value")
+    weights = one_per_label(records, "weight")
+    activations = one_per_label(records, "activation")
     law = fit_compression(runs, reference)
     intervals = bootstrap(law, runs, k=k, seed=seed)
     eff_ci = intervals.eff_ci

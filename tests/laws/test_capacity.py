@@ -200,3 +200,29 @@ def test_half_hadamard_error_is_measured_in_the_rotated_basis():
 
 def test_rho_of_useless_format_is_zero():
     assert rho(1.0) == 0.0 and rho(1.9) == 0.0
+
+
+def test_components_split_compositions_and_refuse_undeclared_families():
+    from cslaws.formats import make_format
+    from cslaws.formats.compose import Compose
+    from cslaws.formats.hadamard import Hadamard
+    from cslaws.formats.int import Int
+    from cslaws.formats.sparse import NM, Magnitude
+    from cslaws.laws.capacity import components_of
+
+    int4 = Int(bits=4, granularity="row")
+    exact = gaussian_mse_of_levels(int4.gaussian_grid().numpy())
+    assert components_of(int4) == [("scalar", exact)]
+    assert components_of(make_format("dense")) == []
+    # Rotating a Gaussian leaves it Gaussian: a rotated quantizer is one scalar part of the same error.
+    (fam, g), = components_of(Hadamard(Int(bits=4, granularity="row")))
+    assert fam == "scalar" and g == pytest.approx(exact, rel=0.01)
+    # A composition is its parts, in order, each with its own error (half of the Gaussian's values
+    # pruned costs the closed form s - 2 t phi(t), t = Phi^-1((1 + s) / 2)).
+    t = norm.ppf(0.75)
+    parts = components_of(Compose([NM(n=2, m=4), Int(bits=4, granularity="row")]))
+    assert [f for f, _ in parts] == ["sparse", "scalar"] and parts[1][1] == exact
+    unstructured = components_of(Compose([Magnitude(sparsity=0.5), Int(bits=4, granularity="row")]))
+    assert unstructured[0][1] == pytest.approx(0.5 - 2 * t * norm.pdf(t), rel=0.005)
+    with pytest.raises(ValueError, match=r"\['ToyLevels'\] declare no unified-law family"):
+        components_of(ToyLevels())

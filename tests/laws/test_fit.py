@@ -248,3 +248,14 @@ def test_holdout_skips_a_format_seen_only_at_the_largest_size():
     assert "int2" in law.eff
     # At N = 1e9 only the dense and int4 runs (4 each) can be predicted by the refit without N = 1e9.
     assert law.holdout is not None and law.holdout.runs == 8
+
+
+def test_unified_rejects_a_family_with_fewer_gmses_than_free_constants():
+    effs = {"dense": 1.0, "a": 0.8, "b": 0.6}
+    n, d, loss, lab = synthetic(noise=0.001, seed=4, effs=effs)
+    comps = [[] if s == "dense" else [("q", 0.05 if s == "a" else 0.1)] for s in lab]
+    with pytest.raises(FitError, match=r"family 'q' has formats at 2 distinct GMSE value\(s\) \[0.05, 0.1\] but 3 free"):
+        fit_unified(Runs.of(n, d, loss, lab), comps)
+    # One pinned constant leaves two free, which two GMSEs determine.
+    law = fit_unified(Runs.of(n, d, loss, lab), comps, fixed={"Lsat": 1.0}, holdout=False)
+    assert law.eff["q:0.05"] == pytest.approx(0.8, rel=0.03) and law.eff["q:0.1"] == pytest.approx(0.6, rel=0.03)

@@ -1,0 +1,125 @@
+"""The unified law over a results store: fit rho's constants per family from measured runs.
+
+Panferov et al. 2025 ("Unified Scaling Laws for Compressed Representations") write every format's
+multiplier as a function of its Gaussian MSE, eff = prod over compressed parts of
+rho_family(GMSE) = Lsat tanh(F log4(1 / GMSE))^C, with F, C, Lsat shared within a family. This module
+rebuilds each stored format from its spec, splits it into its parts (`Format.capacity_parts`: a
+composition into its sparsifier and quantizer; weights and activations separately), measures their GMSE,
+and fits the family constants jointly with A, B, E, alpha, beta (`fit_unified`). Beside each format it
+reports the free multiplier of the compression form on the same runs, so the reader sees how well one
+rho per family explains them. The fitted constants are what `bench capacity --F --C --Lsat` takes to
+predict formats that were never trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from cslaws.laws.capacity import components_of_spec
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression, fit_unified
+from cslaws.laws.leaderboard import law_summary, one_per_label, runs_of
+from cslaws.laws.uncertainty import Bootstrap, bootstrap
+
+
+@dataclass
+class UnifiedRow:
+    label: str
+    components: list[tuple[str, float]]
+    eff_free: float
+    eff_unified: float
+    runs: int
+
+
+@dataclass
+class UnifiedReport:
+    law: LawFit
+    fixed: dict[str, float]
+    intervals: Bootstrap | None
+    rows: list[UnifiedRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"law": self.law.to_dict(), "fixed": dict(self.fixed), "rows": [asdict(r) for r in self.rows]}
+        if self.intervals is not None:
+            out["ci"] = {k: list(v) for k, v in self.intervals.ci.items()}
+        return out
+
+
+def parse_fixed(items: Sequence[str]) -> dict[str, float]:
+    """`NAME=VALUE` pairs (NAME one of F, C, Lsat) from the command line."""
+    fixed: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in FAMILY_PARAMS:
+            raise ValueError(f"--fix takes NAME=VALUE with NAME one of {', '.join(FAMILY_PARAMS)}; got {item!r}")
+        try:
+            fixed[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--fix {item!r}: {value!r} is not a number") from None
+        if not fixed[name] > 0:
+            raise ValueError(f"--fix {item!r}: unified-law constants are positive, got {fixed[name]}")
+    return fixed
+
+
+def build_unified(
+    records: Sequence[Any], fixed: dict[str, float] | None = None, reference: str = "dense", k: int = 0, seed: int = 0
+) -> UnifiedReport:
+    """Fit the unified form over `records` (finished RunRecords); `k` > 0 adds bootstrap intervals."""
+    runs = runs_of(records)
+    weights, activations = one_per_label(records, "weight"), one_per_label(records, "activation")
+    parts = {label: components_of_spec(weights[label]) + components_of_spec(activations[label]) for label in weights}
+    if parts.get(reference, []) != []:
+        raise FitError(f"the reference label {reference!r} has compressed parts {parts[reference]}; it must be dense")
+    law = fit_unified(runs, [parts[s] for s in runs.label], fixed=fixed)
+    free = fit_compression(runs, reference, holdout=False)
+    intervals = bootstrap(law, runs, k=k, seed=seed) if k else None
+    rows = [UnifiedRow(label, parts[label], free.eff[label], law.family_eff(parts[label]),
+                       int(np.sum(runs.label == label))) for label in free.eff]
+    rows.sort(key=lambda r: -r.eff_free)
+    return UnifiedReport(law, dict(fixed or {}), intervals, rows)
+
+
+def family_rows(report: UnifiedReport) -> list[list[str]]:
+    """One row per family: its constants, each with its interval or "fixed"."""
+    ci = report.intervals.ci if report.intervals else {}
+    out = []
+    for fam, consts in report.law.family.items():
+        cells = [fam]
+        for name in FAMILY_PARAMS:
+            if name in report.fixed:
+                cells.append(f"{consts[name]:.4g} (fixed)")
+            elif f"{name}[{fam}]" in ci:
+                lo, hi = ci[f"{name}[{fam}]"]
+                cells.append(f"{consts[name]:.4g} [{lo:.3g}, {hi:.3g}]")
+            else:
+                cells.append(f"{consts[name]:.4g}")
+        out.append(cells)
+    return out
+
+
+def describe_parts(components: Sequence[tuple[str, float]]) -> str:
+    return " x ".join(f"{fam}({g:.4g})" for fam, g in components) or "-"
+
+
+def render_tables(report: UnifiedReport):
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+
+    fams = Table(title="Unified law: rho(GMSE) = Lsat tanh(F log4(1/GMSE))^C per family",
+                 caption=escape(law_summary(report.law)))
+    for col in ("family", *FAMILY_PARAMS):
+        fams.add_column(col, justify="left" if col == "family" else "right")
+    for cells in family_rows(report):
+        fams.add_row(*(escape(c) for c in cells))
+    formats = Table(title="Formats: parts as family(GMSE); eff of the free fit beside the unified prediction")
+    for col in ("format", "parts", "eff (free)", "eff = prod rho", "runs"):
+        formats.add_column(col, justify="left" if col in ("format", "parts") else "right")
+    for r in report.rows:
+        formats.add_row(escape(r.label), escape(describe_parts(r.components)), f"{r.eff_free:.3f}",
+                        f"{r.eff_unified:.3f}", str(r.runs))
+    hints = [f"bench capacity --F {c['F']:.4g} --C {c['C']:.4g} --Lsat {c['Lsat']:.4g} ...   ({fam} formats)"
+             for fam, c in report.law.family.items()]
+    return Group(fams, formats, escape("Predict untrained formats with these constants:\n  " + "\n  ".join(hints)))
