@@ -1,7 +1,6 @@
 """Test-wide settings: one torch thread (the CI machine is small and shared), a private cache per session."""
 
 import os
-import sys
 
 import pytest
 import torch
@@ -13,12 +12,6 @@ torch.set_num_threads(1)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tokenizers and tokenized corpora go to a temporary cache, so tests never see a user's cache."""
     os.environ["CSLAWS_CACHE"] = str(tmp_path_factory.mktemp("cslaws-cache"))
-
-
-@pytest.fixture(autouse=True)
-def bench_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests hand their arguments to the CLI directly; pytest's own argv must not look like a second set."""
-    monkeypatch.setattr(sys, "argv", ["bench"])
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,14 @@ from cslaws.bench.data import TextDataModule
 from cslaws.bench.module import LanguageModel
 from cslaws.console import console
 
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without `v_num`, the logger's run counter, which is not a metric."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+
+
 TRAINER_DEFAULTS = {
     "max_epochs": 1,
     "val_check_interval": 0.2,
@@ -23,7 +31,7 @@ TRAINER_DEFAULTS = {
     "num_sanity_val_steps": 0,
     "enable_checkpointing": False,
     "default_root_dir": "runs",
-    "callbacks": [RichProgressBar(leave=True)],
+    "callbacks": [ProgressBar(leave=True)],
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "csv"}},
 }
 
@@ -33,6 +41,12 @@ class BenchCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("seed_everything", "data.seed")
         parser.add_lightning_class_args(StreamToStore, "store")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        # `bench` hands over the whole command line with its config paths resolved; sys.argv holds the same
+        # words unresolved, which is not the mix-up LightningCLI warns about. sys.argv stays as it is:
+        # DDP relaunches the command from it.
+        self.config = parser.parse_args(args)
 
     def before_fit(self) -> None:
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))

@@ -51,3 +51,15 @@ def test_print_config_through_the_console_entry_point(capsys) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "label: int4" in out and "class_path: cslaws.formats" in out
+
+
+def test_bench_fit_shows_a_rich_progress_bar_without_the_logger_counter(tmp_path, monkeypatch) -> None:
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(["--config", resolve_config("formats/dense.yaml"), "--model.size", "nano"], run=False)
+    bar = cli.trainer.progress_bar_callback
+    assert isinstance(bar, RichProgressBar)
+    assert "v_num" in get_standard_metrics(cli.trainer)  # what Lightning would show
+    assert "v_num" not in bar.get_metrics(cli.trainer, cli.model)
