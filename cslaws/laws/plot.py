@@ -30,7 +30,8 @@ def fit_rho_curve(gmse: np.ndarray, eff: np.ndarray, Lsat: float = RHO_LSAT) -> 
     """(F, C) minimising the squared error of log rho(GMSE) against log eff, Lsat fixed."""
 
     def residual(p: np.ndarray) -> np.ndarray:
-        return np.log(rho(gmse, *np.exp(p), Lsat)) - np.log(eff)
+        # floor at the smallest double: the search may try constants that round rho to 0
+        return np.log(np.maximum(rho(gmse, *np.exp(p), Lsat), np.finfo(float).tiny)) - np.log(eff)
 
     res = least_squares(residual, np.log([RHO_F, RHO_C]))
     F, C = np.exp(res.x)

@@ -37,3 +37,41 @@ def test_every_run_has_its_loss_curve(runs) -> None:
         vals = [p for p in store.curve(r.run_id) if p[3] is not None]
         assert len(vals) == 4 and vals[-1][3] == pytest.approx(r.final_val_loss)
         assert vals[-1][1] == r.tokens
+
+
+def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
+    """leaderboard, law unified, plot and plan read the store that `bench sweep` wrote with real training."""
+    import json
+
+    import matplotlib.image
+    import numpy as np
+
+    from cslaws.laws.cli import main
+    from cslaws.laws.fit import Runs, fit_compression
+
+    def run_json(argv: list[str]):
+        assert main([*argv, "--store", str(STORE), "--format", "json"]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    records = ResultsStore(STORE).runs()
+    labels = {r.label for r in records}
+    board = run_json(["leaderboard", "--bootstrap", "10"])
+    assert {r["label"] for r in board["rows"]} == labels
+    # The store's own fit, redone here from its records, is the leaderboard's.
+    law = fit_compression(Runs.of([r.n_params for r in records], [r.tokens for r in records],
+                                  [r.final_val_loss for r in records], [r.label for r in records]), holdout=False)
+    for row in board["rows"]:
+        assert row["eff"] == pytest.approx(law.eff[row["label"]], rel=1e-9)
+        assert row["eff_lo"] <= row["eff"] <= row["eff_hi"]
+
+    unified = run_json(["law", "unified", "--fix", "Lsat=1", "C=1.39"])
+    assert set(unified["law"]["family"]) == {"scalar", "sparse"}
+    assert {r["label"] for r in unified["rows"]} == labels
+
+    choices = run_json(["plan", "--memory-bits", "4e6", "--flops", "1e15"])
+    assert {c["label"] for c in choices} == labels
+    assert np.all(np.diff([c["loss"] for c in choices]) >= 0)
+
+    assert main(["plot", "--store", str(STORE), "--out", str(tmp_path), "--bootstrap", "5"]) == 0
+    for path in capsys.readouterr().out.split():
+        assert matplotlib.image.imread(path).std() > 0
