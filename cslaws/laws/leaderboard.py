@@ -2,9 +2,10 @@
 
 Each row: bits per value, the fitted multiplier eff with its bootstrap interval, eff x 16 / bits (the
 multiplier per bit, relative to 16-bit dense: above 1 means the format buys more than its memory saving),
-the GMSE of the weight and activation formats (rebuilt from the stored specs) and the capacity the
-unified law predicts from them with the published constants (their product when both are compressed),
-and the number of runs.
+the GMSE of the weight and activation formats (rebuilt from the stored specs), the capacity the unified
+law predicts with the published constants, and the number of runs. Capacities multiply (Panferov et al.
+2025): the prediction is the product of rho over the format's parts, a composition's sparsifier and
+quantizer apart and weights apart from activations (`Format.capacity_parts`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from cslaws.laws.capacity import gmse_of_spec
+from cslaws.laws.capacity import gmse_of_spec, part_gmses_of_spec
 from cslaws.laws.fit import FitError, LawFit, Runs, fit_compression, rho
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
@@ -97,7 +98,8 @@ def build(records: Sequence[Any], reference: str = "dense", k: int = 100, seed: 
     rows = []
     for label, eff in law.eff.items():
         gw, ga = _gmse(weights[label]), _gmse(activations[label])
-        capacity = math.prod(float(rho(g)) for g in (gw, ga) if g is not None)
+        parts = part_gmses_of_spec(weights[label]) + part_gmses_of_spec(activations[label])
+        capacity = math.prod(float(rho(g)) for g in parts)
         lo, hi = eff_ci[label]
         rows.append(Row(label, float(bits[label]), eff, lo, hi, eff * DENSE_BITS / float(bits[label]), gw, ga,
                         capacity, int(np.sum(runs.label == label))))

@@ -5,9 +5,9 @@
 - eff_vs_gmse.png: fitted eff (bootstrap interval as error bars) against GMSE, with the published rho
   curve and, given 3 or more formats, the rho curve fitted to those points (F and C by least squares in
   log eff, Lsat = 1 as published for scalar quantization: three free constants would pass exactly
-  through three points and extrapolate wildly). A
-  format compressing weights and activations is placed at its equivalent single-tensor GMSE under the
-  published constants (the GMSE whose rho equals the product of the two).
+  through three points and extrapolate wildly). A format of several parts (weights and activations, or
+  sparsity and quantization) is placed at its equivalent single-tensor GMSE under the published constants
+  (the GMSE whose rho equals the product of its parts' rho).
 - iso_memory.png: final loss against model memory in bits (N x bits per value) per format.
 """
 
@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from scipy.optimize import least_squares  # noqa: E402
 
 from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, Runs, rho, rho_inverse  # noqa: E402
-from cslaws.laws.leaderboard import Leaderboard  # noqa: E402
+from cslaws.laws.leaderboard import Leaderboard, Row  # noqa: E402
 
 
 def fit_rho_curve(gmse: np.ndarray, eff: np.ndarray, Lsat: float = RHO_LSAT) -> tuple[float, float]:
@@ -38,13 +38,11 @@ def fit_rho_curve(gmse: np.ndarray, eff: np.ndarray, Lsat: float = RHO_LSAT) -> 
     return float(F), float(C)
 
 
-def _equivalent_gmse(gw: float | None, ga: float | None) -> float | None:
-    present = [g for g in (gw, ga) if g is not None]
-    if not present:
+def _equivalent_gmse(row: Row) -> float | None:
+    """The single-tensor GMSE whose published rho is the row's predicted capacity; None for dense."""
+    if row.gmse_weight is None and row.gmse_activation is None:
         return None
-    if len(present) == 1:
-        return present[0]
-    return float(rho_inverse(rho(gw) * rho(ga)))
+    return float(rho_inverse(row.rho))
 
 
 def _budgets(tokens_per_param: np.ndarray) -> list[float]:
@@ -72,7 +70,7 @@ def plot_all(board: Leaderboard, runs: Runs, out: Path) -> list[Path]:
     paths.append(_save(fig, out / "loss_vs_n.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    pts = [(_equivalent_gmse(r.gmse_weight, r.gmse_activation), r) for r in board.rows]
+    pts = [(_equivalent_gmse(r), r) for r in board.rows]
     pts = [(g, r) for g, r in pts if g is not None]
     if pts:
         g = np.array([p[0] for p in pts])

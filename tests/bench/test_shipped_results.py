@@ -47,7 +47,7 @@ def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
     import numpy as np
 
     from cslaws.laws.cli import main
-    from cslaws.laws.fit import Runs, fit_compression
+    from cslaws.laws.fit import Runs, fit_compression, rho
 
     def run_json(argv: list[str]):
         assert main([*argv, "--store", str(STORE), "--format", "json"]) == 0, capsys.readouterr().err
@@ -63,6 +63,10 @@ def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
     for row in board["rows"]:
         assert row["eff"] == pytest.approx(law.eff[row["label"]], rel=1e-9)
         assert row["eff_lo"] <= row["eff"] <= row["eff_hi"]
+    # Capacities multiply: over weights and activations, and over a composition's sparsifier and quantizer.
+    rows = {r["label"]: r for r in board["rows"]}
+    assert rows["w4a4"]["rho"] == pytest.approx(rho(rows["w4a4"]["gmse_weight"]) * rho(rows["w4a4"]["gmse_activation"]))
+    assert rows["int4_sp50"]["rho"] == pytest.approx(rho(rows["sp50"]["gmse_weight"]) * rho(rows["int4"]["gmse_weight"]))
 
     unified = run_json(["law", "unified", "--fix", "Lsat=1", "C=1.39"])
     assert set(unified["law"]["family"]) == {"scalar", "sparse"}
