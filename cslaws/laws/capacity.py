@@ -119,38 +119,32 @@ def gmse_of_spec(spec: dict[str, Any]) -> tuple[float, float, str]:
     return _gmse_of_spec(json.dumps(spec, sort_keys=True))
 
 
-def _check_families(parts: list[tuple[str, str, float]]) -> list[tuple[str, float]]:
-    undeclared = [name for name, fam, _ in parts if not fam]
+def _declared_parts(fmt: Format) -> list[Format]:
+    """`fmt.capacity_parts()`, each of which must name its unified-law family."""
+    parts = fmt.capacity_parts()
+    undeclared = [type(p).__name__ for p in parts if not p.family]
     if undeclared:
         raise ValueError(
             f"format(s) {undeclared} declare no unified-law family; set the class attribute `family` "
             "(e.g. 'scalar', 'sparse', 'vq', or a new family name) to fit them with the unified form"
         )
-    return [(fam, g) for _, fam, g in parts]
-
-
-def _parts(fmt: Format) -> list[tuple[str, str, float]]:
-    return [(type(p).__name__, p.family, gmse(p)[0]) for p in fmt.capacity_parts()]
+    return parts
 
 
 def components_of(fmt: Format) -> list[tuple[str, float]]:
-    """(family, GMSE) of each part whose capacity multiplies into the format's (unified law)."""
-    return _check_families(_parts(fmt))
-
-
-@lru_cache(maxsize=256)
-def _parts_of_spec(spec_json: str) -> tuple[tuple[str, str, float], ...]:
-    return tuple(_parts(format_from_spec(json.loads(spec_json))))
+    """(family, GMSE) of each part whose capacity multiplies into the format's (unified law). GMSEs go
+    through the per-spec cache: a part that is also a format of its own is measured once."""
+    return [(p.family, gmse_of_spec(p.spec())[0]) for p in _declared_parts(fmt)]
 
 
 def components_of_spec(spec: dict[str, Any] | None) -> list[tuple[str, float]]:
     """`components_of` for a stored format spec; none for a missing (dense) format."""
-    return [] if spec is None else _check_families(list(_parts_of_spec(json.dumps(spec, sort_keys=True))))
+    return [] if spec is None else components_of(format_from_spec(spec))
 
 
 def part_gmses_of_spec(spec: dict[str, Any] | None) -> list[float]:
     """GMSE of each capacity part of a stored format spec, whether or not its family is declared."""
-    return [] if spec is None else [g for _, _, g in _parts_of_spec(json.dumps(spec, sort_keys=True))]
+    return [] if spec is None else [gmse_of_spec(p.spec())[0] for p in format_from_spec(spec).capacity_parts()]
 
 
 def _format_parser() -> ArgumentParser:
