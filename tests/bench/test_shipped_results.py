@@ -77,5 +77,7 @@ def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
     assert np.all(np.diff([c["loss"] for c in choices]) >= 0)
 
     assert main(["plot", "--store", str(STORE), "--out", str(tmp_path), "--bootstrap", "5"]) == 0
-    for path in capsys.readouterr().out.split():
+    paths = capsys.readouterr().out.split()
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["eff_vs_gmse.png", "iso_memory.png", "loss_vs_n.png"]
+    for path in paths:
         assert matplotlib.image.imread(path).std() > 0
