@@ -47,7 +47,8 @@ SEED = 0
 
 @dataclass
 class Capacity:
-    """One line of `bench capacity`. Product lines (weights x activations) have no GMSE of their own:
+    """One line of `bench capacity`. A composed format's line has its own GMSE and bits, and the product
+    of its parts' rho (method "...; rho of k parts"). Product lines (weights x activations) have no GMSE of their own:
     `gmse` is the single-tensor GMSE with the same predicted capacity (None when the product reaches
     Lsat, which no single tensor can), and `bits`/`gmse_se` are None."""
 
@@ -213,8 +214,14 @@ def capacity_lines(name: str, F: float = RHO_F, C: float = RHO_C, Lsat: float = 
 
 
 def _line(name: str, fmt: Format, F: float, C: float, Lsat: float) -> Capacity:
+    """A format's own GMSE and bits; its rho is the product over its capacity parts (a composition's
+    sparsifier and quantizer), as in the leaderboard and the unified fit."""
     value, se, method = gmse(fmt)
-    return Capacity(name, value, se, fmt.bits_per_value, float(rho(value, F, C, Lsat)), method)
+    parts = fmt.capacity_parts()
+    if parts == [fmt]:
+        return Capacity(name, value, se, fmt.bits_per_value, float(rho(value, F, C, Lsat)), method)
+    capacity = math.prod(float(rho(gmse(p)[0], F, C, Lsat)) for p in parts)
+    return Capacity(name, value, se, fmt.bits_per_value, capacity, f"{method}; rho of {len(parts)} parts")
 
 
 def defaultable_formats() -> tuple[list[str], list[str]]:

@@ -226,3 +226,17 @@ def test_components_split_compositions_and_refuse_undeclared_families():
     assert unstructured[0][1] == pytest.approx(0.5 - 2 * t * norm.pdf(t), rel=0.005)
     with pytest.raises(ValueError, match=r"\['ToyLevels'\] declare no unified-law family"):
         components_of(ToyLevels())
+
+
+def test_capacity_of_a_composed_config_multiplies_its_parts(capsys):
+    """int4_sp50: rho is rho(GMSE of 50% magnitude pruning) x rho(GMSE of INT4), both derived here."""
+    from cslaws.formats.int import Int
+
+    assert main(["capacity", "formats/int4_sp50.yaml", "--format", "json"]) == 0
+    (line,) = json.loads(capsys.readouterr().out)
+    t = norm.ppf(0.75)
+    pruned = 0.5 - 2 * t * norm.pdf(t)
+    int4 = gaussian_mse_of_levels(Int(bits=4, granularity="row").gaussian_grid().numpy())
+    assert line["rho"] == pytest.approx(float(rho(pruned) * rho(int4)), rel=0.005)
+    assert line["method"] == "sampled; rho of 2 parts" and line["bits"] == pytest.approx(3.015625)
+    assert line["rho"] < float(rho(line["gmse"])), "the product is not rho of the composite GMSE"
