@@ -1,15 +1,22 @@
 """The results store: one SQLite file (WAL mode) holding every run and its loss curve.
 
 A run row records everything needed to refit a law from the store alone, years later: model size and N,
-tokens D, the weight and activation formats in full (class_path and init_args), bits per value, seed, data
-set and tokenizer, the code version, the resolved config, status and timestamps. Its loss curve sits in
-`points` (step, tokens, train loss, validation loss). Every write is one transaction, so a crash leaves a
-run `running` or `failed`, never half-written and counted as `finished`.
+tokens D (optimizer steps actually trained x tokens per step), the passes over the training split
+(`epochs`), the weight and activation formats in full (class_path and init_args) and the bits per value
+each costs on the model's own layer shapes, seed, data set, tokenizer, vocabulary, sequence length and
+validation set (together the run's comparability key: losses in nats under different tokenizers or on
+different validation sets are not comparable), the code version, the resolved config, status and
+timestamps. Its loss curve sits in `points` (step, tokens, train loss, validation loss). Every write is one
+transaction, so a crash leaves a run `running` or `failed`, never half-written and counted as `finished`;
+the store refuses to mark a run finished without a finite loss.
+
+Stores written by older versions are migrated in place on open (missing columns are added as NULL).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -28,6 +35,14 @@ CREATE TABLE IF NOT EXISTS runs (
     n_params INTEGER NOT NULL,
     tokens INTEGER NOT NULL,
     bits_per_value REAL NOT NULL,
+    activation_bits REAL,
+    steps INTEGER,
+    tokens_per_step INTEGER,
+    epochs REAL,
+    seq_len INTEGER,
+    vocab_size INTEGER,
+    val_set TEXT,
+    source TEXT,
     weight TEXT,
     activation TEXT,
     seed INTEGER NOT NULL,
@@ -53,6 +68,12 @@ CREATE INDEX IF NOT EXISTS points_run ON points(run_id, step);
 CREATE INDEX IF NOT EXISTS runs_cell ON runs(cell, status);
 """
 
+#: Columns added after the first schema, with their SQL types: `ResultsStore` adds them to older stores.
+ADDED_COLUMNS = {
+    "activation_bits": "REAL", "steps": "INTEGER", "tokens_per_step": "INTEGER", "epochs": "REAL",
+    "seq_len": "INTEGER", "vocab_size": "INTEGER", "val_set": "TEXT", "source": "TEXT",
+}
+
 
 def default_store_path() -> Path:
     """`$CSLAWS_STORE`, else `runs/results.db` under the working directory."""
@@ -61,7 +82,14 @@ def default_store_path() -> Path:
 
 @dataclass
 class RunRecord:
-    """One training run as the store keeps it. `weight`/`activation` are format specs (None = dense)."""
+    """One training run as the store keeps it. `weight`/`activation` are format specs (None = dense).
+
+    `tokens` is D as trained (`steps` x `tokens_per_step`); `bits_per_value` is the weight format's storage
+    cost and `activation_bits` the activation format's, both averaged over the model's compressed linears
+    on their real shapes; `epochs` is the passes over the training split; `dataset`, `tokenizer`,
+    `vocab_size`, `seq_len` and `val_set` (validation-set fingerprint) make up the comparability key;
+    `source` is None for runs trained here, else where an imported run came from.
+    """
 
     label: str
     model: str
@@ -75,6 +103,14 @@ class RunRecord:
     config: str = ""
     weight: dict[str, Any] | None = None
     activation: dict[str, Any] | None = None
+    activation_bits: float | None = None
+    steps: int | None = None
+    tokens_per_step: int | None = None
+    epochs: float | None = None
+    seq_len: int | None = None
+    vocab_size: int | None = None
+    val_set: str | None = None
+    source: str | None = None
     cell: str | None = None
     status: str = "running"
     final_val_loss: float | None = None
@@ -82,6 +118,12 @@ class RunRecord:
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     run_id: int | None = None
+
+    @property
+    def comparability(self) -> tuple[str, str, int | None, int | None, str | None]:
+        """Runs may be fitted together only when these agree: corpus, tokenizer, vocabulary, sequence length
+        and validation set (None where an older store did not record it)."""
+        return (self.dataset, self.tokenizer, self.vocab_size, self.seq_len, self.val_set)
 
 
 _JSON_FIELDS = ("weight", "activation")
@@ -102,6 +144,12 @@ def _from_row(row: sqlite3.Row) -> RunRecord:
     return RunRecord(**{f.name: data[f.name] for f in fields(RunRecord)})
 
 
+def check_loss(loss: float | None, what: str) -> None:
+    """A finished run's loss is a finite number; anything else is a failed run, never a finished one."""
+    if loss is None or not math.isfinite(loss):
+        raise ValueError(f"a finished run needs a finite final_val_loss; got {loss!r} for {what}")
+
+
 class ResultsStore:
     """Runs and loss curves in one SQLite file. Safe to share between processes (WAL, short transactions)."""
 
@@ -110,6 +158,10 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._tx() as db:
             db.executescript(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -130,8 +182,7 @@ class ResultsStore:
 
     def add_finished(self, record: RunRecord, curve: list[tuple[int, int, float | None, float | None]] = ()) -> int:
         """Write a complete run (and its curve) in one transaction: for imports and tests."""
-        if record.final_val_loss is None:
-            raise ValueError(f"a finished run needs final_val_loss; got None for {record.label!r}")
+        check_loss(record.final_val_loss, repr(record.label))
         record.status = "finished"
         record.finished_at = record.finished_at or time.time()
         row = _to_row(record)
@@ -146,6 +197,8 @@ class ResultsStore:
             db.execute("INSERT INTO points VALUES (?, ?, ?, ?, ?)", (run_id, step, tokens, train_loss, val_loss))
 
     def finish(self, run_id: int, final_val_loss: float) -> None:
+        """Mark a run finished with its final validation loss, which must be a finite number."""
+        check_loss(final_val_loss, f"run {run_id}")
         with self._tx() as db:
             db.execute(
                 "UPDATE runs SET status='finished', final_val_loss=?, finished_at=? WHERE run_id=?",

@@ -43,7 +43,7 @@ def test_store_is_wal_and_rejects_unknown_status(tmp_path) -> None:
 
 def test_add_finished_needs_a_loss(tmp_path) -> None:
     store = ResultsStore(tmp_path / "r.db")
-    with pytest.raises(ValueError, match="final_val_loss"):
+    with pytest.raises(ValueError, match="finite final_val_loss"):
         store.add_finished(record())
     store.add_finished(record(final_val_loss=3.0), curve=[(1, 100, 4.0, 3.9)])
     (run,) = store.runs()
