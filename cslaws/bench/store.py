@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     vocab_size INTEGER,
     val_set TEXT,
     source TEXT,
+    host TEXT,
+    pid INTEGER,
     weight TEXT,
     activation TEXT,
     seed INTEGER NOT NULL,
@@ -72,6 +74,7 @@ CREATE INDEX IF NOT EXISTS runs_cell ON runs(cell, status);
 ADDED_COLUMNS = {
     "activation_bits": "REAL", "steps": "INTEGER", "tokens_per_step": "INTEGER", "epochs": "REAL",
     "seq_len": "INTEGER", "vocab_size": "INTEGER", "val_set": "TEXT", "source": "TEXT",
+    "host": "TEXT", "pid": "INTEGER",
 }
 
 
@@ -88,7 +91,8 @@ class RunRecord:
     cost and `activation_bits` the activation format's, both averaged over the model's compressed linears
     on their real shapes; `epochs` is the passes over the training split; `dataset`, `tokenizer`,
     `vocab_size`, `seq_len` and `val_set` (validation-set fingerprint) make up the comparability key;
-    `source` is None for runs trained here, else where an imported run came from.
+    `source` is None for runs trained here, else where an imported run came from; `host` and `pid` name the
+    process that trains a `running` run (so that a sweep can tell a live run from one whose process died).
     """
 
     label: str
@@ -111,6 +115,8 @@ class RunRecord:
     vocab_size: int | None = None
     val_set: str | None = None
     source: str | None = None
+    host: str | None = None
+    pid: int | None = None
     cell: str | None = None
     status: str = "running"
     final_val_loss: float | None = None
