@@ -17,7 +17,7 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Three plays of the built-in corpus as plain text files: real prose, small enough to tokenize in a second."""
-    from cslaws.bench.data import shakespeare_files
+    from cslaws.bench.corpora import shakespeare_files
 
     out = tmp_path_factory.mktemp("corpus")
     paths = []

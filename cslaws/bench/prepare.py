@@ -1,0 +1,509 @@
+"""`bench data prepare`: a corpus once into memory-mapped token files, read by every run and every rank.
+
+    bench data prepare english --out corpora/english                     # a built-in corpus
+    bench data prepare text --data-files 'a.txt,b.txt' --out corpora/ab  # any `datasets` loader
+    bench data prepare json --data-files 'c4/*.json.gz' --streaming --tokenizer gpt2/tokenizer.json \
+        --num-proc 16 --out corpora/c4
+    bench fit --data.path corpora/c4 --data.tokenizer gpt2/tokenizer.json --data.vocab_size 50257
+
+A prepared corpus is a directory (nanoGPT-style):
+- `train.bin`, `val.bin`: the token ids of the training and validation documents, each document followed
+  by an end-of-text token, as raw uint16 (the vocabulary fits) or uint32;
+- `tokenizer.json`: the tokenizer (`tokenizers` library) the ids are in;
+- `index.json`, written last: token counts, dtype, tokenizer and its fingerprint, corpus fingerprint, the
+  split (seed, fraction and the validation documents' row numbers) and the training tokens' unigram entropy.
+
+Why this way:
+- The validation split is chosen per document (row of the source) from a hash of the split seed and the row
+  number, before anything is tokenized: the same documents for every run, whatever its seq_len or
+  batch_size, and the tokenizer is trained on a bounded sample of the training documents only.
+- Memory is bounded whatever the corpus size: documents stream from the `datasets` source (Arrow files are
+  memory-mapped; `--streaming` never materialises the source) in batches of a few MB, at most two batches per
+  worker in flight, and the ids are appended to the output files as they come back, in source order.
+- Writes are atomic: everything goes to a hidden `.NAME.partial-PID` directory beside the output, is
+  fsynced, and the directory is renamed into place with `index.json` inside; a killed prepare leaves no
+  directory that looks prepared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cslaws.bench import corpora
+from cslaws.errors import BenchError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+INDEX = "index.json"
+FORMAT_VERSION = 1
+EOT = "<|endoftext|>"
+# End-of-text tokens of common pretrained tokenizers (GPT-2, Llama 3, Llama 2 / Mistral, Gemma), in that order.
+EOT_CANDIDATES = (EOT, "<|end_of_text|>", "</s>", "<eos>")
+BATCH_BYTES = 4 << 20
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CSLAWS_CACHE", Path.home() / ".cache" / "cslaws"))
+
+
+def is_validation(row: int, split_seed: int, val_fraction: float) -> bool:
+    """Whether source row `row` is a validation document: a hash of (seed, row) below the fraction.
+
+    Per row, so it is the same whatever the batching, the worker count or the corpus length."""
+    digest = hashlib.blake2b(f"{split_seed}:{row}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < val_fraction * 2**64
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to read: a built-in corpus name, or what `datasets.load_dataset` takes (a loader such as `text`,
+    `json`, `parquet` with `data_files`, or a local data set directory), with its split and text column."""
+
+    path: str = "english"
+    name: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    data_files: tuple[str, ...] = ()
+    streaming: bool = False
+
+    @property
+    def builtin(self) -> bool:
+        return self.path in corpora.BUILTINS
+
+    @property
+    def label(self) -> str:
+        parts = [self.path, self.name, None if self.builtin else self.split, *self.data_files]
+        return ":".join(p for p in parts if p)
+
+    def check(self) -> None:
+        """Missing files and paths, before any work."""
+        import glob
+
+        for f in self.data_files:
+            if not (Path(f).exists() or glob.glob(f)):
+                raise BenchError(f"data file {f!r} does not exist; give existing files (globs allowed) to --data_files")
+        if not self.builtin and ("/" in self.path or self.path.startswith(".")) and not Path(self.path).exists():
+            raise BenchError(f"dataset path {self.path!r} does not exist; give a built-in corpus "
+                             f"({', '.join(corpora.BUILTINS)}), a `datasets` loader with data files, or an existing directory")
+
+    def stamp(self) -> list:
+        """What identifies the source's content cheaply (for the cache of unprepared corpora): the built-ins'
+        content hash, else the local files' paths, sizes and modification times."""
+        import glob
+
+        if self.builtin:
+            return [corpora.fingerprint(self.path)]
+        paths = sorted({p for f in self.data_files for p in (glob.glob(f) or [f])})
+        if Path(self.path).exists():
+            paths += sorted(str(p) for p in Path(self.path).rglob("*") if p.is_file())
+        return [(str(Path(p).resolve()), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
+
+    def load(self, cache_dir: str):
+        """The documents as a `datasets` Dataset (or IterableDataset when streaming) with the text column."""
+        import datasets
+
+        datasets.disable_progress_bars()  # its "Downloading data" bars show local copies, which reads as a download
+        if self.builtin:
+            ds = corpora.load_builtin(self.path, cache_dir)
+            return ds.to_iterable_dataset() if self.streaming else ds
+        if (Path(self.path) / "state.json").exists() or (Path(self.path) / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(self.path)
+            ds = ds[self.split] if isinstance(ds, datasets.DatasetDict) else ds
+            ds = ds.to_iterable_dataset() if self.streaming else ds
+        else:
+            ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
+                                       streaming=self.streaming, cache_dir=cache_dir)
+        if ds.column_names is not None and self.text_column not in ds.column_names:
+            raise BenchError(f"text column {self.text_column!r} is not in the data set; its columns are {ds.column_names}")
+        return ds
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A tokenizer file (`tokenizer.json` of the `tokenizers` library) or a byte-level BPE of `vocab_size`
+    trained on a sample of `sample_mb` MB of the training documents."""
+
+    file: str | None = None
+    vocab_size: int | None = None
+    sample_mb: float = 32.0
+
+    def check(self) -> None:
+        if self.file is not None:
+            if not Path(self.file).is_file():
+                raise BenchError(f"tokenizer file {self.file!r} does not exist; give a tokenizer.json of the `tokenizers` library")
+            size = load_tokenizer(self.file).get_vocab_size(with_added_tokens=True)
+            if self.vocab_size is not None and self.vocab_size != size:
+                raise BenchError(f"vocab_size={self.vocab_size} does not match the tokenizer {self.file!r}, "
+                                 f"whose vocabulary has {size} tokens; give vocab_size {size}")
+        elif self.vocab_size is not None and self.vocab_size < 257:
+            raise BenchError(f"vocab_size={self.vocab_size} is not allowed; a byte-level BPE needs at least 257")
+
+    def stamp(self) -> list:
+        if self.file is not None:
+            return ["file", hashlib.sha256(Path(self.file).read_bytes()).hexdigest()]
+        return ["bpe", self.vocab_size, self.sample_mb]
+
+
+def load_tokenizer(path: str):
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the library raises a bare Exception for a file it cannot parse
+        raise BenchError(f"tokenizer file {path!r} is not a tokenizer.json of the `tokenizers` library ({e})") from None
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """What the ids mean: a hash of the tokenizer's full serialisation."""
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+
+
+def end_of_text_id(tok, where: str) -> int:
+    """The id that separates documents: the first of the usual end-of-text tokens the tokenizer has."""
+    for token in EOT_CANDIDATES:
+        if (i := tok.token_to_id(token)) is not None:
+            return i
+    raise BenchError(f"the tokenizer {where} has none of the end-of-text tokens {', '.join(EOT_CANDIDATES)}; "
+                     "add one of them to it as a special token")
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def rows(ds, column: str) -> Iterator[tuple[int, list[str]]]:
+    """(first row number, texts) batches of about BATCH_BYTES of text, in source order."""
+    start, texts, size, row = 0, [], 0, 0
+    for batch in ds.iter(batch_size=256):
+        for text in batch[column]:
+            texts.append(text or "")
+            size += len(texts[-1])
+            row += 1
+            if size >= BATCH_BYTES:
+                yield start, texts
+                start, texts, size = row, [], 0
+    if texts:
+        yield start, texts
+
+
+def training_sample(ds, column: str, split_seed: int, val_fraction: float, max_bytes: float) -> Iterator[str]:
+    """The first `max_bytes` of text of the training documents (never a validation one)."""
+    taken = 0
+    for start, texts in rows(ds, column):
+        for i, text in enumerate(texts):
+            if text and not is_validation(start + i, split_seed, val_fraction):
+                yield text
+                taken += len(text)
+                if taken >= max_bytes:
+                    return
+
+
+def train_bpe(texts: Iterator[str], vocab_size: int):
+    """Byte-level BPE (GPT-2 style) with the end-of-text token as its one special token."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT], show_progress=False)
+    return tok._tokenizer  # the plain `Tokenizer` inside the convenience wrapper
+
+
+# Worker state: set once per process by `_init_worker`, so that batches carry only their texts.
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_json: str, eot: int, dtype: str, split_seed: int, val_fraction: float) -> None:
+    from tokenizers import Tokenizer
+
+    _WORKER.update(tok=Tokenizer.from_str(tokenizer_json), eot=eot, dtype=np.dtype(dtype), seed=split_seed, fraction=val_fraction)
+
+
+@dataclass
+class Encoded:
+    """One batch, tokenized: the training and validation ids (each document closed by end-of-text), the
+    validation rows, one content digest per non-empty document, and the batch's text size."""
+
+    train: np.ndarray
+    val: np.ndarray
+    val_rows: list[int]
+    digests: bytes
+    n_bytes: int
+    n_docs: int
+
+
+def _encode(start: int, texts: list[str]) -> Encoded:
+    w = _WORKER
+    keep = [(start + i, t) for i, t in enumerate(texts) if t]
+    encodings = w["tok"].encode_batch([t for _, t in keep], add_special_tokens=False)
+    train, val, val_rows, digests = [], [], [], []
+    for (row, text), enc in zip(keep, encodings):
+        ids = np.array(enc.ids + [w["eot"]], dtype=w["dtype"])
+        if is_validation(row, w["seed"], w["fraction"]):
+            val.append(ids)
+            val_rows.append(row)
+        else:
+            train.append(ids)
+        digests.append(hashlib.blake2b(text.encode(), digest_size=16).digest())
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, w["dtype"])  # noqa: E731
+    return Encoded(cat(train), cat(val), val_rows, b"".join(digests), sum(len(t) for t in texts), len(texts))
+
+
+@dataclass
+class Writer:
+    """Appends encoded batches to the output files, in order, and keeps the index's running figures."""
+
+    out: Path
+    vocab_size: int
+    counts: np.ndarray = field(init=False)
+    corpus: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    val_digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    val_rows: list[int] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    documents: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(self.vocab_size, np.int64)
+        self.files = {s: open(self.out / f"{s}.bin", "wb") for s in ("train", "val")}
+
+    def add(self, enc: Encoded) -> None:
+        for split, ids in (("train", enc.train), ("val", enc.val)):
+            self.files[split].write(ids.tobytes())
+            self.tokens[split] += len(ids)
+        self.counts += np.bincount(enc.train, minlength=self.vocab_size)[: self.vocab_size]
+        self.corpus.update(enc.digests)
+        self.val_rows += enc.val_rows
+        self.documents += len(enc.digests) // 16
+        for row in enc.val_rows:
+            self.val_digest.update(row.to_bytes(8, "little"))
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+
+    @property
+    def entropy(self) -> float:
+        p = self.counts[self.counts > 0] / max(1, self.counts.sum())
+        return float(-(p * np.log(p)).sum())
+
+
+def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction: float = 0.02, split_seed: int = 0,
+            num_proc: int | None = None, progress: bool = True) -> Path:
+    """Prepare `source` into the directory `out` (atomically; see the module docstring); returns `out`."""
+    from tokenizers import Tokenizer
+
+    if not 0 < val_fraction < 1:
+        raise BenchError(f"val_fraction={val_fraction} is not allowed; it is the fraction of documents held out, in (0, 1)")
+    out = Path(out)
+    if (out / INDEX).exists():
+        raise BenchError(f"{str(out)!r} already holds a prepared corpus; remove it or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise BenchError(f"{str(out)!r} exists and is not empty; choose a new directory for --out")
+    source.check()
+    tokenizer.check()
+    num_proc = num_proc or os.cpu_count() or 1
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        ds = source.load(str(tmp / "hf"))
+        if tokenizer.file is not None:
+            tok, kind = load_tokenizer(tokenizer.file), f"file:{Path(tokenizer.file).name}"
+            vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        else:
+            # The model's vocabulary is the size asked for; a small corpus may give the BPE fewer merges.
+            vocab_size = tokenizer.vocab_size or 2048
+            tok = train_bpe(training_sample(ds, source.text_column, split_seed, val_fraction, tokenizer.sample_mb * 1e6), vocab_size)
+            kind = f"bytelevel-bpe-{vocab_size}"
+        eot = end_of_text_id(tok, tokenizer.file or "trained here")
+        tok.save(str(tmp / "tokenizer.json"))
+        dtype = id_dtype(vocab_size)
+        writer = Writer(tmp, vocab_size)
+        started = time.perf_counter()
+        init = (tok.to_str(), eot, dtype.str, split_seed, val_fraction)
+        total = None if source.streaming else len(ds)
+        bar = _progress(progress, total, source.label)
+        with bar as advance:
+            if num_proc == 1:
+                _init_worker(*init)
+                for start, texts in rows(ds, source.text_column):
+                    writer.add(enc := _encode(start, texts))
+                    advance(enc)
+            else:
+                # The workers inherit no tokenizer thread pool: one process per core does the parallelism.
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"
+                with multiprocessing.get_context("spawn").Pool(num_proc, _init_worker, init) as pool:
+                    pending: deque = deque()
+                    for start, texts in rows(ds, source.text_column):
+                        pending.append(pool.apply_async(_encode, (start, texts)))
+                        while len(pending) >= 2 * num_proc or (pending and pending[0].ready()):
+                            writer.add(enc := pending.popleft().get())
+                            advance(enc)
+                    while pending:
+                        writer.add(enc := pending.popleft().get())
+                        advance(enc)
+        writer.close()
+        if writer.tokens["train"] == 0 or writer.tokens["val"] == 0:
+            raise BenchError(f"the corpus {source.label!r} gave {writer.tokens['train']} training and {writer.tokens['val']} "
+                             f"validation tokens from {writer.documents} documents; it needs both: give more documents "
+                             f"or another --val-fraction (now {val_fraction})")
+        shutil.rmtree(tmp / "hf", ignore_errors=True)
+        index = {
+            "format": FORMAT_VERSION,
+            "source": source.label,
+            "corpus_fingerprint": writer.corpus.hexdigest()[:16],
+            "documents": writer.documents,
+            "text_bytes": bar.bytes,
+            "tokens": writer.tokens,
+            "dtype": dtype.name,
+            "vocab_size": vocab_size,
+            "tokenizer_vocab": tok.get_vocab_size(with_added_tokens=True),
+            "eot_id": eot,
+            "tokenizer": kind,
+            "tokenizer_fingerprint": tokenizer_fingerprint(Tokenizer.from_file(str(tmp / "tokenizer.json"))),
+            "split": {"seed": split_seed, "val_fraction": val_fraction, "val_fingerprint": writer.val_digest.hexdigest()[:16],
+                      "val_documents": writer.val_rows},
+            "train_unigram_entropy": writer.entropy,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        _write_synced(tmp / INDEX, json.dumps(index, indent=1))
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / INDEX).exists():  # not a concurrent prepare of the same corpus that finished first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(out.parent)
+        return out
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _progress:
+    """A rich progress bar over documents (with an ETA when the document count is known) and MB/s."""
+
+    def __init__(self, enabled: bool, total: int | None, label: str) -> None:
+        self.enabled, self.total, self.label = enabled, total, label
+        self.bytes = 0
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            from cslaws.console import console
+
+            self.bar = Progress(TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("docs {task.fields[mb]:.0f} MB {task.fields[rate]:.1f} MB/s"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=console())
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.label, total=self.total, mb=0.0, rate=0.0)
+        self.started = time.perf_counter()
+
+        def advance(enc: Encoded) -> None:
+            self.bytes += enc.n_bytes
+            if self.enabled:
+                mb = self.bytes / 1e6
+                self.bar.update(self.task, advance=enc.n_docs, mb=mb, rate=mb / max(1e-9, time.perf_counter() - self.started))
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+def read_index(path: Path) -> dict:
+    """The index of the prepared corpus at `path`; a BenchError naming the path when there is none."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BenchError(f"prepared corpus {str(path)!r} does not exist; make it with: bench data prepare SOURCE --out {path}")
+    if not (path / INDEX).is_file():
+        raise BenchError(f"{str(path)!r} is not a complete prepared corpus: it has no {INDEX} (a killed or unfinished "
+                         f"`bench data prepare`?); remove it and prepare again: bench data prepare SOURCE --out {path}")
+    index = json.loads((path / INDEX).read_text())
+    if index.get("format") != FORMAT_VERSION:
+        raise BenchError(f"prepared corpus {str(path)!r} is of format {index.get('format')}, this suite reads format "
+                         f"{FORMAT_VERSION}; prepare it again")
+    for split in ("train", "val"):
+        expected = index["tokens"][split] * np.dtype(index["dtype"]).itemsize
+        if not (path / f"{split}.bin").is_file() or (path / f"{split}.bin").stat().st_size != expected:
+            raise BenchError(f"prepared corpus {str(path)!r}: {split}.bin is missing or not {expected} bytes as its index "
+                             "says; prepare it again")
+    return index
+
+
+def cached_prepare(source: Source, tokenizer: TokenizerSpec, val_fraction: float, split_seed: int,
+                   num_proc: int | None = None) -> Path:
+    """The prepared corpus of an unprepared source, in the cache (`$CSLAWS_CACHE`, default ~/.cache/cslaws),
+    prepared on first use; keyed by everything that defines its content."""
+    key = json.dumps([FORMAT_VERSION, source.label, source.name, source.split, source.text_column, source.stamp(),
+                      tokenizer.stamp(), val_fraction, split_seed])
+    out = cache_root() / "corpora" / f"{source.path.replace('/', '_')[:40]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not (out / INDEX).exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        prepare(source, tokenizer, out, val_fraction=val_fraction, split_seed=split_seed, num_proc=num_proc)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`bench data prepare ...` (argv starts with "data")."""
+    parser = argparse.ArgumentParser(prog="bench data", description="Prepared corpora: memory-mapped token files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="tokenize a corpus into memory-mapped token files", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help=f"a built-in corpus ({', '.join(corpora.BUILTINS)}), a `datasets` loader "
+                                  "(text, json, csv, parquet) with --data-files, or a local data set directory")
+    p.add_argument("--out", required=True, type=Path, help="the directory to create")
+    p.add_argument("--data-files", default="", help="comma-separated files or globs for a loader")
+    p.add_argument("--name", default=None, help="the data set's configuration name")
+    p.add_argument("--split", default="train", help="which split of the source to read (default: train)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--streaming", action="store_true", help="stream the source instead of converting it to Arrow first")
+    p.add_argument("--tokenizer", default=None, help="a tokenizer.json to use; default: train a byte-level BPE")
+    p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (default 2048); with --tokenizer, must match it")
+    p.add_argument("--sample-mb", type=float, default=32.0, help="MB of training text the BPE is trained on")
+    p.add_argument("--val-fraction", type=float, default=0.02, help="fraction of documents held out for validation")
+    p.add_argument("--split-seed", type=int, default=0, help="draws the validation documents")
+    p.add_argument("--num-proc", type=int, default=None, help="tokenizing processes (default: all cores)")
+    args = parser.parse_args(argv[1:])
+    if args.num_proc is not None and args.num_proc < 1:
+        raise BenchError(f"--num-proc {args.num_proc} is not allowed; it must be at least 1")
+    source = Source(args.source, args.name, args.split, args.text_column,
+                    tuple(f for f in args.data_files.split(",") if f), args.streaming)
+    tokenizer = TokenizerSpec(args.tokenizer, args.vocab_size, args.sample_mb)
+    out = prepare(source, tokenizer, args.out, val_fraction=args.val_fraction, split_seed=args.split_seed, num_proc=args.num_proc)
+    index = read_index(out)
+    print(f"{out}: {index['tokens']['train']:,} training and {index['tokens']['val']:,} validation tokens "
+          f"({len(index['split']['val_documents'])} of {index['documents']} documents), {index['dtype']}, "
+          f"{index['tokenizer']} vocab {index['vocab_size']}, {index['text_bytes'] / 1e6:.1f} MB of text in {index['seconds']:.1f} s")
+    return 0

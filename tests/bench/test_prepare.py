@@ -1,0 +1,149 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from cslaws.bench import prepare as prep
+from cslaws.bench.prepare import INDEX, Source, TokenizerSpec, is_validation, prepare, read_index
+from cslaws.errors import BenchError
+
+
+def lines_of(files: list[str]) -> list[str]:
+    """The rows the `text` loader makes: one per line, files in order (read here independently)."""
+    return [line for f in files for line in Path(f).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def prepared(small_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prep") / "corpus"
+    return prepare(Source("text", data_files=tuple(small_corpus)), TokenizerSpec(None, 512), out, num_proc=1, progress=False)
+
+
+def test_index_and_files_are_a_direct_tokenization_of_the_documents(prepared, small_corpus) -> None:
+    index = read_index(prepared)
+    rows = lines_of(small_corpus)
+    val_rows = [i for i, t in enumerate(rows) if t and is_validation(i, 0, 0.02)]
+    assert index["split"]["val_documents"] == val_rows
+    assert 0.01 < len(val_rows) / sum(map(bool, rows)) < 0.03
+    assert index["documents"] == sum(map(bool, rows)) and index["dtype"] == "uint16" and index["vocab_size"] == 512
+    tok = Tokenizer.from_file(str(prepared / "tokenizer.json"))
+    eot = tok.token_to_id("<|endoftext|>")
+    expect = {"train": [], "val": []}
+    for i, text in enumerate(rows):
+        if text:
+            expect["val" if i in set(val_rows) else "train"] += tok.encode(text, add_special_tokens=False).ids + [eot]
+    for split in ("train", "val"):
+        got = np.fromfile(prepared / f"{split}.bin", dtype=np.uint16)
+        assert got.tolist() == expect[split] and index["tokens"][split] == len(expect[split])
+    counts = np.bincount(np.array(expect["train"]))
+    p = counts[counts > 0] / counts.sum()
+    assert index["train_unigram_entropy"] == pytest.approx(-(p * np.log(p)).sum(), rel=1e-12)
+
+
+def test_workers_write_the_same_files_as_one_process(prepared, small_corpus, tmp_path) -> None:
+    out = prepare(Source("text", data_files=tuple(small_corpus)), TokenizerSpec(prepared / "tokenizer.json"), tmp_path / "c",
+                  num_proc=2, progress=False)
+    for name in ("train.bin", "val.bin"):
+        assert (out / name).read_bytes() == (prepared / name).read_bytes()
+    a, b = read_index(out), read_index(prepared)
+    assert a["corpus_fingerprint"] == b["corpus_fingerprint"] and a["split"] == b["split"]
+
+
+def test_bpe_never_sees_the_validation_documents(tmp_path) -> None:
+    """A word that occurs only in validation documents gets no token; the same kind of word in training does."""
+    rows = [f"the plain line number {i} of some ordinary text" for i in range(600)]
+    val = [i for i in range(600) if is_validation(i, 0, 0.05)]
+    train = [i for i in range(600) if i not in val]
+    for i in val:
+        rows[i] = "zqxvbk " * 50
+    for i in train[:len(val)]:
+        rows[i] = "wjfypg " * 50
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(rows))
+    out = prepare(Source("text", data_files=(str(f),)), TokenizerSpec(None, 400), tmp_path / "p", val_fraction=0.05,
+                  num_proc=1, progress=False)
+    vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab()
+    assert any("wjfypg" in t for t in vocab)
+    assert not any("zqx" in t or "vbk" in t for t in vocab)
+
+
+def big_vocab_tokenizer(path: Path, words: list[str]) -> str:
+    """A word-level tokenizer of 70,000 tokens whose real words have ids above 65535 (uint32 territory)."""
+    vocab = {f"filler{i}": i for i in range(66_000)}
+    vocab.update({w: 66_000 + i for i, w in enumerate(["<|endoftext|>", "[UNK]", *words])})
+    vocab.update({f"tail{i}": i for i in range(len(vocab), 70_000)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+    return str(path)
+
+
+def test_large_vocabulary_is_stored_as_uint32(tmp_path) -> None:
+    rows = [f"alpha beta gamma {'delta' if i % 3 else 'omega'}" for i in range(300)]
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(rows))
+    tok_path = big_vocab_tokenizer(tmp_path / "tok.json", ["alpha", "beta", "gamma", "delta", "omega"])
+    out = prepare(Source("text", data_files=(str(f),)), TokenizerSpec(tok_path), tmp_path / "p", num_proc=1, progress=False)
+    index = read_index(out)
+    assert index["dtype"] == "uint32" and index["vocab_size"] == 70_000
+    train = np.fromfile(out / "train.bin", dtype=np.uint32)
+    first = [i for i in range(300) if not is_validation(i, 0, 0.02)][0]
+    ids = {w: 66_002 + k for k, w in enumerate(["alpha", "beta", "gamma", "delta", "omega"])}
+    assert train[:5].tolist() == [ids[w] for w in rows[first].split()] + [66_000]
+    with pytest.raises(BenchError, match="vocab_size=512 does not match the tokenizer .* 70000 tokens"):
+        TokenizerSpec(tok_path, 512).check()
+
+
+def test_a_killed_prepare_leaves_nothing_that_looks_prepared(small_corpus, tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def die(self, enc):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep.Writer, "add", die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(Source("text", data_files=tuple(small_corpus)), TokenizerSpec(None, 300), tmp_path / "c", num_proc=1, progress=False)
+    assert calls and list(tmp_path.iterdir()) == []
+
+
+def test_incomplete_and_missing_corpora_are_refused(prepared, tmp_path) -> None:
+    partial = tmp_path / ".c.partial-123"  # what a SIGKILLed prepare leaves: no index
+    partial.mkdir()
+    (partial / "train.bin").write_bytes(b"\0\0")
+    with pytest.raises(BenchError, match=r"\.c\.partial-123.* has no index.json .*bench data prepare SOURCE --out"):
+        read_index(partial)
+    with pytest.raises(BenchError, match="nowhere' does not exist; make it with: bench data prepare"):
+        read_index(tmp_path / "nowhere")
+    truncated = tmp_path / "t"
+    truncated.mkdir()
+    (truncated / INDEX).write_text((prepared / INDEX).read_text())
+    (truncated / "train.bin").write_bytes((prepared / "train.bin").read_bytes()[:-2])
+    (truncated / "val.bin").write_bytes((prepared / "val.bin").read_bytes())
+    with pytest.raises(BenchError, match="train.bin is missing or not .* bytes as its index says"):
+        read_index(truncated)
+    with pytest.raises(BenchError, match="already holds a prepared corpus"):
+        prepare(Source("text", data_files=("x",)), TokenizerSpec(None, 300), prepared)
+
+
+def test_bad_sources_are_named(tmp_path) -> None:
+    with pytest.raises(BenchError, match="data file .*nope.txt' does not exist"):
+        Source("text", data_files=(str(tmp_path / "nope.txt"),)).check()
+    with pytest.raises(BenchError, match="dataset path './no/such' does not exist"):
+        Source("./no/such").check()
+    f = tmp_path / "d.csv"
+    f.write_text("body,n\nhello there,1\n")
+    with pytest.raises(BenchError, match=r"text column 'text' is not in the data set; its columns are \['body', 'n'\]"):
+        prepare(Source("csv", data_files=(str(f),)), TokenizerSpec(None, 300), tmp_path / "p", num_proc=1, progress=False)
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_prepares_and_reports(small_corpus, tmp_path, capsys) -> None:
+    from cslaws.bench.cli import main
+
+    assert main(["data", "prepare", "text", "--data-files", ",".join(small_corpus[:1]), "--vocab-size", "300",
+                 "--num-proc", "1", "--out", str(tmp_path / "c")]) == 0
+    index = json.loads((tmp_path / "c" / INDEX).read_text())
+    assert f"{index['tokens']['train']:,} training and {index['tokens']['val']:,} validation tokens" in capsys.readouterr().out
