@@ -4,8 +4,15 @@ Every quantizer computes its forward value `q = Q(x)` without autograd and, when
 a boolean mask of the positions that receive one; the backward pass is `grad_x = grad_q * mask`.
 
 - "ste": straight-through estimator (Bengio et al. 2013): every position gets the gradient (no mask).
-- "clipped": no gradient where `|x|` exceeds the clipping scale (the outer edge of the grid), as in
-  PACT/LSQ-style clipped STE.
+- "clipped": no gradient where `|x|` exceeds the clipping bound, as in PACT/LSQ-style clipped STE. Two
+  definitions of the bound:
+  - the present one (`clip_scale=None`): the format's own edge -- the outer cell edge of an INT grid
+    (`L/2` steps from zero), the largest level of an FP grid;
+  - QuEST's (`clip_scale=c`, see `clip_bound`): `c` times the outer *level* (Panferov et al. 2025,
+    `ClipQuantizer` of IST-DASLab/QuEST: `|x| <= clip_scale * scale` with `scale` the largest level). Its
+    1-bit runs used c = 1.25 without and 1.3 with the Hadamard rotation; at 1 bit the outer level is
+    sqrt(2/pi) = 0.798 sigma, so c = 1.3 cuts |x| > 1.037 sigma (30% of Gaussian values), where the present
+    bound (the 1-bit grid's cell edge, 1.596 sigma) cuts 11%.
 - "trust": the trust estimator of Panferov et al. 2025, "QuEST" (sec. 3): gradient only where the
   quantization error is small, `|Q(x) - x| <= trust * step`, with `step` the local grid spacing.
   `trust = 0.5` (half a step) is the default: inside the grid every error is at most half a step, so only
@@ -38,6 +45,28 @@ def check_backward(backward: str, trust: float) -> None:
 def trust_mask(x: Tensor, q: Tensor, threshold: Tensor | float) -> Tensor:
     """QuEST trust mask: True where `|q - x| <= threshold` (inclusive), computed in float32."""
     return (q - x).abs_() <= threshold
+
+
+def check_clip_scale(clip_scale: float | None) -> None:
+    """Raise unless `clip_scale` is None (the format's own clipping edge) or a positive multiple of the outer level."""
+    if clip_scale is not None and not (isinstance(clip_scale, (int, float)) and clip_scale > 0):
+        raise ValueError(f"clip_scale must be None or > 0 (a multiple of the outer level), got {clip_scale!r}")
+
+
+def clip_bound(edge: Tensor, outer_level: Tensor, clip_scale: float | None) -> Tensor:
+    """The clipped rule's bound: the format's `edge` when `clip_scale` is None, else QuEST's
+    `clip_scale * outer_level` (see the module doc for both definitions)."""
+    return edge if clip_scale is None else outer_level * clip_scale
+
+
+def rule_mask(backward: str, x: Tensor, q: Tensor, threshold: Tensor | float, clip: Tensor | float) -> Tensor | None:
+    """The mask of rule `backward` for input `x` and output `q`: trust `|q - x| <= threshold`, clipped
+    `|x| <= clip`, None (every position) for ste."""
+    if backward == "trust":
+        return trust_mask(x, q, threshold)
+    if backward == "clipped":
+        return clip_mask(x, clip)
+    return None
 
 
 def clip_mask(x: Tensor, clip: Tensor | float) -> Tensor:

@@ -1,0 +1,148 @@
+"""`bench store import`: write runs trained elsewhere (a CSV, one run per row) into a results store, each
+with the format spec of its label's config, so that the store's law commands (`bench law unified`,
+`bench leaderboard`) fit them like runs trained here.
+
+    bench store import --runs runs.csv --label-col format --configs formats/quest/ [--store PATH]
+
+Each row needs N (non-embedding parameters), D (tokens), the final loss and a label; the label names a
+config of `--configs` (its `model.label`), whose weight and activation formats are stored as the run's
+specs. Storage bits are measured on the model's own layer shapes when N is one of the suite's model
+sizes (`cslaws.models.llama.SIZES`; QuEST's 30M-800M are), else at the formats' reference rows.
+Every run is marked `source = "imported: <file> row <k>"` (k counts data rows from 1) and gets the
+comparability fields given on the command line (`--dataset`, `--tokenizer`, `--val-set`) and the CSV's
+`vocab_size` / `sequence_length` columns when present, so the imported runs form one comparable group.
+A label without a config, or a row without a finite loss, is an error: nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from cslaws.bench.store import ResultsStore, RunRecord, default_store_path
+from cslaws.errors import BenchError
+from cslaws.formats import Format
+from cslaws.formats.dense import Dense
+from cslaws.bench.cli import shipped_configs
+from cslaws.laws.capacity import load_format_config, model_bits
+from cslaws.models.llama import SIZES, non_embedding_params
+
+#: The comparability key of QuEST's runs (the defaults): C4, GPT-2 tokenizer padded to 50304, C4 validation.
+QUEST_DATASET = "C4 (QuEST)"
+QUEST_TOKENIZER = "GPT-2 BPE (QuEST, vocabulary padded to 50304)"
+QUEST_VAL_SET = "C4 validation (QuEST)"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench store import", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, required=True, help="CSV file, one run per row")
+    p.add_argument("--configs", required=True, help="folder of format configs (a path or a shipped one, e.g. formats/quest/)")
+    p.add_argument("--label-col", default="format", help="column of format labels (default: format)")
+    p.add_argument("--n-col", default="N", help="column of non-embedding parameters (default: N)")
+    p.add_argument("--d-col", default="D", help="column of training tokens (default: D)")
+    p.add_argument("--loss-col", default="loss", help="column of final validation loss (default: loss)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="LABEL", help="labels not to import")
+    p.add_argument("--dataset", default=QUEST_DATASET, help=f"dataset of every run (default: {QUEST_DATASET!r})")
+    p.add_argument("--tokenizer", default=QUEST_TOKENIZER, help="tokenizer of every run (default: QuEST's)")
+    p.add_argument("--val-set", default=QUEST_VAL_SET, help="validation set of every run (default: QuEST's)")
+    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
+    return p
+
+
+def configs_by_label(folder: str) -> dict[str, tuple[Format | None, Format | None]]:
+    """(weight, activation) of every config in `folder`, by its `model.label`."""
+    path = Path(folder) if Path(folder).is_dir() else resolve_config_dir(folder)
+    out: dict[str, tuple[Format | None, Format | None]] = {}
+    for f in sorted(path.glob("*.yaml")):
+        label, weight, activation = load_format_config(f)
+        if label in out:
+            raise BenchError(f"label {label!r} is named by two configs in {path}; a label must name one format")
+        out[label] = (weight, activation)
+    if not out:
+        raise BenchError(f"no format configs (*.yaml) in {path}")
+    return out
+
+
+def resolve_config_dir(name: str) -> Path:
+    """A shipped config folder (e.g. formats/quest/)."""
+    shipped = shipped_configs() / name
+    if not shipped.is_dir():
+        raise BenchError(f"--configs {name!r} is neither a folder nor a shipped config folder (e.g. formats/quest/)")
+    return shipped
+
+
+def size_of(n_params: int) -> str | None:
+    """The suite's model size with exactly `n_params` non-embedding parameters, if any."""
+    return next((name for name, size in SIZES.items() if non_embedding_params(size) == n_params), None)
+
+
+def bits_of(weight: Format | None, activation: Format | None, size: str | None) -> tuple[float, float]:
+    """(weight, activation) storage bits: on the layers of model `size`, else at the formats' reference rows."""
+    if size is None:
+        return (weight or Dense()).bits_per_value, (activation or Dense()).bits_per_value
+    bits = model_bits(weight, activation, size)
+    return bits["weight"], bits["activation"]
+
+
+def _number(row: dict[str, str], col: str, k: int, path: Path) -> float:
+    if col not in row:
+        raise BenchError(f"{path} has no column {col!r}; columns: {', '.join(row)}")
+    try:
+        return float(row[col])
+    except ValueError:
+        raise BenchError(f"{path} row {k}: {col} = {row[col]!r} is not a number") from None
+
+
+def records(args: argparse.Namespace) -> list[RunRecord]:
+    """One finished RunRecord per CSV row (all rows checked before any is written)."""
+    configs = configs_by_label(args.configs)
+    with open(args.runs, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise BenchError(f"{args.runs} has no runs")
+    out = []
+    for k, row in enumerate(rows, start=1):
+        label = row.get(args.label_col)
+        if label is None:
+            raise BenchError(f"{args.runs} has no column {args.label_col!r}; columns: {', '.join(row)}")
+        if label in args.exclude:
+            continue
+        if label not in configs:
+            raise BenchError(f"{args.runs} row {k}: label {label!r} has no config in {args.configs}; labels: {', '.join(sorted(configs))}")
+        loss = _number(row, args.loss_col, k, args.runs)
+        if not math.isfinite(loss):
+            raise BenchError(f"{args.runs} row {k}: loss {loss!r} is not finite")
+        weight, activation = configs[label]
+        n_params = int(_number(row, args.n_col, k, args.runs))
+        vocab = int(row["vocab_size"]) if row.get("vocab_size") else None
+        size = size_of(n_params)
+        w_bits, a_bits = bits_of(weight, activation, size)
+        out.append(RunRecord(
+            label=label, model=size or "imported", n_params=n_params, tokens=int(_number(row, args.d_col, k, args.runs)),
+            bits_per_value=w_bits, activation_bits=a_bits, seed=0,
+            dataset=args.dataset, tokenizer=args.tokenizer, val_set=args.val_set, vocab_size=vocab,
+            seq_len=int(row["sequence_length"]) if row.get("sequence_length") else None,
+            code_version="imported", config=_row_text(row),
+            weight=None if weight is None else weight.spec(), activation=None if activation is None else activation.spec(),
+            source=f"imported: {args.runs.name} row {k}", status="finished", final_val_loss=loss,
+        ))
+    return out
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    """The CSV row as the run's config text: what the importing tool knew of the run."""
+    return "\n".join(f"{k}: {v}" for k, v in row.items())
+
+
+def main(argv: Sequence[str]) -> int:
+    """`bench store import ...` (argv: the words after `import`)."""
+    args = parser().parse_args(list(argv))
+    runs = records(args)
+    store = ResultsStore(args.store if args.store is not None else default_store_path())
+    for r in runs:
+        store.add_finished(r)
+    print(f"imported {len(runs)} runs from {args.runs} into {store.path}")
+    return 0
