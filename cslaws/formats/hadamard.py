@@ -21,7 +21,11 @@ smaller power of two, and for rows such as 96 or 192 the largest power-of-two di
 The transform (`fwht`) is a fast Walsh-Hadamard transform in O(n log b): `H_b = H_(b/16) kron H_16`,
 with the radix-16 stage `H_16` done as one small matmul over runs of 16 values (the four radix-2 stages
 with the shortest strides, which are the slow ones as elementwise passes in torch on a CPU), then
-radix-2 butterflies for the remaining log2(b/16) stages. Computed in float32.
+radix-2 butterflies for the remaining log2(b/16) stages. Computed in float32 whatever the autocast
+settings (`rotate` runs it as the custom op `cslaws::fwht` with autocast off, see `ops.py`). The matmul
+stage runs only where a float32 matmul is exact float32: on a CPU at the default matmul precision
+("highest"). On a GPU (TF32 under `set_float32_matmul_precision("high")`), or with a reduced CPU matmul
+precision, the radix-16 stage is butterflies too, so the rotation stays float32 like the Triton kernel's.
 
 Backend: on Triton (`backend`, see `cslaws.formats.kernels`) rotation, inner quantizer, mask and rotation
 back run as one fused kernel when the inner format has one, else the rotations run as Triton transforms
@@ -42,6 +46,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from cslaws.formats import ops
 from cslaws.formats.base import Format, register_format
 from cslaws.formats.kernels import Backend, check_backend, use_triton
 from cslaws.formats.kernels import fused
@@ -65,6 +70,11 @@ def _first_stage(f: int, block: int, device: torch.device) -> Tensor:
     return torch.tensor(scipy.linalg.hadamard(f) / math.sqrt(block), dtype=torch.float32, device=device)
 
 
+def _exact_matmul(x: Tensor) -> bool:
+    """Whether a float32 matmul on `x`'s device rounds like float32: CPU at "highest" precision only."""
+    return x.device.type == "cpu" and torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
+
+
 def fwht(x: Tensor, block: int) -> Tensor:
     """Normalised Walsh-Hadamard transform of float32 `x` on blocks of `block` (a power of two) along the
     last dim: each block `v` becomes `v H_block`.
@@ -73,8 +83,12 @@ def fwht(x: Tensor, block: int) -> Tensor:
     low four index bits); the remaining index bits are radix-2 butterflies `(a, b) -> (a + b, a - b)` on
     halves of size h = f, 2f, ..., block/2, written into a second buffer (no autograd: `rotate` wraps it).
     """
-    f = min(RADIX, block)
-    y = (x.reshape(-1, f) @ _first_stage(f, block, x.device)).view(-1, block)
+    matmul = _exact_matmul(x)
+    if matmul:
+        f = min(RADIX, block)
+        y = (x.reshape(-1, f) @ _first_stage(f, block, x.device)).view(-1, block)
+    else:
+        f, y = 1, x.reshape(-1, block).clone()  # a copy: the butterflies below reuse their input buffer
     spare = torch.empty_like(y) if f < block else y
     h = f
     while h < block:
@@ -84,23 +98,15 @@ def fwht(x: Tensor, block: int) -> Tensor:
         torch.sub(src[:, :, 0], src[:, :, 1], out=dst[:, :, 1])
         y, spare = spare, y
         h *= 2
+    if not matmul:
+        y.mul_(block**-0.5)  # one multiply at the end, as the Triton kernel's `_fwht` does
     return y.view(x.shape)
 
 
-class _Rotate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, block: int) -> Tensor:
-        ctx.block = block
-        return fwht(x, block)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return fwht(grad, ctx.block), None  # H is symmetric and orthogonal
-
-
 def rotate(x: Tensor, block: int) -> Tensor:
-    """`fwht` with autograd; `x` is cast to float32 first."""
-    return _Rotate.apply(x.float(), block)
+    """`fwht` of `x` cast to float32, with autograd (backward: the same transform of the gradient), as the
+    custom op `cslaws::fwht` (autocast off; opaque to `torch.compile`)."""
+    return ops.rotate(x, block)
 
 
 @register_format("hadamard")
@@ -168,6 +174,10 @@ class Hadamard(Format):
     @property
     def bits_per_value(self) -> float:
         return self.format.bits_per_value
+
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        # the rotation keeps the shape and stores nothing: the inner format's cost on the same rows
+        return self.format.storage_bits(shape)
 
     def gaussian_grid(self) -> Tensor | None:
         return self.format.gaussian_grid()

@@ -42,6 +42,7 @@ import torch
 from scipy.stats import norm
 from torch import Tensor
 
+from cslaws.formats import ops
 from cslaws.formats.base import Format, register_format
 
 Backward = Literal["forward", "ste", "rbbm"]
@@ -60,18 +61,28 @@ def topk_mask(a: Tensor, k: int, dim: int = -1) -> Tensor:
     """Keep the k largest entries of `a` (magnitudes, >= 0) along `dim`; ties go to the lowest indices.
 
     With t the k-th largest value: everything above t is kept, and of the values equal to t the first
-    (k - #above) in index order. The running count of ties is only needed when some tie must be dropped.
+    (k - #above) in index order. t comes from `kth_largest` (a `topk`, fast on GPUs, where `kthvalue` is
+    40-200x slower). The running count of ties is only needed when some tie must be dropped; on a GPU it is
+    always taken, since checking would wait for the device.
     """
-    n = a.shape[dim]
     if k <= 0:
         return torch.zeros_like(a, dtype=torch.bool)
-    t = a.kthvalue(n - k + 1, dim=dim, keepdim=True).values
+    t = kth_largest(a, k, dim)
     above = a > t
     tie = a == t
     need = k - above.sum(dim=dim, keepdim=True)
-    if torch.equal(tie.sum(dim=dim, keepdim=True), need):
+    if not a.is_cuda and torch.equal(tie.sum(dim=dim, keepdim=True), need):
         return above | tie
     return above | (tie & (tie.cumsum(dim=dim) <= need))
+
+
+def kth_largest(a: Tensor, k: int, dim: int = -1) -> Tensor:
+    """The k-th largest entry of `a` along `dim` (kept, size 1), 1 <= k <= n: the smallest of the k largest,
+    or the largest of the n - k + 1 smallest, whichever `topk` is shorter."""
+    n = a.shape[dim]
+    if k <= n - k + 1:
+        return a.topk(k, dim=dim, largest=True, sorted=False).values.amin(dim=dim, keepdim=True)
+    return a.topk(n - k + 1, dim=dim, largest=False, sorted=False).values.amax(dim=dim, keepdim=True)
 
 
 def nm_mask(a: Tensor, n: int) -> Tensor:
@@ -94,34 +105,6 @@ def band_mask(a: Tensor, t_k: Tensor, t_p: Tensor) -> Tensor:
     lo = torch.minimum(t_k, t_p)
     hi = torch.maximum(t_k, t_p)
     return ~((a > lo) & (a < hi))
-
-
-def rms(x: Tensor, dim: int | None) -> Tensor:
-    """Root mean square over `dim` (kept, size 1) or over the whole tensor when `dim` is None."""
-    if dim is None:
-        return x.float().square().mean().sqrt()
-    return x.float().square().mean(dim=dim, keepdim=True).sqrt()
-
-
-class _Mask(torch.autograd.Function):
-    """Forward `where(keep, x, 0)`; backward the incoming gradient where `grad_keep` (all of it if None)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, keep: Tensor, grad_keep: Tensor | None) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(grad_keep)
-        return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        (grad_keep,) = ctx.saved_tensors
-        if grad_keep is None:
-            return grad, None, None
-        return torch.where(grad_keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
-
-
-def apply_mask(x: Tensor, keep: Tensor, grad_keep: Tensor | None) -> Tensor:
-    """`x` with pruned values zeroed; gradient passes where `grad_keep` (everywhere when None)."""
-    return _Mask.apply(x, keep, grad_keep)
 
 
 def _check_backward(backward: str, rbbm_p: Optional[float]) -> None:
@@ -180,17 +163,25 @@ class Sparsifier(Format):
         raise NotImplementedError
 
     def sparsify(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`x` with the pruned values zeroed (differentiable by the backward mask) and the keep-mask."""
-        keep = self.keep_mask(x.detach())
+        """`x` with the pruned values zeroed (differentiable by the backward mask) and the keep-mask.
+
+        The mask is chosen and applied by the custom ops `cslaws::keep_mask` and `cslaws::masked`
+        (`ops.py`: opaque to `torch.compile`); the backward masks are plain torch.
+        """
+        keep = ops.keep_mask(x, ops.format_key(self, "keep_mask"))
         if self.backward == "forward":
             grad_keep: Tensor | None = keep
         elif self.backward == "ste":
             grad_keep = None
         else:
             a = x.detach().abs()
-            t_p = rms(x.detach(), self.rms_dim) * self._tp_factor
+            from cslaws.formats.quant import rms  # here: quant imports the kernels, which import this module
+
+            g = x.detach().float()
+            # T_p's RMS per row, or over the whole tensor (one row of all its values)
+            t_p = rms(g if self.rms_dim == -1 else g.reshape(1, -1)) * self._tp_factor
             grad_keep = band_mask(a, self.kept_threshold(a, keep), t_p)
-        return apply_mask(x, keep, grad_keep), keep
+        return ops.masked(x, keep, grad_keep), keep
 
     def compress(self, x: Tensor) -> Tensor:
         return self.sparsify(x)[0]

@@ -112,5 +112,5 @@ def test_rotated_composition():
 def test_forced_triton_needs_a_value_kernel():
     from cslaws.formats.vq import VQ
 
-    with pytest.raises(ValueError, match="backend='triton' needs a value format with a Triton kernel"):
+    with pytest.raises(ValueError, match="backend='triton' needs prune_then_quantize and a value format with a Triton kernel"):
         Compose([NM(2, 4), VQ()], backend="triton")
