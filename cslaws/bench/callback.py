@@ -1,23 +1,37 @@
-"""Streams a run's losses into the results store as training goes (global rank 0 only).
+"""Streams a run's losses into the results store as training goes (global rank 0 only), and checkpoints runs.
 
-At fit start the run is written as `running` with everything that defines it; train losses are buffered
-and flushed with each validation; at the end the run is marked `finished` with its final validation loss
-(or `failed` with the error), then the law is refit over the whole store and this format's leaderboard row
-is printed.
+At fit start the run is written as `running` with everything that defines it; one train loss per optimizer
+step (every `log_every_n_steps`) is buffered and flushed with each validation and each checkpoint; at the end
+the run is marked `finished` with its final validation loss when it trained its whole budget, else `failed`
+with what stopped it and at which step. The row always holds the steps, tokens and epochs really trained.
+Once finished, nothing changes the run's status: the law refit that follows is a best-effort report.
+
+A run resumed from its checkpoint (`bench fit ... --ckpt_path last`) keeps its one row: the callback's
+checkpointed state names the row, which is set back to `running` with the new process, and the curve points
+past the checkpoint's step are dropped (the resumed run logs them again).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import subprocess
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 import cslaws
+from cslaws.bench.module import Diverged
 from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.console import console
+from cslaws.errors import BenchError
+from cslaws.formats.linear import storage_bits
 
 
 def code_version() -> str:
@@ -36,18 +50,57 @@ def code_version() -> str:
 REFIT_BOOTSTRAP = 30
 
 
-def print_leaderboard_row(store: ResultsStore, label: str) -> None:
-    """Refit the compression law over every finished run in the store and print `label`'s row."""
+def print_leaderboard_row(store: ResultsStore, run_id: int, label: str) -> None:
+    """Refit the compression law over the store's runs comparable with run `run_id` and print `label`'s row."""
     from cslaws.laws import leaderboard as lb
-    from cslaws.laws.fit import FitError
+    from cslaws.laws.select import runs_like
 
     out = console()
     try:
-        board = lb.build(store.runs(), k=REFIT_BOOTSTRAP)
-    except FitError as err:
+        board = lb.build(runs_like(store, run_id).records, k=REFIT_BOOTSTRAP)
+    except BenchError as err:  # the runs cannot support a fit yet (FitError is one)
         out.print(f"[yellow]no law yet[/] for {label!r}: {err}")
         return
     out.print(lb.render_table(replace(board, rows=[r for r in board.rows if r.label == label])))
+
+
+def checkpoint_dir(root: str | Path, key: str) -> Path:
+    """The run's own checkpoint directory under `root`: the same key (sweep cell or config hash) finds it again."""
+    return Path(root) / "checkpoints" / re.sub(r"[^\w.=-]+", "_", key)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Keeps one checkpoint per run, `last.ckpt`, refreshed every `every_n_steps` optimizer steps or every
+    `every_minutes` of training (one of the two; both None: none while training), and at the end of training.
+
+    The directory is set per run by `bench fit` (from the sweep cell, else from the resolved config), so that
+    `--ckpt_path last` finds it. It holds the model, optimizer, LR schedule, loop and data position, the
+    formats' specs and progress, and the store callback's state (the run's row).
+    """
+
+    def __init__(self, every_n_steps: int | None = None, every_minutes: float | None = 10.0) -> None:
+        if every_n_steps is not None and every_minutes is not None:
+            raise BenchError(
+                f"checkpoint.every_n_steps={every_n_steps} and checkpoint.every_minutes={every_minutes}: give one "
+                "of them and set the other to null"
+            )
+        for arg, value in (("every_n_steps", every_n_steps), ("every_minutes", every_minutes)):
+            if value is not None and value <= 0:
+                raise BenchError(f"checkpoint.{arg}={value} is not allowed; it must be positive (or null)")
+        super().__init__(
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=every_n_steps or 0,
+            every_n_epochs=0,
+            train_time_interval=timedelta(minutes=every_minutes) if every_minutes is not None else None,
+            enable_version_counter=False,
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning saves `last` at the end only when nothing was saved before; a run's last checkpoint must be
+        # its final state, whatever the period.
+        if trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class StreamToStore(L.Callback):
@@ -57,67 +110,138 @@ class StreamToStore(L.Callback):
         path: the SQLite store; None is `$CSLAWS_STORE` or `runs/results.db`.
         refit: refit the law over the store at the end and print this format's leaderboard row.
         cell: the sweep cell this run fills (set by `bench sweep`).
+        keep_checkpoints: False deletes the run's checkpoint directory once the run is finished.
     """
 
-    def __init__(self, path: str | None = None, refit: bool = True, cell: str | None = None) -> None:
-        self.path, self.refit, self.cell = path, refit, cell
+    def __init__(self, path: str | None = None, refit: bool = True, cell: str | None = None, keep_checkpoints: bool = True) -> None:
+        self.path, self.refit, self.cell, self.keep_checkpoints = path, refit, cell, keep_checkpoints
         self.config_text = ""
         self.store: ResultsStore | None = None
         self.run_id: int | None = None
+        self.finished = False
+        self._resume: dict[str, Any] | None = None
+        self._resume_step = 0
+        self._last_step = -1
         self._pending: list[tuple[int, int, float | None, float | None]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "store": str(self.store.path.resolve()) if self.store else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # The loops' step is restored only after `on_fit_start`; the row's curve is cut at this step there.
+        self._resume_step = int(checkpoint["global_step"])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A resumed run restarts from here: the points up to here must be in the store, not in a lost buffer.
+        if self.run_id is not None:
+            self._flush()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         self.store = ResultsStore(self.path)
+        resume = self._resume
+        if resume and resume["run_id"] is not None and resume["store"] == str(self.store.path.resolve()):
+            self.run_id = resume["run_id"]
+            self.store.resume_run(self.run_id, self._resume_step, host=socket.gethostname(), pid=os.getpid())
+            self._last_step = self._resume_step
+            return
         factory, dm = pl_module.factory, trainer.datamodule
+        weight_bits, activation_bits = storage_bits(pl_module.model)
         record = RunRecord(
             label=pl_module.label,
             model=pl_module.size_name,
             n_params=pl_module.n_params,
-            tokens=pl_module.tokens,
-            bits_per_value=factory.weight.bits_per_value,
+            tokens=0,
+            steps=0,
+            epochs=0.0,
+            tokens_per_step=pl_module.tokens_per_step,
+            bits_per_value=weight_bits,
+            activation_bits=activation_bits,
             weight=factory.weight.spec(),
             activation=factory.activation.spec(),
             seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
             dataset=dm.provenance["dataset"],
             tokenizer=dm.provenance["tokenizer"],
+            val_set=dm.provenance["val_set"],
+            vocab_size=dm.vocab_size,
+            seq_len=dm.seq_len,
             code_version=code_version(),
             config=self.config_text,
             cell=self.cell,
+            host=socket.gethostname(),
+            pid=os.getpid(),
         )
         self.run_id = self.store.start_run(record)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self.run_id is None or trainer.global_step % trainer.log_every_n_steps:
+        step = trainer.global_step
+        # global_step moves once per optimizer step; the other micro-batches of an accumulated step leave it.
+        if self.run_id is None or step == self._last_step:
             return
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self._pending.append((trainer.global_step, trainer.global_step * pl_module.tokens_per_step, float(loss), None))
+        self._last_step = step
+        if step % trainer.log_every_n_steps == 0:
+            self._pending.append((step, step * pl_module.tokens_per_step, pl_module.step_loss, None))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.run_id is None or trainer.sanity_checking:
             return
         val = float(trainer.callback_metrics["val_loss"])
-        self._pending.append((trainer.global_step, trainer.global_step * pl_module.tokens_per_step, None, val))
+        self._pending.append((trainer.global_step, pl_module.trained_tokens, None, val))
         self._flush()
+        self._record_trained(pl_module)
 
     def _flush(self) -> None:
         for point in self._pending:
             self.store.log_point(self.run_id, *point)
         self._pending.clear()
 
+    def _record_trained(self, pl_module: L.LightningModule) -> None:
+        self.store.set_trained(self.run_id, pl_module.trained_steps, pl_module.trained_tokens, pl_module.trained_epochs)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.run_id is None:
             return
         self._flush()
-        if trainer.interrupted or "val_loss" not in trainer.callback_metrics:
-            self.store.fail(self.run_id, "training stopped before its final validation")
+        self._record_trained(pl_module)
+        stopped = stop_reason(trainer, pl_module)
+        if stopped:
+            self.store.fail(self.run_id, stopped)
             return
         self.store.finish(self.run_id, float(trainer.callback_metrics["val_loss"]))
+        self.finished = True
+        if not self.keep_checkpoints and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+            shutil.rmtree(trainer.checkpoint_callback.dirpath, ignore_errors=True)
         if self.refit:
-            print_leaderboard_row(self.store, pl_module.label)
+            try:
+                print_leaderboard_row(self.store, self.run_id, pl_module.label)
+            except Exception as err:  # noqa: BLE001 - a report after the fact; the run is stored and stays finished
+                console().print(f"[yellow]leaderboard refit failed[/] (run {self.run_id} stays finished): {type(err).__name__}: {err}")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if self.run_id is not None:
-            self._flush()
-            self.store.fail(self.run_id, f"{type(exception).__name__}: {exception}")
+        if self.run_id is None or self.finished:
+            return
+        self._flush()
+        self._record_trained(pl_module)
+        if isinstance(exception, Diverged):
+            self.store.fail(self.run_id, str(exception))
+            return
+        where = f"stopped at step {trainer.global_step} of {pl_module.total_steps}"
+        self.store.fail(self.run_id, f"{type(exception).__name__}: {exception} ({where})")
+
+
+def stop_reason(trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+    """Why a run ended before its budget (None when it trained it all and validated at its last step)."""
+    step, total = trainer.global_step, pl_module.total_steps
+    if step >= total and "val_loss" in trainer.callback_metrics:
+        return None
+    if 0 < trainer.max_steps <= step:
+        cause = f"trainer.max_steps={trainer.max_steps}"
+    elif trainer.interrupted:
+        cause = "interrupted"
+    else:
+        cause = "trainer.should_stop (max_time or a callback)"
+    return f"truncated: stopped at step {step} of {total} ({cause})"

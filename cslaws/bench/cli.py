@@ -1,7 +1,11 @@
-"""The `bench` command: `fit / validate / test` through LightningCLI, the law tools and sweeps by name.
+"""The `bench` command: `fit / validate / test` through LightningCLI, the law tools, sweeps and stores by name.
 
 `--config formats/int4.yaml` takes a path that exists as is; otherwise it is looked up among the configs
 shipped with the package (the repository's `configs/`), so it works from any directory.
+
+Input a user got wrong (a value, a config file, a data path, a store) raises `cslaws.errors.BenchError`
+anywhere below; `main` is the one place that turns it into `bench: error: <message>` and exit code 2. Any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +15,11 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
+from cslaws.errors import BenchError
+
+#: `bench <word> ...` hands the whole command line (the word first) to that module's `main(argv)`.
 ROUTES = {
     "law": "cslaws.laws.cli",
     "capacity": "cslaws.laws.cli",
@@ -18,6 +27,8 @@ ROUTES = {
     "plot": "cslaws.laws.cli",
     "plan": "cslaws.laws.cli",
     "sweep": "cslaws.bench.sweep",
+    "data": "cslaws.bench.prepare",
+    "store": "cslaws.bench.store_cli",
 }
 
 
@@ -26,14 +37,30 @@ def shipped_configs() -> Path:
 
 
 def resolve_config(value: str) -> str:
-    """A config path as given when it exists, else the shipped config of that name."""
-    if Path(value).exists():
-        return value
-    shipped = shipped_configs() / value
-    if shipped.is_file():
-        return str(shipped)
-    known = sorted(str(p.relative_to(shipped_configs())) for p in shipped_configs().rglob("*.yaml"))
-    raise SystemExit(f"bench: config {value!r} is neither a file nor a shipped config; shipped configs: {', '.join(known)}")
+    """A config file as given when it exists, else the shipped config of that name; it must be valid YAML."""
+    if Path(value).is_file():
+        path = value
+    elif (shipped_configs() / value).is_file():
+        path = str(shipped_configs() / value)
+    else:
+        known = sorted(str(p.relative_to(shipped_configs())) for p in shipped_configs().rglob("*.yaml"))
+        raise BenchError(f"config {value!r} is neither a file nor a shipped config; shipped configs: {', '.join(known)}")
+    check_yaml(path)
+    return path
+
+
+def check_yaml(path: str) -> None:
+    """Refuse a config file that is not YAML, naming the file and the place: the parser's own message
+    names only `<unicode string>`, which does not tell a user with several configs which one is broken."""
+    try:
+        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise BenchError(f"config {path} is not valid YAML{where}: {problem}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise BenchError(f"config {path} cannot be read: {err}") from err
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:
@@ -51,14 +78,24 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run(argv: list[str]) -> int:
+    """Dispatch one `bench` command line; user errors propagate as BenchError."""
     if argv and argv[0] in ROUTES:
         return importlib.import_module(ROUTES[argv[0]]).main(argv)
     from cslaws.bench.lightning_cli import run_lightning_cli
 
     run_lightning_cli(resolve_config_args(argv))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `bench` entry point: a BenchError from any command ends as `bench: error: ...` and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except BenchError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,19 +1,31 @@
 """`bench fit / validate / test`: LightningCLI over `LanguageModel` and `TextDataModule`.
 
 Defaults: a rich progress bar, a CSV logger under `runs/`, gradient clipping at 1, one epoch sized to the
-token budget with validation every fifth of it, and the results-store callback (`--store.*`).
+token budget with validation every fifth of it, the results-store callback (`--store.*`) and a checkpoint
+(`--checkpoint.*`, `last.ckpt` every 10 minutes and at the end) in a directory of the run's own, named by its
+sweep cell or else by a hash of its resolved config, so that the same command with `--ckpt_path last` resumes.
+
+A run that does not end `finished` (stopped before its budget, diverged) makes `bench fit` exit 1 with one line
+that says why; the store holds it as `failed`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
+from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from cslaws.bench.callback import StreamToStore
+from cslaws.bench.callback import RunCheckpoint, StreamToStore, checkpoint_dir, stop_reason
 from cslaws.bench.data import TextDataModule
-from cslaws.bench.module import LanguageModel
+from cslaws.bench.module import Diverged, LanguageModel
 from cslaws.console import console
+from cslaws.errors import BenchError
 
 
 class ProgressBar(RichProgressBar):
@@ -29,7 +41,7 @@ TRAINER_DEFAULTS = {
     "gradient_clip_val": 1.0,
     "log_every_n_steps": 10,
     "num_sanity_val_steps": 0,
-    "enable_checkpointing": False,
+    "enable_checkpointing": True,
     "default_root_dir": "runs",
     "callbacks": [ProgressBar(leave=True)],
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "csv"}},
@@ -41,27 +53,68 @@ class BenchCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("seed_everything", "data.seed")
         parser.add_lightning_class_args(StreamToStore, "store")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         # `bench` hands over the whole command line with its config paths resolved; sys.argv holds the same
         # words unresolved, which is not the mix-up LightningCLI warns about. sys.argv stays as it is:
         # DDP relaunches the command from it.
-        self.config = parser.parse_args(args)
+        try:
+            self.config = parser.parse_args(args)
+        except ArgumentError as err:  # the parser runs with exit_on_error=False: `bench` reports it
+            raise BenchError(parse_message(err, args)) from err
+
+    def instantiate_classes(self) -> None:
+        """Build the model, data module, formats and callbacks; a value they refuse is the user's input.
+
+        Nothing has run yet, so a ValueError, KeyError or FileNotFoundError from a constructor is a value
+        the user gave (or a config set), reported with the component it belongs to."""
+        try:
+            super().instantiate_classes()
+        except BenchError:  # from `instantiate_trainer`, already named
+            raise
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            raise BenchError(instantiation_message(err, config)) from err
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer, whose refusals (an accelerator this machine lacks, a bad precision) are the user's."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:
+            raise BenchError(f"trainer: {err}") from err
 
     def before_fit(self) -> None:
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))
         store_cb.config_text = self.parser.dump(self.config, skip_none=False)
+        self.trainer.checkpoint_callback.dirpath = str(checkpoint_dir(self.trainer.default_root_dir, store_cb.cell or self.config_key()))
+
+    def config_key(self) -> str:
+        """A hash of the resolved fit config without `ckpt_path`: the same run, resumed or not, has the same key."""
+        config = self.config[self.subcommand].clone()
+        config.ckpt_path = None
+        text = json.dumps(config.as_dict(), sort_keys=True, default=str)
+        return "config-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def fit(self, model: LanguageModel, **kwargs) -> None:
+        """`Trainer.fit`; a diverged run (stored `failed` by the store callback) ends `bench` with one line,
+        exit code 1: it is a result of the settings, not a bug, so no traceback."""
+        try:
+            self.trainer.fit(model, **kwargs)
+        except Diverged as err:
+            raise SystemExit(f"bench: {model.label} {model.size_name}: {err}; stored as failed (lower --model.lr?)") from None
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
         model, dm = self.model, self.datamodule
-        val = self.trainer.callback_metrics.get("val_loss")
-        console().print(
-            f"[bold]{model.label}[/] {model.size_name}: N={model.n_params:,} D={model.tokens:,} tokens "
-            f"({model.total_steps} steps); final val_loss={float(val):.4f} nats "
-            f"vs unigram entropy {dm.entropy:.4f} nats"
-        )
+        head = f"[bold]{model.label}[/] {model.size_name}: N={model.n_params:,} D={model.trained_tokens:,} tokens ({model.trained_steps} steps)"
+        stopped = stop_reason(self.trainer, model)
+        if stopped:
+            console().print(f"{head}; [red]{stopped}[/], stored as failed")
+            raise SystemExit(1)
+        val = float(self.trainer.callback_metrics["val_loss"])
+        console().print(f"{head}; final val_loss={val:.4f} nats vs unigram entropy {dm.entropy:.4f} nats")
 
 
 def run_lightning_cli(args: list[str], run: bool = True, **trainer_overrides) -> BenchCLI:
@@ -75,5 +128,54 @@ def run_lightning_cli(args: list[str], run: bool = True, **trainer_overrides) ->
         seed_everything_default=0,
         trainer_defaults={**TRAINER_DEFAULTS, **trainer_overrides},
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "bench"} if run else {},
+        parser_kwargs={"exit_on_error": False, **({"prog": "bench"} if run else {})},
     )
+
+
+#: Lines of a jsonargparse message that describe its machinery rather than the user's value.
+_PARSE_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+                "Expected a <class 'NoneType'>", "Problem with given class_path")
+
+
+def parse_message(err: ArgumentError, args: list[str]) -> str:
+    """jsonargparse's message on one line, plus where to look: its own spans 3-10 indented lines (a union
+    type lists every alternative, the None one included, and the value's Python type)."""
+    lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(_PARSE_NOISE)]
+    if any("Got value:" in line for line in kept):  # the value is already named
+        kept = [line for line in kept if not line.startswith("Given value:")]
+    text = ""
+    for line in kept or [str(err)]:  # "key:" introduces the next line; other lines are separate problems
+        text += line if not text else (" " if text.endswith(":") else "; ") + line
+    command = next((a for a in args if a in ("fit", "validate", "test", "predict")), None)
+    return f"{text}\n(the options: {f'bench {command} --help' if command else 'bench --help'})"
+
+
+def instantiation_message(err: BaseException, config: Namespace) -> str:
+    """`<component> (<class>): <the constructor's own message>`, e.g. `model.weight (Int): bits must be ...`.
+
+    jsonargparse re-raises a format's error as "Does not validate against any of the Union subtypes" with
+    the constructor's error as its cause; the cause is the message the user needs."""
+    key = failing_component(err)
+    while err.__cause__ is not None:
+        err = err.__cause__
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    if key is None:
+        return message
+    value = config.get(key) if isinstance(config, Namespace) else None
+    class_path = value.get("class_path") if isinstance(value, Namespace) else None
+    return f"{key} ({class_path.rsplit('.', 1)[-1]}): {message}" if class_path else f"{key}: {message}"
+
+
+def failing_component(err: BaseException) -> str | None:
+    """The config key (`model`, `data`, `model.weight`, ...) that jsonargparse was building when `err`
+    reached the caller: the `component` of the innermost `instantiate` frame on its traceback (jsonargparse
+    keeps no other record of it; an outer frame's `component` is the last one its own loop built)."""
+    key, tb = None, err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        component = frame.f_locals.get("component") if frame.f_code.co_name == "instantiate" else None
+        if isinstance(getattr(component, "dest", None), str):
+            key = component.dest
+        tb = tb.tb_next
+    return key

@@ -1,13 +1,19 @@
 """The LightningModule that trains one Llama of the family over one (weight, activation) format pair.
 
 The token budget D is first-class: the run takes `tokens` (or `tokens_per_param` times N) and the number of
-optimizer steps follows from it, steps = D / (sequences per step x sequence length), which also sizes the
-single training epoch so that validation always runs at its end.
+optimizer steps follows from it, steps = D / (sequences per step x sequence length), aligned down so that a
+validation falls on the last step. That one step count sizes the single training epoch, the LR schedule and
+the formats' progress (sparsity ramps); what the store records is the step count really trained.
+
+The formats are kept in the hyperparameters as their specs (class_path and init_args), so that
+`LanguageModel.load_from_checkpoint(path)` rebuilds the same compressed model, at the formats' progress of
+the checkpoint.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import lightning as L
 import torch
@@ -15,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from cslaws.errors import BenchError
 from cslaws.formats.base import Format
 from cslaws.formats.linear import LinearFactory
+from cslaws.laws.capacity import format_from_spec
 from cslaws.models.llama import Llama, get_size
 
 DEFAULT_TOKENS_PER_PARAM = 3.0
@@ -30,14 +38,23 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Diverged(RuntimeError):
+    """The training loss became non-finite: the run ends, stored `failed` with the step and the value."""
+
+    def __init__(self, step: int, total: int, value: float) -> None:
+        super().__init__(f"diverged: non-finite training loss {value} at step {step} of {total}")
+        self.step, self.total, self.value = step, total, value
+
+
 class LanguageModel(L.LightningModule):
     """Next-token training of a Llama whose block linears compute over the given formats.
 
     Args:
         size: a name from `cslaws.models.llama.SIZES`.
         label: the format's name in results and leaderboards (configs set it to their file stem).
-        weight: format of every block linear's weight; None is dense.
-        activation: format of every block linear's input; None is dense.
+        weight: format of every block linear's weight; None is dense. `load_from_checkpoint` passes the
+            format's spec (a dict), which is rebuilt into the format.
+        activation: format of every block linear's input; None is dense (a spec dict, as for `weight`).
         tokens: training budget D in tokens; or give `tokens_per_param` (D = that x N).
         tokens_per_param: training budget as tokens per non-embedding parameter (when neither is given:
             DEFAULT_TOKENS_PER_PARAM).
@@ -47,6 +64,12 @@ class LanguageModel(L.LightningModule):
         min_lr_ratio: the cosine schedule ends at this fraction of the peak.
         weight_decay: AdamW decoupled weight decay, on matrices only.
         betas: AdamW betas.
+        compile: `torch.compile(fullgraph=True)` the model: true, false, or "auto" (on for CUDA, off on
+            CPU, where Inductor's compile time outweighs the gain at these sizes). The formats run as
+            opaque custom ops (`cslaws/formats/ops.py`), so compiling changes the numerics by rounding
+            only; the choice made is recorded as the hyperparameter `compiled`. Off by default: the Triton
+            kernels that formats use on CUDA are not yet wrapped as compile-safe ops, so "auto" is opt-in
+            until a GPU run has checked it.
     """
 
     def __init__(
@@ -63,8 +86,10 @@ class LanguageModel(L.LightningModule):
         min_lr_ratio: float = 0.1,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
+        compile: bool | Literal["auto"] = False,
     ) -> None:
         super().__init__()
+        # The formats are objects; the checkpoint keeps their specs instead (set below, once built).
         self.save_hyperparameters(ignore=["weight", "activation"])
         if tokens is not None and tokens_per_param is not None:
             raise ValueError(f"give one of tokens={tokens} and tokens_per_param={tokens_per_param}, not both")
@@ -75,15 +100,23 @@ class LanguageModel(L.LightningModule):
                 raise ValueError(f"{arg}={value} is not allowed; the token budget must be positive")
         if not 0 <= warmup < 1:
             raise ValueError(f"warmup={warmup} is not allowed; it is a fraction of the steps in [0, 1)")
+        if compile not in (True, False, "auto"):
+            raise BenchError(f"compile={compile!r} is not allowed; use true, false or auto")
+        self.compile_model = compile
         self.size_name = size
         self.size = get_size(size)
-        self.factory = LinearFactory(weight, activation)
+        self.factory = LinearFactory(_as_format(weight), _as_format(activation))
+        self.hparams["weight"] = self.factory.weight.spec()
+        self.hparams["activation"] = self.factory.activation.spec()
         self.label = label or default_label(self.factory.weight, self.factory.activation)
         self.model = Llama(self.size, vocab_size, self.factory)
         self.lr = lr if lr is not None else self.size.lr
         self.requested_tokens = tokens if tokens is not None else round(tokens_per_param * self.model.n_params)
         self.total_steps = 0
         self.val_loss = MeanMetric()
+        self._micro_losses: list[Tensor] = []
+        #: Mean training loss of the last optimizer step over its micro-batches (unscaled by accumulation).
+        self.step_loss: float | None = None
 
     @property
     def n_params(self) -> int:
@@ -96,8 +129,24 @@ class LanguageModel(L.LightningModule):
 
     @property
     def tokens(self) -> int:
-        """D actually trained on: whole steps of the budget."""
+        """The planned D: the budget in whole steps, aligned to validation."""
         return self.total_steps * self.tokens_per_step
+
+    @property
+    def trained_steps(self) -> int:
+        """Optimizer steps done so far (all of them once a run ends normally)."""
+        return self.trainer.global_step
+
+    @property
+    def trained_tokens(self) -> int:
+        """D as trained so far: optimizer steps done x tokens per step."""
+        return self.trained_steps * self.tokens_per_step
+
+    @property
+    def trained_epochs(self) -> float:
+        """Passes over the training split made by the steps done so far."""
+        dm = self.trainer.datamodule
+        return dm.epochs_for(self.trained_tokens // dm.seq_len)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -105,12 +154,17 @@ class LanguageModel(L.LightningModule):
         per_step = self.tokens_per_step
         steps = self.requested_tokens // per_step
         if steps < 1:
-            raise ValueError(
+            raise BenchError(
                 f"the token budget of {self.requested_tokens} tokens is smaller than one step of {per_step} tokens "
                 "(batch_size x seq_len x devices x accumulate_grad_batches); raise tokens or tokens_per_param"
             )
+        # One step count for the epoch, the schedule, the formats' progress and the record.
         self.total_steps = align_to_validation(steps, self.trainer.val_check_interval)
-        self.trainer.datamodule.set_train_sequences(steps * per_step // self.trainer.datamodule.seq_len)
+        self.trainer.datamodule.set_train_sequences(self.total_steps * per_step // self.trainer.datamodule.seq_len)
+        compiled = self.trainer.strategy.root_device.type == "cuda" if self.compile_model == "auto" else self.compile_model
+        self.hparams["compiled"] = compiled
+        if compiled:
+            self.model.compile(fullgraph=True)  # in place: the state dict keeps its keys
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.model(tokens)
@@ -126,9 +180,19 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            # Stop before the optimizer steps on it: the next steps would only train on NaNs.
+            raise Diverged(self.global_step, self.total_steps, loss.item())
+        self._micro_losses.append(loss.detach())
         self.log("train_loss", loss, prog_bar=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Every micro-batch of this step has run: its loss is their mean (Lightning's `outputs["loss"]` is
+        # divided by accumulate_grad_batches and comes once per micro-batch).
+        self.step_loss = float(torch.stack(self._micro_losses).mean())
+        self._micro_losses.clear()
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self.val_loss.update(self._loss(batch), weight=batch[:, 1:].numel())
@@ -145,6 +209,14 @@ class LanguageModel(L.LightningModule):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         self.log_dict({"test_loss": loss, "test_ppl": loss.exp()})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["format_progress"] = self.factory.weight.progress
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A format with a schedule (gradual pruning) computes as it did at the checkpoint's progress.
+        for fmt in self.factory.formats:
+            fmt.set_progress(checkpoint["format_progress"])
 
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -168,13 +240,18 @@ def align_to_validation(steps: int, val_check_interval: int | float) -> int:
     else:
         period = round(1 / val_check_interval)
         if abs(period * val_check_interval - 1) > 1e-9:
-            raise ValueError(f"val_check_interval={val_check_interval} is not allowed; use 1/k (1.0, 0.5, 0.25, 0.2, 0.1) or a number of steps")
+            raise BenchError(f"val_check_interval={val_check_interval} is not allowed; use 1/k (1.0, 0.5, 0.25, 0.2, 0.1) or a number of steps")
     aligned = steps // period * period
     if aligned < 1:
-        raise ValueError(f"the token budget gives {steps} steps, fewer than one validation period of {period} steps ({val_check_interval=})")
+        raise BenchError(f"the token budget gives {steps} steps, fewer than one validation period of {period} steps ({val_check_interval=})")
     if not isinstance(val_check_interval, int) and int(aligned * val_check_interval) * period != aligned:
-        raise ValueError(f"val_check_interval={val_check_interval} does not divide {aligned} steps exactly; use 1.0, 0.5, 0.25, 0.2 or 0.1")
+        raise BenchError(f"val_check_interval={val_check_interval} does not divide {aligned} steps exactly; use 1.0, 0.5, 0.25, 0.2 or 0.1")
     return aligned
+
+
+def _as_format(value: Format | dict | None) -> Format | None:
+    """A format, or the spec dict that `load_from_checkpoint` hands over, built into one."""
+    return format_from_spec(value) if isinstance(value, dict) else value
 
 
 def default_label(weight: Format, activation: Format) -> str:

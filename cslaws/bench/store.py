@@ -10,7 +10,8 @@ timestamps. Its loss curve sits in `points` (step, tokens, train loss, validatio
 transaction, so a crash leaves a run `running` or `failed`, never half-written and counted as `finished`;
 the store refuses to mark a run finished without a finite loss.
 
-Stores written by older versions are migrated in place on open (missing columns are added as NULL).
+Stores written by older versions are migrated in place when opened for writing (missing columns are added
+as NULL); commands that only read a store leave it as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
+
+from cslaws.errors import BenchError
 
 STATUSES = ("running", "finished", "failed")
 
@@ -147,7 +150,8 @@ def _from_row(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
     for k in _JSON_FIELDS:
         data[k] = None if data[k] is None else json.loads(data[k])
-    return RunRecord(**{f.name: data[f.name] for f in fields(RunRecord)})
+    # a store read without migrating (ResultsStore(create=False)) may lack the columns added later
+    return RunRecord(**{f.name: data.get(f.name) for f in fields(RunRecord) if f.name in data or f.name in ADDED_COLUMNS})
 
 
 def check_loss(loss: float | None, what: str) -> None:
@@ -156,18 +160,45 @@ def check_loss(loss: float | None, what: str) -> None:
         raise ValueError(f"a finished run needs a finite final_val_loss; got {loss!r} for {what}")
 
 
+def check_is_store(path: Path) -> None:
+    """Refuse a path that is not an existing results store, reading it only (read-only connection), so that
+    neither a missing store is created nor a foreign file (text, another SQLite database) is modified."""
+    if not path.is_file():
+        raise BenchError(f"no results store at {path}; train runs into it first (bench fit, bench sweep) or pass --store PATH")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            has_runs = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise BenchError(f"{path} is not a results store: {err} (a store is a SQLite file that bench writes)") from err
+    if not has_runs:
+        raise BenchError(f"{path} is a SQLite file without a `runs` table, not a results store written by bench")
+
+
 class ResultsStore:
     """Runs and loss curves in one SQLite file. Safe to share between processes (WAL, short transactions)."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, create: bool = True) -> None:
+        """Open the store at `path` (default: `default_store_path()`), creating it when `create`.
+
+        Commands that read results pass `create=False`: a mistyped path is then an error, not a new empty
+        store, and a file that is not a results store is refused before anything is written to it. A path
+        that cannot hold a store (not SQLite, unreadable, a directory in the way) is a BenchError either way.
+        """
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._tx() as db:
-            db.executescript(SCHEMA)
-            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
-            for name, kind in ADDED_COLUMNS.items():
-                if name not in have:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+        if not create:
+            # reading only: an older store is read as it is (columns it lacks read as None), not migrated
+            check_is_store(self.path)
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._tx() as db:
+                db.executescript(SCHEMA)
+                have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+                for name, kind in ADDED_COLUMNS.items():
+                    if name not in have:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+        except (sqlite3.DatabaseError, OSError) as err:
+            raise BenchError(f"cannot open the results store {self.path}: {err} (a store is a SQLite file that bench writes)") from err
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -212,8 +243,34 @@ class ResultsStore:
             )
 
     def fail(self, run_id: int, error: str) -> None:
+        """Mark a run failed with what stopped it. A finished run stays finished: nothing after `finish` can
+        turn it into a failed one."""
         with self._tx() as db:
-            db.execute("UPDATE runs SET status='failed', error=?, finished_at=? WHERE run_id=?", (error, time.time(), run_id))
+            db.execute(
+                "UPDATE runs SET status='failed', error=?, finished_at=? WHERE run_id=? AND status != 'finished'",
+                (error, time.time(), run_id),
+            )
+
+    def set_trained(self, run_id: int, steps: int, tokens: int, epochs: float) -> None:
+        """Record what the run has trained so far: optimizer steps, tokens (D) and passes over the training split."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET steps=?, tokens=?, epochs=? WHERE run_id=?", (steps, tokens, epochs, run_id))
+
+    def resume_run(self, run_id: int, step: int, host: str, pid: int) -> None:
+        """Reopen a run that resumes from its checkpoint at `step`: `running` again under the new process, its
+        curve cut to the points up to `step` (the resumed run logs the later ones again; Lightning does not
+        repeat a validation at the checkpoint's own step)."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                raise BenchError(f"the checkpoint belongs to run {run_id}, which is not in the store {self.path}")
+            if row["status"] == "finished":
+                raise BenchError(f"run {run_id} in {self.path} is already finished; there is nothing to resume")
+            db.execute(
+                "UPDATE runs SET status='running', error=NULL, finished_at=NULL, host=?, pid=? WHERE run_id=?",
+                (host, pid, run_id),
+            )
+            db.execute("DELETE FROM points WHERE run_id=? AND step > ?", (run_id, step))
 
     def runs(self, status: str | None = "finished") -> list[RunRecord]:
         """Runs with the given status (None: all), oldest first."""

@@ -2,7 +2,19 @@
 
 Each cell is an ordinary `bench fit` command, so a sweep is resumable (cells the store already holds as
 finished are skipped), can run several cells at a time, and can be handed to a cluster instead:
-`--emit` prints the commands one per line, `--emit slurm` a SLURM array script.
+`--emit` prints the commands one per line, `--emit slurm` a SLURM array script in which each array task
+writes its own store, `<store stem>.parts/<cell hash>.db` beside the store (SQLite over a network file
+system is no place for many concurrent writers); `bench store merge STORE STORE.parts/*.db` folds them in.
+
+The shared fit settings go to `<store dir>/sweep/fit-<hash of their content>.yaml`, so two sweeps on one
+store keep their own settings files.
+
+Resume: a cell whose run is `running` but whose process is gone is relaunched with `--ckpt_path last`
+(the run continues from its last checkpoint, in the same store row). "Gone" means the row names this
+host and its pid is no longer alive, or the row names no host (written before hosts were recorded). A
+row of another host cannot be checked from here: it is treated as alive and listed, not relaunched (resume
+it on its host, or with `bench fit ... --store.cell KEY --ckpt_path last`). Failed cells run again
+from scratch. `--keep-checkpoints` passes `--store.keep_checkpoints true` to every fit.
 
 A matrix file:
 
@@ -21,6 +33,7 @@ import hashlib
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -29,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -41,8 +54,9 @@ from rich.progress import (
 from rich.table import Table
 
 from cslaws.bench.cli import resolve_config
-from cslaws.bench.store import ResultsStore, default_store_path
+from cslaws.bench.store import ResultsStore, RunRecord, default_store_path
 from cslaws.console import console as rich_console
+from cslaws.errors import BenchError
 from cslaws.models.llama import SIZES, get_size, non_embedding_params
 
 
@@ -66,12 +80,21 @@ class Cell:
         return f"{self.model}/{self.label}/tpp{self.tokens_per_param:g}/s{self.seed}/{digest}"
 
     @property
+    def part_name(self) -> str:
+        """The file name of this cell's own store under `<store stem>.parts/` (`--emit slurm`)."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:16] + ".db"
+
+    @property
     def flops(self) -> float:
         """Training compute 6 N D (Kaplan et al. 2020), N non-embedding."""
         n = non_embedding_params(get_size(self.model))
         return 6.0 * n * n * self.tokens_per_param
 
-    def command(self, store: Path, fit_config: Path, program: tuple[str, ...] = ("bench",)) -> list[str]:
+    def command(
+        self, store: Path, fit_config: Path, program: tuple[str, ...] = ("bench",), *, resume: bool = False,
+        keep_checkpoints: bool = False,
+    ) -> list[str]:
+        """The `bench fit` command of this cell; `resume` continues its run from the last checkpoint."""
         return [
             *program, "fit",
             "--config", str(fit_config),
@@ -82,11 +105,13 @@ class Cell:
             "--store.path", str(store),
             "--store.cell", self.key,
             "--store.refit", "false",
+            *(["--store.keep_checkpoints", "true"] if keep_checkpoints else []),
+            *(["--ckpt_path", "last"] if resume else []),
         ]
 
 
 def matrix_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="bench sweep", description="Run a benchmark matrix into the results store.")
+    parser = ArgumentParser(prog="bench sweep", description="Run a benchmark matrix into the results store.", exit_on_error=False)
     parser.add_argument("--matrix", action="config", help="matrix YAML (shipped, e.g. matrix/cpu.yaml, or a path)")
     parser.add_argument("--models", type=list[str], required=True, help="model sizes")
     parser.add_argument("--formats", type=list[str], required=True, help="format configs")
@@ -97,6 +122,8 @@ def matrix_parser() -> ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="cells run at a time")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="list the cells and their FLOPs")
     parser.add_argument("--emit", type=str | None, default=None, help="'lines' (one command per line) or 'slurm'")
+    parser.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", action="store_true",
+                        help="keep the checkpoints of finished runs (passed to every fit as --store.keep_checkpoints)")
     return parser
 
 
@@ -107,17 +134,20 @@ def parse(argv: list[str]) -> Any:
             argv[i + 1] = resolve_config(argv[i + 1])
         elif arg.startswith("--matrix="):
             argv[i] = "--matrix=" + resolve_config(arg.split("=", 1)[1])
-    cfg = matrix_parser().parse_args(argv)
+    try:
+        cfg = matrix_parser().parse_args(argv)
+    except ArgumentError as err:  # `bench` reports it as one error, without the usage block
+        raise BenchError(f"sweep: {' '.join(str(err).split())} (the options: bench sweep --help)") from err
     for name in cfg.models:
         get_size(name)
     for f in cfg.formats:
         resolve_config(f)
     if not cfg.tokens_per_param or any(t <= 0 for t in cfg.tokens_per_param):
-        raise SystemExit(f"bench sweep: tokens_per_param must be positive numbers; got {cfg.tokens_per_param}")
+        raise BenchError(f"tokens_per_param must be positive numbers; got {cfg.tokens_per_param}")
     if cfg.jobs < 1:
-        raise SystemExit(f"bench sweep: --jobs {cfg.jobs} is not allowed; it must be at least 1")
+        raise BenchError(f"--jobs {cfg.jobs} is not allowed; it must be at least 1")
     if cfg.emit not in (None, "lines", "slurm"):
-        raise SystemExit(f"bench sweep: --emit {cfg.emit!r} is not allowed; use 'lines' or 'slurm'")
+        raise BenchError(f"--emit {cfg.emit!r} is not allowed; use 'lines' or 'slurm'")
     return cfg
 
 
@@ -133,29 +163,102 @@ def cells(cfg: Any) -> list[Cell]:
 
 
 def write_fit_config(cfg: Any, directory: Path) -> Path:
-    path = directory / "sweep_fit.yaml"
-    path.write_text(yaml.safe_dump(cfg.fit, sort_keys=True))
+    """The shared fit settings as `fit-<content hash>.yaml`: two sweeps with different settings on one
+    store never overwrite each other's file, and the same settings always land in the same file."""
+    text = yaml.safe_dump(cfg.fit, sort_keys=True)
+    path = directory / f"fit-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    path.write_text(text)
     return path
 
 
-def run_cell(cell: Cell, store: Path, fit_config: Path, log_dir: Path, threads: int) -> int:
+def parts_dir(store: Path) -> Path:
+    """Where `--emit slurm` puts the array tasks' own stores: `<store stem>.parts/` beside the store."""
+    return store.parent / f"{store.stem}.parts"
+
+
+def process_gone(record: RunRecord, host: str) -> bool:
+    """Whether a `running` row's process is known to be dead: same host and its pid is not alive, or no
+    host/pid recorded. A process of another host cannot be checked and counts as alive."""
+    if record.host is None or record.pid is None:
+        return True
+    if record.host != host:
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
+@dataclass
+class Plan:
+    """What a sweep does with each cell: already done, run fresh, resume, or leave to a live process."""
+
+    done: set[str]
+    fresh: list[Cell]
+    resume: list[Cell]
+    live: list[tuple[Cell, RunRecord]]
+
+    @property
+    def todo(self) -> list[Cell]:
+        return self.resume + self.fresh
+
+
+def plan_cells(all_cells: list[Cell], stores: list[ResultsStore]) -> Plan:
+    """Sort the cells by what the stores hold for them (finished, running with a live or dead process)."""
+    keys = {c.key for c in all_cells}
+    done: set[str] = set()
+    running: dict[str, RunRecord] = {}
+    for store in stores:
+        done |= store.finished_cells() & keys
+        for r in store.runs(status="running"):
+            if r.cell is not None:
+                running[r.cell] = r
+    host = socket.gethostname()
+    fresh, resume, live = [], [], []
+    for cell in all_cells:
+        if cell.key in done:
+            continue
+        row = running.get(cell.key)
+        if row is None:
+            fresh.append(cell)
+        elif process_gone(row, host):
+            resume.append(cell)
+        else:
+            live.append((cell, row))
+    return Plan(done, fresh, resume, live)
+
+
+def run_cell(cell: Cell, store: Path, fit_config: Path, log_dir: Path, threads: int, resume: bool, keep: bool) -> int:
     log = log_dir / (cell.key.replace("/", "_") + ".log")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with open(log, "w") as out:
-        command = cell.command(store, fit_config, program=(sys.executable, "-m", "cslaws"))
+    with open(log, "a" if resume else "w") as out:
+        command = cell.command(store, fit_config, program=(sys.executable, "-m", "cslaws"), resume=resume,
+                               keep_checkpoints=keep)
         return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def emit(todo: list[Cell], store: Path, fit_config: Path, kind: str) -> str:
-    lines = [shlex.join(c.command(store, fit_config)) for c in todo]
+def emit(
+    todo: list[Cell], store: Path, fit_config: Path, kind: str, resume: set[str] = frozenset(), keep: bool = False
+) -> str:
+    """The cells' commands, one per line, or a SLURM array script whose tasks each write their own store."""
     if kind == "lines":
-        return "\n".join(lines)
+        return "\n".join(shlex.join(c.command(store, fit_config, resume=c.key in resume, keep_checkpoints=keep))
+                         for c in todo)
+    parts = parts_dir(store)
+    lines = [shlex.join(c.command(parts / c.part_name, fit_config, resume=c.key in resume, keep_checkpoints=keep))
+             for c in todo]
     body = "\n".join(f"  {shlex.quote(line)}" for line in lines)
     return (
         "#!/bin/bash\n"
         f"#SBATCH --array=0-{len(lines) - 1}\n"
         "#SBATCH --job-name=cslaws-sweep\n"
         "#SBATCH --gpus=1\n"
+        f"# each task writes its own store under {parts}/; afterwards fold them into the store with\n"
+        f"#   bench store merge {store} {parts}/*.db\n"
+        f"mkdir -p {shlex.quote(str(parts))}\n"
         f"COMMANDS=(\n{body}\n)\n"
         'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"\n'
     )
@@ -166,16 +269,24 @@ def main(argv: list[str]) -> int:
     console = rich_console()
     store_path = Path(cfg.store) if cfg.store else default_store_path()
     store = ResultsStore(store_path)
-    done = store.finished_cells()
     all_cells = cells(cfg)
-    todo = [c for c in all_cells if c.key not in done]
+    parts = [ResultsStore(parts_dir(store_path) / c.part_name, create=False) for c in all_cells
+             if (parts_dir(store_path) / c.part_name).is_file()]
+    plan = plan_cells(all_cells, [store, *parts])
+    todo, resume = plan.todo, {c.key for c in plan.resume}
+    for cell, row in plan.live:
+        console.print(f"[yellow]not relaunched[/] {cell.key}: run {row.run_id} is running on {row.host} (pid {row.pid}); "
+                      "a process on another host cannot be checked from here, and a live one must not be doubled")
     if cfg.dry_run:
-        table = Table(title=f"{len(all_cells)} cells, {len(todo)} to run")
+        table = Table(title=f"{len(all_cells)} cells, {len(todo)} to run ({len(plan.resume)} to resume)")
         for col in ("cell", "N", "D", "FLOPs", "status"):
             table.add_column(col)
+        live = {c.key for c, _ in plan.live}
         for c in all_cells:
             n = non_embedding_params(SIZES[c.model])
-            table.add_row(c.key, f"{n:,}", f"{round(n * c.tokens_per_param):,}", f"{c.flops:.3g}", "done" if c.key in done else "to run")
+            status = ("done" if c.key in plan.done else "resume" if c.key in resume
+                      else "running (live)" if c.key in live else "to run")
+            table.add_row(c.key, f"{n:,}", f"{round(n * c.tokens_per_param):,}", f"{c.flops:.3g}", status)
         console.print(table)
         console.print(f"total to run: {sum(c.flops for c in todo):.3g} FLOPs")
         return 0
@@ -183,33 +294,45 @@ def main(argv: list[str]) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     fit_config = write_fit_config(cfg, work_dir)
     if cfg.emit:
-        print(emit(todo, store_path.resolve(), fit_config.resolve(), cfg.emit))
+        print(emit(todo, store_path.resolve(), fit_config.resolve(), cfg.emit, resume, cfg.keep_checkpoints))
         return 0
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
     failed: list[str] = []
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
     with Progress(*columns, console=console) as progress, ThreadPoolExecutor(cfg.jobs) as pool:
         task = progress.add_task("", total=len(todo))
-        futures = {pool.submit(run_cell, c, store_path, fit_config, work_dir, threads): c for c in todo}
+        futures = {pool.submit(run_cell, c, store_path, fit_config, work_dir, threads, c.key in resume,
+                               cfg.keep_checkpoints): c for c in todo}
         for future in as_completed(futures):
             cell = futures[future]
             if future.result() != 0:
                 failed.append(cell.key)
             progress.update(task, advance=1, description=cell.key)
-    console.print(f"{len(todo) - len(failed)} cells finished, {len(failed)} failed, {len(all_cells) - len(todo)} already in the store")
+    console.print(f"{len(todo) - len(failed)} cells finished ({len(plan.resume)} resumed), {len(failed)} failed, "
+                  f"{len(plan.done)} already in the store")
     for key in failed:
         console.print(f"[red]failed[/] {key}: see {work_dir / (key.replace('/', '_') + '.log')}")
     if len(todo) > len(failed):
-        print_leaderboard(store_path, console)
+        print_leaderboard(store_path, {c.key for c in all_cells}, console)
     return 1 if failed else 0
 
 
-def print_leaderboard(store_path: Path, console: Console) -> None:
-    """The refit leaderboard; a store that cannot support a fit yet says why, without failing the sweep."""
-    from cslaws.laws.cli import main as laws_main
+def print_leaderboard(store_path: Path, keys: set[str], console: Console) -> None:
+    """The leaderboard over this sweep's cells (runs chosen as every law command chooses them); a store
+    that cannot support a fit yet says why, without failing the sweep."""
+    from cslaws.laws import leaderboard as lb
+    from cslaws.laws.select import select
 
-    if laws_main(["leaderboard", "--store", str(store_path)]) != 0:
-        console.print("[yellow]no leaderboard yet[/]: the store cannot support a fit (see above)")
+    records = [r for r in ResultsStore(store_path, create=False).runs() if r.cell in keys]
+    try:
+        selection = select(records, source=f"this sweep's runs in {store_path}")
+        board = lb.build(selection.records)
+    except BenchError as err:
+        console.print(f"[yellow]no leaderboard yet[/]: {err}")
+        return
+    for notice in selection.notices:
+        console.print(f"note: {notice}")
+    console.print(lb.render_table(board))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,16 @@ class Format:
         """Storage cost per value, metadata (scales, masks, indices) included."""
         raise NotImplementedError
 
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        """Storage cost per value of a tensor of `shape` compressed by this format, metadata included, with
+        the last dim the row that row/group scales run along (a weight's input features, a token's
+        features). `bits_per_value` is the same cost at the format's reference row; this is the cost on
+        the layer the format is really applied to. This default (`bits_per_value`) is right for formats
+        whose cost does not depend on the shape (dense; the masks of sparsifiers, one bit or one N:M
+        pattern index per value); formats with per-row, per-group or per-tensor metadata override it.
+        """
+        return self.bits_per_value
+
     @property
     def rotation_key(self) -> Any:
         """Identifies the rotated basis when `keeps_rotated_basis`; both sides of a layer must agree."""

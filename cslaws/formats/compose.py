@@ -6,11 +6,26 @@ the survivors with the value format `Q`, whose scale statistics are taken over t
 trust) times S's backward mask; on pruned values S's backward mask alone ("forward", "ste" or "rbbm",
 see `sparse.py`), since `compress_sparse` passes their gradient through.
 
-Order: `formats` is exactly one sparsifier followed by one value format. Sparsify-then-quantize is the
-required order: Harma et al. 2025 ("Effective Interplay between Sparsity and Quantization: From Theory to
-Practice", ICLR 2025) show the two operations do not commute and that quantizing first is never better
--- magnitudes rounded onto a grid tie, so the mask chooses among already-rounded values, and the scale is
-fitted to values that are then removed. A list that puts a value format before the sparsifier is an error.
+Order: `formats` is exactly one sparsifier followed by one value format (a list that puts the value format
+first is an error); `order` says in which order they act:
+
+- "prune_then_quantize" (default): as above. This is the order the Unified Scaling Laws paper prescribes:
+  Harma et al. 2025 ("Effective Interplay between Sparsity and Quantization: From Theory to Practice",
+  ICLR 2025) show the two operations do not commute and that quantizing first is never better -- the
+  scale is fitted to values that are then removed.
+- "quantize_then_prune": QuEST's 4:8 runs (Panferov et al. 2025, `HalfHadamardFourEightTrustQuantizer` of
+  IST-DASLab/QuEST): the keep-mask is chosen on `x`, the value format quantizes every value with its
+  statistics (RMS) over all values, then the pruned positions are zeroed. Needs a scalar quantizer.
+  Backward: the sparsifier's backward mask times the value format's rule, where `pruned_backward` says
+  what that rule is on pruned positions:
+  - "sparsifier" (default): nothing (pass-through), so the sparsifier's mask alone decides, as above;
+  - "value": the value format's rule evaluated on the zeroed output, as QuEST does: under "trust" a pruned
+    value gets its gradient iff `|0 - x| <= trust * step`, i.e. iff it is within half a step of zero
+    (0.168 sigma for INT4), which lets the gradient through on 19% of the pruned positions of QuEST's 4:8
+    pairs on Gaussian data; under "clipped" iff `|x| <= clip`; under "ste" always. QuEST's scheme is
+    `Compose([BlockNM(4, 8, block=2, backward="ste"), Int(4, backward="trust")], order="quantize_then_prune",
+    pruned_backward="value")` inside a Hadamard rotation.
+  No Triton kernel for this order: it runs in torch.
 
 bits_per_value = density * e + (b - e) + m, with b the value format's `bits_per_value`, e its
 `element_bits` (bits of one value without shared scales), and m the sparsifier's `metadata_bits`: the
@@ -24,12 +39,21 @@ unstructured sparsity, log2(C(M, N)) / M for N:M). For example INT4 with per-row
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 from torch import Tensor
 
+from cslaws.formats import ops
 from cslaws.formats.base import Format, register_format
+from cslaws.formats.grad import rule_mask
 from cslaws.formats.kernels import Backend, check_backend, fused, use_triton
+from cslaws.formats.quant import ScalarQuantizer
 from cslaws.formats.sparse import Sparsifier
+
+Order = Literal["prune_then_quantize", "quantize_then_prune"]
+ORDERS: tuple[str, ...] = ("prune_then_quantize", "quantize_then_prune")
+PrunedBackward = Literal["sparsifier", "value"]
+PRUNED_BACKWARDS: tuple[str, ...] = ("sparsifier", "value")
 
 
 def _name(f: Format) -> str:
@@ -40,15 +64,27 @@ def _name(f: Format) -> str:
 class Compose(Format):
     """A sparsifier followed by a value format (quantizer) applied to the same tensor."""
 
-    def __init__(self, formats: list[Format], backend: Backend = "auto") -> None:
+    def __init__(
+        self,
+        formats: list[Format],
+        backend: Backend = "auto",
+        order: Order = "prune_then_quantize",
+        pruned_backward: PrunedBackward = "sparsifier",
+    ) -> None:
         super().__init__()
         self.backend = check_backend(backend)
         kinds = [_name(f) for f in formats]
         if any(isinstance(f, Sparsifier) for f in formats[1:]):
             raise ValueError(
-                f"Compose needs the sparsifier first (sparsify, then quantize), got the order {kinds}: "
-                "quantizing before sparsifying is not supported"
+                f"Compose takes the sparsifier first in `formats`, got {kinds}; to quantize before pruning "
+                "set order='quantize_then_prune'"
             )
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
+        if pruned_backward not in PRUNED_BACKWARDS:
+            raise ValueError(f"unknown pruned_backward {pruned_backward!r}; allowed: {', '.join(PRUNED_BACKWARDS)}")
+        if pruned_backward == "value" and order != "quantize_then_prune":
+            raise ValueError("pruned_backward='value' is defined for order='quantize_then_prune' only")
         if len(formats) != 2 or not isinstance(formats[0], Sparsifier):
             raise ValueError(f"Compose takes exactly [sparsifier, value format], got {kinds}")
         sparsifier, value = formats
@@ -64,19 +100,46 @@ class Compose(Format):
                 f"the value format {_name(value)} has no `element_bits` (bits of one value without shared "
                 "scales), which Compose needs to charge the survivors; use a scalar or vector quantizer"
             )
-        # a fused Triton kernel exists when the value format has one (`kernel_plan`)
-        self._has_kernel = getattr(value, "kernel_plan", lambda: None)() is not None
+        if order == "quantize_then_prune" and not isinstance(value, ScalarQuantizer):
+            raise ValueError(f"order='quantize_then_prune' needs a scalar quantizer as value format, got {_name(value)}")
+        # a fused Triton kernel exists when the value format has one (`kernel_plan`), for prune-then-quantize
+        has_plan = getattr(value, "kernel_plan", lambda: None)() is not None
+        self._has_kernel = has_plan and order == "prune_then_quantize"
         if backend == "triton" and not self._has_kernel:
-            raise ValueError(f"backend='triton' needs a value format with a Triton kernel; {_name(value)} has none")
+            raise ValueError(f"backend='triton' needs prune_then_quantize and a value format with a Triton kernel; got {order}, {_name(value)}")
         self.formats = list(formats)
         self.sparsifier: Sparsifier = sparsifier
         self.value = value
+        self.order = order
+        self.pruned_backward = pruned_backward
 
     def compress(self, x: Tensor) -> Tensor:
+        if self.order == "quantize_then_prune":
+            return self._quantize_then_prune(x)
         if self._has_kernel and use_triton(x, self.backend):
             return self._compress_triton(x)
         y, keep = self.sparsifier.sparsify(x)
         return self.value.compress_sparse(y, keep)
+
+    def _quantize_then_prune(self, x: Tensor) -> Tensor:
+        """Quantize every value (statistics over all of them), zero the pruned ones; see the module doc."""
+        y, keep = self.sparsifier.sparsify(x)
+        gate = y + (x - y).detach()  # forward x itself, backward the sparsifier's mask
+        value: ScalarQuantizer = self.value  # type: ignore[assignment]
+        key = ops.format_key(self, "_run_quantize_then_prune", masks=value.backward != "ste")
+        return ops.apply_rule(gate, key, keep)
+
+    def _run_quantize_then_prune(self, t: Tensor, keep: Tensor, need_mask: bool) -> tuple[Tensor, Tensor | None]:
+        """The quantizer's forward on all of `t` with the pruned positions zeroed, and the gradient mask
+        (the value format's rule; on pruned positions as `pruned_backward` says)."""
+        value: ScalarQuantizer = self.value  # type: ignore[assignment]
+        g, kg = value._group(t.float()), value._group(keep)
+        q, step, clip = value._quantize(g, None)
+        q = q.mul_(kg)
+        mask = rule_mask(value.backward, g, q, step * value.trust, clip) if need_mask else None
+        if mask is not None and self.pruned_backward == "sparsifier":
+            mask = mask.logical_or_(kg.logical_not())
+        return q.reshape(t.shape).to(t.dtype), None if mask is None else mask.reshape(t.shape)
 
     def _compress_triton(self, x: Tensor) -> Tensor:
         """One fused launch for N:M and per-row top-k survivors; for other sparsifiers (and per-tensor
@@ -92,6 +155,11 @@ class Compose(Format):
     def bits_per_value(self) -> float:
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
         return self.sparsifier.density * e + (self.value.bits_per_value - e) + self.sparsifier.metadata_bits
+
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        """The rule of `bits_per_value` with the value format's scales on the real shape."""
+        e = float(self.value.element_bits)  # type: ignore[attr-defined]
+        return self.sparsifier.density * e + (self.value.storage_bits(shape) - e) + self.sparsifier.metadata_bits
 
     def capacity_parts(self) -> list[Format]:
         """Sparsity and quantization each keep their own capacity; the unified law multiplies them."""

@@ -42,8 +42,8 @@ from torch import Tensor
 from cslaws.formats.base import register_format
 from cslaws.formats.grad import Backward, check_backward
 from cslaws.formats.kernels import Backend, check_backend
-from cslaws.formats.kernels.fused import QuantPlan
-from cslaws.formats.quant import TINY, Granularity, ScalarQuantizer, absmax
+from cslaws.formats.kernels.fused import QuantPlan, exact_div
+from cslaws.formats.quant import TINY, Granularity, ScalarQuantizer, absmax, scale_bits
 
 
 class Element(NamedTuple):
@@ -124,7 +124,7 @@ class FP(ScalarQuantizer):
         return QuantPlan("fp", self.granularity, self.group_size, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max))
 
     def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        scale = absmax(g, keep).div_(self._el.max).clamp_min_(TINY)
+        scale = exact_div(absmax(g, keep), self._el.max).clamp_min_(TINY)
         q, quantum = fp_round(g / scale, self._el)
         return q.mul_(scale), quantum.mul_(scale), scale * self._el.max
 
@@ -160,6 +160,10 @@ class MX(ScalarQuantizer):
     def bits_per_value(self) -> float:
         return self.element_bits + 8 / MX_BLOCK
 
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        # one 8-bit E8M0 scale per block of 32 (the rows must split into blocks)
+        return self.element_bits + scale_bits("group", MX_BLOCK, shape, bits=8)
+
     def kernel_plan(self) -> QuantPlan:
         el = self._el
         return QuantPlan("mx", "group", MX_BLOCK, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max))
@@ -173,7 +177,7 @@ class MX(ScalarQuantizer):
 def nvfp4_scale(amax: Tensor) -> Tensor:
     """Per-block NVFP4 scale `s_b * s_t` from the blocks' absmax (the tensor's absmax is their max)."""
     e2m1, e4m3 = ELEMENTS["e2m1"], ELEMENTS["e4m3"]
-    tensor_scale = amax.amax().div(e2m1.max * e4m3.max).clamp_min_(TINY)
+    tensor_scale = exact_div(amax.amax(), e2m1.max * e4m3.max).clamp_min_(TINY)
     return fp_round(amax / (e2m1.max * tensor_scale), e4m3)[0].mul_(tensor_scale)
 
 
@@ -197,6 +201,10 @@ class NVFP4(ScalarQuantizer):
     @property
     def bits_per_value(self) -> float:
         return self.element_bits + 8 / NVFP4_BLOCK
+
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        # an 8-bit E4M3 scale per block of 16, and the float32 tensor scale, which bits_per_value leaves out
+        return self.element_bits + scale_bits("group", NVFP4_BLOCK, shape, bits=8) + scale_bits("tensor", 1, shape)
 
     def kernel_plan(self) -> QuantPlan:
         el = ELEMENTS["e2m1"]

@@ -22,7 +22,10 @@ Scale (`scale=`):
 - "absmax": `step = 2 absmax(group) / (L - 1)`, so the largest level equals the group's absmax and the
   extreme value is reproduced exactly.
 
-Backward: "ste", "clipped" (`|x| <= clip`) or "trust" (`|q - x| <= trust * step`), see `grad.py`.
+Backward: "ste", "clipped" (`|x| <= clip`, or with `clip_scale=c` QuEST's `|x| <= c * outer level`,
+the outer level being `step (L - 1) / 2`) or "trust" (`|q - x| <= trust * step`), see `grad.py`. A
+`clip_scale` has no Triton kernel: under `backend="auto"` such a format runs the torch code on every
+device (inside `Hadamard` the rotations still run on Triton), and `backend="triton"` is an error.
 
 Idempotence: with absmax scales `compress(compress(x)) == compress(x)` up to float32 rounding of the
 recomputed scale (levels are cell centres, far from any rounding boundary); with Gaussian scales it does
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -43,7 +46,7 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from cslaws.formats.base import register_format
-from cslaws.formats.grad import Backward
+from cslaws.formats.grad import Backward, check_clip_scale, clip_bound
 from cslaws.formats.kernels import Backend, check_backend
 from cslaws.formats.kernels.fused import QuantPlan
 from cslaws.formats.quant import TINY, Granularity, ScalarQuantizer, absmax, gaussian_mse, rms
@@ -115,6 +118,7 @@ class Int(ScalarQuantizer):
         trust: float = 0.5,
         row_length: int = 1024,
         backend: Backend = "auto",
+        clip_scale: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.backend = check_backend(backend)
@@ -125,6 +129,12 @@ class Int(ScalarQuantizer):
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
         self._set_common(granularity, group_size, backward, trust, row_length)
+        check_clip_scale(clip_scale)
+        if clip_scale is not None and backend == "triton":
+            raise ValueError(f"clip_scale={clip_scale!r} has no Triton kernel; use backend='torch' or 'auto'")
+        self.clip_scale = clip_scale
+        if clip_scale is not None:
+            self.backend = "torch"  # QuEST's clip bound has no kernel: "auto" means the torch code here
         if scale == "gaussian":
             gaussian_clip(self.levels)  # computed (and cached) now, not inside the first training step
 
@@ -134,9 +144,12 @@ class Int(ScalarQuantizer):
 
     def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         step = int_step(g, self.levels, self.scale, keep)
-        return int_quantize(g, step, self.levels), step, step * (self.levels / 2)
+        clip = clip_bound(step * (self.levels / 2), step * ((self.levels - 1) / 2), self.clip_scale)
+        return int_quantize(g, step, self.levels), step, clip
 
-    def kernel_plan(self) -> QuantPlan:
+    def kernel_plan(self) -> QuantPlan | None:
+        if self.clip_scale is not None:
+            return None  # the kernel's clipped bound is the outer cell edge only
         # the multipliers of `int_step`, so that the kernel's step is the same float32 product
         stat, mult = ("rms", 2 * gaussian_clip(self.levels) / self.levels) if self.scale == "gaussian" else ("absmax", 2 / (self.levels - 1))
         return QuantPlan("int", self.granularity, self.group_size, self.backward, self.trust, levels=self.levels, stat=stat, mult=mult)

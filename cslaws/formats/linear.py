@@ -58,3 +58,22 @@ class LinearFactory:
     @property
     def formats(self) -> list[Format]:
         return [self.weight, self.activation]
+
+
+def storage_bits(model: nn.Module) -> tuple[float, float]:
+    """(weight bits, activation bits) per value of `model`'s compressed linears, on their real shapes.
+
+    Weights: each layer's `storage_bits` of its (out_features, in_features) weight, averaged weighted by
+    the layer's number of weights. Activations: each layer's cost on one token's input row (in_features
+    values; a per-tensor activation scale is charged once per token, an upper bound where a batch shares
+    it), averaged weighted by in_features, the values per token. A model without compressed linears is
+    dense: (16.0, 16.0).
+    """
+    layers = [m for m in model.modules() if isinstance(m, CompressedLinear)]
+    if not layers:
+        return Dense().bits_per_value, Dense().bits_per_value
+    w_values = sum(m.weight.numel() for m in layers)
+    weight = sum(m.weight_format.storage_bits(tuple(m.weight.shape)) * m.weight.numel() for m in layers) / w_values
+    a_values = sum(m.in_features for m in layers)
+    activation = sum(m.activation_format.storage_bits((m.in_features,)) * m.in_features for m in layers) / a_values
+    return float(weight), float(activation)

@@ -34,15 +34,18 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from cslaws.formats import ops
 from cslaws.formats.base import Format
-from cslaws.formats.grad import check_backward, clip_mask, trust_mask, with_rule
+from cslaws.formats.grad import check_backward, clip_mask, trust_mask
 from cslaws.formats.kernels import use_triton
-from cslaws.formats.kernels.fused import QuantPlan, fake_quantize
+from cslaws.formats.kernels.fused import QuantPlan, exact_div, fake_quantize
 
 Granularity = Literal["tensor", "row", "group"]
 GRANULARITIES: tuple[str, ...] = ("tensor", "row", "group")
 #: Bits charged for one row/group scale (one bf16/fp16 number).
 SCALE_BITS = 16
+#: Bits charged for a per-tensor scale (one float32 number), spread over the tensor's values.
+TENSOR_SCALE_BITS = 32
 #: Floor on every scale, so that all-zero groups do not divide by zero.
 TINY = torch.finfo(torch.float32).tiny
 
@@ -55,6 +58,25 @@ def check_granularity(granularity: str, group_size: int, row_length: int) -> Non
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
     if not (isinstance(row_length, int) and row_length > 0):
         raise ValueError(f"row_length must be a positive integer, got {row_length!r}")
+
+
+def scale_bits(granularity: str, group_size: int, shape: tuple[int, ...], bits: float | None = None) -> float:
+    """Bits per value spent on scales in a tensor of `shape` (rows along the last dim): one `bits`-bit
+    scale per value of the whole tensor, per row of the real row length, or per group. `bits` defaults to
+    the rule of this module: 16 per row/group scale (SCALE_BITS), 32 per tensor scale (TENSOR_SCALE_BITS).
+    """
+    numel = math.prod(shape)
+    if not shape or numel <= 0:
+        raise ValueError(f"storage bits need a non-empty tensor shape, got {tuple(shape)}")
+    if bits is None:
+        bits = TENSOR_SCALE_BITS if granularity == "tensor" else SCALE_BITS
+    if granularity == "tensor":
+        return bits / numel
+    if granularity == "row":
+        return bits / shape[-1]
+    if shape[-1] % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the row length {shape[-1]} (last dim of {tuple(shape)})")
+    return bits / group_size
 
 
 def group_view(x: Tensor, granularity: str, group_size: int) -> Tensor:
@@ -72,7 +94,7 @@ def group_view(x: Tensor, granularity: str, group_size: int) -> Tensor:
 def rms(g: Tensor, keep: Tensor | None = None) -> Tensor:
     """Root mean square over the last dim (keepdim); over the survivors only when `keep` is given."""
     if keep is None:
-        return torch.linalg.vector_norm(g, dim=-1, keepdim=True).div_(math.sqrt(g.shape[-1]))
+        return exact_div(torch.linalg.vector_norm(g, dim=-1, keepdim=True), math.sqrt(g.shape[-1]))
     norm = torch.linalg.vector_norm(g * keep, dim=-1, keepdim=True)
     return norm.div_(keep.sum(-1, keepdim=True, dtype=g.dtype).clamp_min_(1).sqrt_())
 
@@ -143,6 +165,9 @@ class ScalarQuantizer(Format):
         per_scale = {"tensor": math.inf, "row": self.row_length, "group": self.group_size}[self.granularity]
         return self.element_bits + SCALE_BITS / per_scale
 
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        return self.element_bits + scale_bits(self.granularity, self.group_size, shape)
+
     def _run(self, x: Tensor, keep: Tensor | None, need_mask: bool) -> tuple[Tensor, Tensor | None]:
         g = self._group(x.float())
         kg = None if keep is None else self._group(keep)
@@ -169,10 +194,14 @@ class ScalarQuantizer(Format):
             raise ValueError(f"{type(self).__name__} has no Triton kernel; use backend='torch'")
         return plan
 
+    def _rule_key(self) -> str:
+        """The key of `_run` for the custom op `cslaws::rule` (`ops.py`): the torch path as one opaque call."""
+        return ops.format_key(self, "_run", masks=self.backward != "ste")
+
     def compress(self, x: Tensor) -> Tensor:
         if use_triton(x, self.backend):
             return fake_quantize(x, self._plan())
-        return with_rule(x, lambda t, need: self._run(t, None, need))
+        return ops.apply_rule(x, self._rule_key())
 
     def compress_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
         if keep.shape != x.shape or keep.dtype != torch.bool:
@@ -181,4 +210,4 @@ class ScalarQuantizer(Format):
             )
         if use_triton(x, self.backend):
             return fake_quantize(x, self._plan(), keep=keep)
-        return with_rule(x, lambda t, need: self._run(t, keep, need))
+        return ops.apply_rule(x, self._rule_key(), keep)

@@ -25,7 +25,6 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +34,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from scipy.stats import norm
 
+from cslaws.bench.cli import resolve_config
 from cslaws.formats import FORMATS, Format, make_format
 from cslaws.formats.dense import Dense
 from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, rho, rho_inverse
@@ -110,14 +110,28 @@ def gmse(fmt: Format) -> tuple[float, float, str]:
     return value, se, "sampled"
 
 
+def without_backend(value: Any) -> Any:
+    """A format spec without its `backend` entries: where a run executed (torch, or Triton kernels that
+    reproduce torch exactly) does not change the format."""
+    if isinstance(value, dict):
+        return {k: without_backend(v) for k, v in value.items() if k != "backend"}
+    if isinstance(value, list):
+        return [without_backend(v) for v in value]
+    return value
+
+
 @lru_cache(maxsize=256)
 def _gmse_of_spec(spec_json: str) -> tuple[float, float, str]:
     return gmse(format_from_spec(json.loads(spec_json)))
 
 
 def gmse_of_spec(spec: dict[str, Any]) -> tuple[float, float, str]:
-    """GMSE of a stored format spec ({"class_path", "init_args"}), cached per spec."""
-    return _gmse_of_spec(json.dumps(spec, sort_keys=True))
+    """GMSE of a stored format spec ({"class_path", "init_args"}), cached per spec.
+
+    The spec's `backend` is dropped, so the format measures with its default ("auto": torch on the CPU
+    tensors used here): a run trained with `backend: triton` is measured like any other, on any machine.
+    """
+    return _gmse_of_spec(json.dumps(without_backend(spec), sort_keys=True))
 
 
 def _declared_parts(fmt: Format) -> list[Format]:
@@ -140,12 +154,13 @@ def components_of(fmt: Format) -> list[tuple[str, float]]:
 
 def components_of_spec(spec: dict[str, Any] | None) -> list[tuple[str, float]]:
     """`components_of` for a stored format spec; none for a missing (dense) format."""
-    return [] if spec is None else components_of(format_from_spec(spec))
+    return [] if spec is None else components_of(format_from_spec(without_backend(spec)))
 
 
 def part_gmses_of_spec(spec: dict[str, Any] | None) -> list[float]:
     """GMSE of each capacity part of a stored format spec, whether or not its family is declared."""
-    return [] if spec is None else [gmse_of_spec(p.spec())[0] for p in format_from_spec(spec).capacity_parts()]
+    parts = [] if spec is None else format_from_spec(without_backend(spec)).capacity_parts()
+    return [gmse_of_spec(p.spec())[0] for p in parts]
 
 
 def _format_parser() -> ArgumentParser:
@@ -164,7 +179,7 @@ def format_from_spec(spec: dict[str, Any]) -> Format:
 
 def load_format_config(path: str | Path) -> tuple[str, Format | None, Format | None]:
     """(label, weight, activation) of a format config: a file path, or a path under the shipped configs."""
-    p = resolve_config(str(path))
+    p = Path(resolve_config(str(path)))
     data = yaml.safe_load(p.read_text())
     model = (data or {}).get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict):
@@ -177,30 +192,36 @@ def load_format_config(path: str | Path) -> tuple[str, Format | None, Format | N
     return cfg.label or p.stem, cfg.weight, cfg.activation
 
 
-def resolve_config(name: str) -> Path:
-    p = Path(name)
-    if p.is_file():
-        return p
-    shipped = files("cslaws.configs") / name
-    if shipped.is_file():
-        return Path(str(shipped))
-    raise FileNotFoundError(f"no format config {name!r}: not a file, nor a shipped config (e.g. formats/int4.yaml)")
-
-
 def _is_config(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) or "/" in name
 
 
-def capacity_lines(name: str, F: float = RHO_F, C: float = RHO_C, Lsat: float = RHO_LSAT) -> list[Capacity]:
-    """Capacity lines for a registered short name (default args) or a format config."""
+def model_bits(weight: Format | None, activation: Format | None, size: str) -> dict[str, float]:
+    """{"weight": bits, "activation": bits} per value on the linear layers of the model size `size`
+    (`cslaws.formats.linear.storage_bits`; the model is built on the meta device, so any size costs no
+    memory)."""
+    from cslaws.formats.linear import LinearFactory, storage_bits
+    from cslaws.models.llama import Llama, get_size
+
+    with torch.device("meta"):
+        model = Llama(get_size(size), vocab_size=2, linear=LinearFactory(weight, activation))
+    return dict(zip(("weight", "activation"), storage_bits(model)))
+
+
+def capacity_lines(
+    name: str, F: float = RHO_F, C: float = RHO_C, Lsat: float = RHO_LSAT, size: str | None = None
+) -> list[Capacity]:
+    """Capacity lines for a registered short name (default args) or a format config. Bits are each
+    format's `bits_per_value` (its reference row), or with `size` its storage on that model's layers."""
     if _is_config(name):
         label, weight, activation = load_format_config(name)
         tensors = [(s, f) for s, f in (("weight", weight), ("activation", activation)) if f is not None and not isinstance(f, Dense)]
         if not tensors:
             return [Capacity(label, 0.0, 0.0, 16.0, Lsat, "dense")]
+        bits = model_bits(weight, activation, size) if size else {side: f.bits_per_value for side, f in tensors}
         if len(tensors) == 1:
-            return [_line(label, tensors[0][1], F, C, Lsat)]
-        lines = [_line(f"{label}/{side}", fmt, F, C, Lsat) for side, fmt in tensors]
+            return [_line(label, tensors[0][1], F, C, Lsat, bits[tensors[0][0]])]
+        lines = [_line(f"{label}/{side}", fmt, F, C, Lsat, bits[side]) for side, fmt in tensors]
         product = float(np.prod([line.rho for line in lines]))
         equivalent = float(rho_inverse(product, F, C, Lsat)) if product < Lsat else None
         return [*lines, Capacity(f"{label}/product", equivalent, None, None, product, "product")]
@@ -210,18 +231,20 @@ def capacity_lines(name: str, F: float = RHO_F, C: float = RHO_C, Lsat: float = 
     fmt = make_format(name)
     if isinstance(fmt, Dense):
         return [Capacity(name, 0.0, 0.0, fmt.bits_per_value, Lsat, "dense")]
-    return [_line(name, fmt, F, C, Lsat)]
+    # a short name is charged as the weight format (a rotated-basis format needs both sides, as in training)
+    bits = model_bits(fmt, fmt if fmt.keeps_rotated_basis else None, size)["weight"] if size else fmt.bits_per_value
+    return [_line(name, fmt, F, C, Lsat, bits)]
 
 
-def _line(name: str, fmt: Format, F: float, C: float, Lsat: float) -> Capacity:
-    """A format's own GMSE and bits; its rho is the product over its capacity parts (a composition's
-    sparsifier and quantizer), as in the leaderboard and the unified fit."""
+def _line(name: str, fmt: Format, F: float, C: float, Lsat: float, bits: float) -> Capacity:
+    """A format's own GMSE, with its bits as given; its rho is the product over its capacity parts (a
+    composition's sparsifier and quantizer), as in the leaderboard and the unified fit."""
     value, se, method = gmse(fmt)
     parts = fmt.capacity_parts()
     if parts == [fmt]:
-        return Capacity(name, value, se, fmt.bits_per_value, float(rho(value, F, C, Lsat)), method)
+        return Capacity(name, value, se, bits, float(rho(value, F, C, Lsat)), method)
     capacity = math.prod(float(rho(gmse(p)[0], F, C, Lsat)) for p in parts)
-    return Capacity(name, value, se, fmt.bits_per_value, capacity, f"{method}; rho of {len(parts)} parts")
+    return Capacity(name, value, se, bits, capacity, f"{method}; rho of {len(parts)} parts")
 
 
 def defaultable_formats() -> tuple[list[str], list[str]]:

@@ -2,11 +2,15 @@
 
     bench law fit --runs FILE.csv [--n-col N] [--d-col D | --flop-col COL] [--loss-col loss]
                   [--exclude-top K] [--format-col COL [--dense LABEL]] [--bootstrap K] [--format text|json]
-    bench law unified [--store PATH] [--min-params N] [--fix NAME=VALUE ...] [--bootstrap K] [--format text|json]
-    bench capacity [NAME_OR_CONFIG ...] [--format text|json]
-    bench leaderboard [--store PATH] [--format text|md|csv|json]
-    bench plot [--store PATH] --out DIR
-    bench plan [--store PATH] (--memory-bits X | --flops C | both) [--formats LABEL ...]
+    bench law unified [STORE OPTIONS] [--fix [FAMILY.]NAME=VALUE ...] [--bootstrap K] [--format text|json]
+    bench capacity [NAME_OR_CONFIG ...] [--model-size SIZE] [--format text|json]
+    bench leaderboard [STORE OPTIONS] [--format text|md|csv|json]
+    bench plot [STORE OPTIONS] --out DIR
+    bench plan [STORE OPTIONS] (--memory-bits X | --flops C | both) [--formats LABEL ...]
+
+STORE OPTIONS: --store PATH, --min-params N, --max-epochs X, --where FIELD=VALUE ..., --group K, --dense LABEL.
+The runs a store command fits are chosen by `cslaws.laws.select` (finished runs with a finite loss, one
+comparability group, sweep-cell duplicates once); what it leaves out is printed as one-line notices.
 
 `law fit` reads a CSV of runs: a file path, or a data set shipped with the package (`data/chinchilla/
 svg_extracted_data.csv`, the runs of Hoffmann et al. 2022 as extracted by Besiroglu et al. 2024, and
@@ -36,6 +40,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cslaws.console import console
+from cslaws.errors import BenchError
 from cslaws.laws import capacity as cap
 from cslaws.laws import leaderboard as lb
 from cslaws.laws.fit import (
@@ -50,6 +55,7 @@ from cslaws.laws.fit import (
 )
 from cslaws.laws.plan import plan
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
+from cslaws.models.llama import SIZES
 
 SUBCOMMANDS = ("law", "capacity", "leaderboard", "plot", "plan")
 SHIPPED_DATA = ("data/chinchilla/svg_extracted_data.csv", "data/quest/runs.csv")
@@ -64,10 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"law": _law, "capacity": _capacity, "leaderboard": _leaderboard, "plot": _plot, "plan": _plan}
     try:
         return handlers[command](rest)
-    except (FitError, ValueError, KeyError, FileNotFoundError) as err:
+    except BenchError:
+        raise
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        # bad values met below (a format's arguments, a CSV's cells, a missing file): the user's input
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"bench {command}: error: {message}", file=sys.stderr)
-        return 1
+        raise BenchError(f"{command}: {message}") from err
 
 
 def _out(text: Any) -> None:
@@ -97,7 +105,8 @@ def _law(argv: list[str]) -> int:
     u = sub.add_parser("unified", help="fit rho(GMSE)'s constants per family of formats over a results store")
     _common_store_args(u)
     u.add_argument("--fix", nargs="+", default=[], metavar="NAME=VALUE",
-                   help="pin unified-law constants in every family, e.g. --fix Lsat=1 C=1.39")
+                   help="pin unified-law constants in every family (--fix Lsat=1 C=1.39) or in one "
+                        "(--fix sparse.C=1.39 sparse.Lsat=1)")
     u.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples for intervals")
     u.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     u.add_argument("--format", choices=("text", "json"), default="text", help="output format")
@@ -109,7 +118,7 @@ def _law_unified(args: argparse.Namespace) -> int:
     from cslaws.laws.unified import build_unified, parse_fixed, render_tables
 
     fixed = parse_fixed(args.fix)
-    records, _ = _store_records(args.store, args.min_params)
+    records = _store_records(args)
     report = build_unified(records, fixed, reference=args.dense, k=args.bootstrap, seed=args.seed)
     if args.format == "json":
         print(json.dumps(report.to_dict()))
@@ -201,20 +210,26 @@ def _capacity(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bench capacity", description="Gaussian MSE, bits and predicted capacity of formats.")
     p.add_argument("names", nargs="*", help="registered short names (default args) or format configs (formats/int4.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--model-size", default=None, metavar="SIZE",
+                   help="charge bits on the linear layers of this model size (e.g. nano, 100M): real row lengths")
     p.add_argument("--F", type=float, default=RHO_F, help=f"unified-law F (default {RHO_F}, Llama/C4 scalar quantization)")
     p.add_argument("--C", type=float, default=RHO_C, help=f"unified-law C (default {RHO_C})")
     p.add_argument("--Lsat", type=float, default=RHO_LSAT, help=f"unified-law Lsat (default {RHO_LSAT})")
     args = p.parse_args(argv)
+    if args.model_size is not None and args.model_size not in SIZES:
+        raise BenchError(f"--model-size {args.model_size!r} is not a model size; allowed: {', '.join(SIZES)}")
     names = args.names
     if not names:
         names, need_args = cap.defaultable_formats()
         if need_args:
             print(f"not listed (need arguments; pass a config instead): {', '.join(need_args)}", file=sys.stderr)
-    lines = [line for name in names for line in cap.capacity_lines(name, args.F, args.C, args.Lsat)]
+    lines = [line for name in names for line in cap.capacity_lines(name, args.F, args.C, args.Lsat, args.model_size)]
     if args.format == "json":
         print(json.dumps([line.to_dict() for line in lines]))
         return 0
-    table = Table(title=f"Capacity on standard Gaussian data (rows of {cap.ROW_LENGTH}; rho with F={args.F}, C={args.C}, Lsat={args.Lsat})")
+    bits_on = f"bits on the layers of {args.model_size}" if args.model_size else "bits at each format's reference row"
+    table = Table(title=f"Capacity on standard Gaussian data (rows of {cap.ROW_LENGTH}; {bits_on}; "
+                        f"rho with F={args.F}, C={args.C}, Lsat={args.Lsat})")
     for col in ("format", "GMSE", "+- s.e.", "method", "bits/value", "rho", "rho/bit", "floor 2^-2b"):
         table.add_column(col, justify="left" if col in ("format", "method") else "right")
     g = lambda v, fmt="{:.4g}": "-" if v is None else fmt.format(v)  # noqa: E731
@@ -229,19 +244,19 @@ def _capacity(argv: list[str]) -> int:
 # bench leaderboard / plot / plan
 
 
-def _store_records(path: Path | None, min_params: int = 0) -> tuple[list[Any], Path]:
+def _store_records(args: argparse.Namespace) -> list[Any]:
+    """The runs to fit from `--store`, chosen by `select` (its notices go to stderr, one line each)."""
     from cslaws.bench.store import ResultsStore, default_store_path
+    from cslaws.laws.select import select_from_store
 
-    store_path = Path(path) if path is not None else default_store_path()
+    store_path = Path(args.store) if args.store is not None else default_store_path()
     if not store_path.is_file():
-        raise FileNotFoundError(f"no results store at {store_path}; train runs first or pass --store PATH")
-    records = ResultsStore(store_path).runs(status="finished")
-    if not records:
-        raise FitError(f"the store {store_path} has no finished runs; the law needs finished runs to fit")
-    kept = [r for r in records if r.n_params >= min_params]
-    if not kept:
-        raise FitError(f"none of the {len(records)} finished runs in {store_path} has N >= --min-params {min_params}")
-    return kept, store_path
+        raise BenchError(f"no results store at {store_path}; train runs first or pass --store PATH")
+    selection = select_from_store(ResultsStore(store_path, create=False), where=args.where, min_params=args.min_params,
+                                  max_epochs=args.max_epochs, group=args.group)
+    for notice in selection.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    return selection.records
 
 
 def _common_store_args(p: argparse.ArgumentParser) -> None:
@@ -249,6 +264,13 @@ def _common_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-params", type=int, default=0, metavar="N",
                    help="leave out runs of models with fewer than N non-embedding parameters (below the power-law regime)")
     p.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
+    p.add_argument("--max-epochs", type=float, default=None, metavar="X",
+                   help="keep only runs that made at most X passes over the training split (runs whose epochs were "
+                        "not recorded are left out)")
+    p.add_argument("--where", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="keep only runs whose stored FIELD equals VALUE (e.g. seq_len=64 tokenizer=...)")
+    p.add_argument("--group", type=int, default=None, metavar="K",
+                   help="fit comparability group K (the error for a store with several groups lists them)")
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -258,7 +280,7 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 def _board(args: argparse.Namespace) -> tuple[lb.Leaderboard, list[Any]]:
-    records, _ = _store_records(args.store, args.min_params)
+    records = _store_records(args)
     return lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed), records
 
 
@@ -302,9 +324,10 @@ def _plan(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.memory_bits is None and args.flops is None:
         p.error("give --memory-bits, --flops, or both")
-    records, _ = _store_records(args.store, args.min_params)
+    records = _store_records(args)
     law = fit_compression(lb.runs_of(records), args.dense)
-    bits = {k: float(v) for k, v in lb.one_per_label(records, "bits_per_value").items()}
+    # each label's mean stored weight bits over its runs, as in the leaderboard's eff x 16/bits
+    bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
     choices = plan(law, bits, args.memory_bits, args.flops, args.formats)
     if args.format == "json":
         print(json.dumps([c.to_dict() for c in choices]))

@@ -1,7 +1,11 @@
 """The leaderboard: one compression-law fit over every finished run of a results store, one row per format.
 
-Each row: bits per value, the fitted multiplier eff with its bootstrap interval, eff x 16 / bits (the
-multiplier per bit, relative to 16-bit dense: above 1 means the format buys more than its memory saving),
+Each row: the stored bits per value of the weights and of the activations (each run records them on its
+own model's layer shapes, so they vary with the model size: the row shows their mean over the format's
+runs and, where they differ, their range), the fitted multiplier eff with its bootstrap interval,
+eff x 16 / bits (with the mean weight bits: the multiplier per bit, relative to 16-bit dense; above 1
+means the format buys more than its memory saving), the most passes over the training split any of the
+format's runs made (epochs; "-" where older stores did not record them),
 the GMSE of the weight and activation formats (rebuilt from the stored specs), the capacity the unified
 law predicts with the published constants, and the number of runs. Capacities multiply (Panferov et al.
 2025): the prediction is the product of rho over the format's parts, a composition's sparsifier and
@@ -18,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from cslaws.laws.capacity import gmse_of_spec, part_gmses_of_spec
+from cslaws.laws.capacity import gmse_of_spec, part_gmses_of_spec, without_backend
 from cslaws.laws.fit import FitError, LawFit, Runs, fit_compression, rho
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
@@ -29,6 +33,10 @@ DENSE_BITS = 16.0
 class Row:
     label: str
     bits: float
+    bits_min: float
+    bits_max: float
+    activation_bits: float | None
+    epochs: float | None
     eff: float
     eff_lo: float
     eff_hi: float
@@ -57,27 +65,35 @@ def runs_of(records: Sequence[Any]) -> Runs:
                    [r.final_val_loss for r in records], [r.label for r in records])
 
 
-def _without_backend(value: Any) -> Any:
-    """A format spec without `backend` entries: where a run executed (torch or Triton kernels, which
-    reproduce torch exactly) does not change the format."""
-    if isinstance(value, dict):
-        return {k: _without_backend(v) for k, v in value.items() if k != "backend"}
-    if isinstance(value, list):
-        return [_without_backend(v) for v in value]
-    return value
-
-
 def one_per_label(records: Iterable[Any], attr: str) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for r in records:
         value = getattr(r, attr)
-        if r.label in seen and _without_backend(seen[r.label]) != _without_backend(value):
+        if r.label in seen and without_backend(seen[r.label]) != without_backend(value):
             raise FitError(
                 f"label {r.label!r} has runs with different {attr} ({seen[r.label]!r} vs {value!r}); a label must "
                 "name one format, so give differing formats different labels"
             )
         seen[r.label] = value
     return seen
+
+
+def label_bits(records: Iterable[Any], attr: str = "bits_per_value") -> dict[str, tuple[float, float, float] | None]:
+    """Per label: (mean, min, max) of a stored bits field over its runs; None where a run lacks it."""
+    values: dict[str, list[float | None]] = {}
+    for r in records:
+        values.setdefault(r.label, []).append(getattr(r, attr))
+    return {label: None if any(v is None for v in vs) else (float(np.mean(vs)), float(min(vs)), float(max(vs)))
+            for label, vs in values.items()}
+
+
+def _max_epochs(records: Iterable[Any]) -> dict[str, float | None]:
+    """Per label: the most passes over the training split of any of its runs (None if one is unknown)."""
+    out: dict[str, float | None] = {}
+    for r in records:
+        prev = out.get(r.label, 0.0)
+        out[r.label] = None if prev is None or r.epochs is None else max(prev, float(r.epochs))
+    return out
 
 
 def _gmse(spec: dict[str, Any] | None) -> float | None:
@@ -89,7 +105,7 @@ def _gmse(spec: dict[str, Any] | None) -> float | None:
 def build(records: Sequence[Any], reference: str = "dense", k: int = 100, seed: int = 0) -> Leaderboard:
     """Fit the compression form over `records` (finished RunRecords), bootstrap it, and rank formats."""
     runs = runs_of(records)
-    bits = one_per_label(records, "bits_per_value")
+    bits, act_bits, epochs = label_bits(records), label_bits(records, "activation_bits"), _max_epochs(records)
     weights = one_per_label(records, "weight")
     activations = one_per_label(records, "activation")
     law = fit_compression(runs, reference)
@@ -101,19 +117,29 @@ def build(records: Sequence[Any], reference: str = "dense", k: int = 100, seed: 
         parts = part_gmses_of_spec(weights[label]) + part_gmses_of_spec(activations[label])
         capacity = math.prod(float(rho(g)) for g in parts)
         lo, hi = eff_ci[label]
-        rows.append(Row(label, float(bits[label]), eff, lo, hi, eff * DENSE_BITS / float(bits[label]), gw, ga,
-                        capacity, int(np.sum(runs.label == label))))
+        w_mean, w_min, w_max = bits[label]  # bits_per_value is a required field: never None
+        a_bits = None if act_bits[label] is None else act_bits[label][0]
+        rows.append(Row(label, w_mean, w_min, w_max, a_bits, epochs[label], eff, lo, hi, eff * DENSE_BITS / w_mean,
+                        gw, ga, capacity, int(np.sum(runs.label == label))))
     rows.sort(key=lambda r: -r.eff_per_bit)
     return Leaderboard(law, intervals, rows)
 
 
-COLUMNS = ("format", "bits/value", "eff", "eff 95% CI", "eff x 16/bits", "GMSE w", "GMSE a", "rho(GMSE)", "runs")
+COLUMNS = ("format", "bits w", "bits a", "eff", "eff 95% CI", "eff x 16/bits", "GMSE w", "GMSE a", "rho(GMSE)",
+           "epochs", "runs")
+
+
+def _bits_cell(r: Row) -> str:
+    if r.bits_max - r.bits_min < 5e-4:
+        return f"{r.bits:.3f}"
+    return f"{r.bits:.3f} ({r.bits_min:.3f}-{r.bits_max:.3f})"
 
 
 def _cells(r: Row) -> list[str]:
-    g = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-    return [r.label, f"{r.bits:.3f}", f"{r.eff:.3f}", f"[{r.eff_lo:.3f}, {r.eff_hi:.3f}]", f"{r.eff_per_bit:.3f}",
-            g(r.gmse_weight), g(r.gmse_activation), f"{r.rho:.3f}", str(r.runs)]
+    g = lambda v, fmt="{:.4g}": "-" if v is None else fmt.format(v)  # noqa: E731
+    return [r.label, _bits_cell(r), g(r.activation_bits, "{:.3f}"), f"{r.eff:.3f}", f"[{r.eff_lo:.3f}, {r.eff_hi:.3f}]",
+            f"{r.eff_per_bit:.3f}", g(r.gmse_weight), g(r.gmse_activation), f"{r.rho:.3f}", g(r.epochs, "{:.2f}"),
+            str(r.runs)]
 
 
 def law_summary(law: LawFit) -> str:

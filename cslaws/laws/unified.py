@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cslaws.laws.capacity import components_of_spec
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression, fit_unified
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression, fit_unified, pinned
 from cslaws.laws.leaderboard import law_summary, one_per_label, runs_of
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
@@ -48,18 +48,21 @@ class UnifiedReport:
 
 
 def parse_fixed(items: Sequence[str]) -> dict[str, float]:
-    """`NAME=VALUE` pairs (NAME one of F, C, Lsat) from the command line."""
+    """`NAME=VALUE` (every family) or `FAMILY.NAME=VALUE` (one family) pairs, NAME one of F, C, Lsat, from
+    the command line. A family's pin overrides a global one (`cslaws.laws.fit.pinned`)."""
     fixed: dict[str, float] = {}
     for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in FAMILY_PARAMS:
-            raise ValueError(f"--fix takes NAME=VALUE with NAME one of {', '.join(FAMILY_PARAMS)}; got {item!r}")
+        key, sep, value = item.partition("=")
+        family, dot, name = key.rpartition(".")
+        if not sep or name not in FAMILY_PARAMS or (dot and not family):
+            raise ValueError(f"--fix takes NAME=VALUE or FAMILY.NAME=VALUE with NAME one of {', '.join(FAMILY_PARAMS)}; "
+                             f"got {item!r}")
         try:
-            fixed[name] = float(value)
+            fixed[key] = float(value)
         except ValueError:
             raise ValueError(f"--fix {item!r}: {value!r} is not a number") from None
-        if not fixed[name] > 0:
-            raise ValueError(f"--fix {item!r}: unified-law constants are positive, got {fixed[name]}")
+        if not fixed[key] > 0:
+            raise ValueError(f"--fix {item!r}: unified-law constants are positive, got {fixed[key]}")
     return fixed
 
 
@@ -88,7 +91,7 @@ def family_rows(report: UnifiedReport) -> list[list[str]]:
     for fam, consts in report.law.family.items():
         cells = [fam]
         for name in FAMILY_PARAMS:
-            if name in report.fixed:
+            if pinned(report.fixed, fam, name) is not None:
                 cells.append(f"{consts[name]:.4g} (fixed)")
             elif f"{name}[{fam}]" in ci:
                 lo, hi = ci[f"{name}[{fam}]"]

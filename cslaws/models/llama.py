@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cslaws.errors import BenchError
 from cslaws.formats.linear import LinearFactory
 
 
@@ -54,7 +55,7 @@ def get_size(name: str) -> Size:
     try:
         return SIZES[name]
     except KeyError:
-        raise ValueError(f"unknown model size {name!r}; allowed: {', '.join(SIZES)}") from None
+        raise BenchError(f"unknown model size {name!r}; allowed: {', '.join(SIZES)}") from None
 
 
 def non_embedding_params(size: Size) -> int:

@@ -8,6 +8,7 @@ from cslaws.bench.module import LanguageModel
 from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.formats.base import Format
 from cslaws.formats.int import Int
+from cslaws.formats.linear import storage_bits
 
 
 def fit(model: LanguageModel, store_path, small_corpus, **trainer_kw) -> StreamToStore:
@@ -28,7 +29,8 @@ def test_a_run_is_recorded_with_what_defines_it(tmp_path, small_corpus) -> None:
     (run,) = store.runs()
     assert (run.label, run.model, run.n_params, run.tokens, run.seed) == ("int4", "nano", model.n_params, 20 * 128, 7)
     assert run.weight == Int(bits=4, backward="trust").spec() and run.activation["class_path"].endswith("Dense")
-    assert run.bits_per_value == Int(bits=4).bits_per_value
+    assert (run.bits_per_value, run.activation_bits) == storage_bits(model.model) and run.activation_bits == 16.0
+    assert (run.steps, run.tokens_per_step) == (20, 128)
     assert run.dataset.startswith("text:") and run.tokenizer.startswith("bytelevel-bpe-300@")
     curve = store.curve(run.run_id)
     val = [p for p in curve if p[3] is not None]
@@ -60,7 +62,8 @@ def test_a_crash_leaves_the_run_failed_not_finished(tmp_path, small_corpus) -> N
     store = ResultsStore(tmp_path / "s.db")
     assert store.runs() == []
     (run,) = store.runs("failed")
-    assert run.error == "RuntimeError: boom" and run.final_val_loss is None
+    assert run.error.startswith("RuntimeError: boom (stopped at step ") and run.error.endswith(" of 40)")
+    assert run.final_val_loss is None and run.tokens == run.steps * 128
 
 
 def synthetic_store(path, effs: dict[str, float]) -> ResultsStore:
@@ -77,13 +80,14 @@ def synthetic_store(path, effs: dict[str, float]) -> ResultsStore:
 
 def test_refit_prints_this_formats_row(tmp_path, capsys) -> None:
     store = synthetic_store(tmp_path / "s.db", {"dense": 1.0, "int4": 0.6, "int2": 0.2})
-    print_leaderboard_row(store, "int4")
+    run_id = next(r.run_id for r in store.runs() if r.label == "int4")
+    print_leaderboard_row(store, run_id, "int4")
     out = capsys.readouterr().out
     assert "int4" in out and "int2" not in out
     assert "0.600" in out
 
 
 def test_refit_says_why_there_is_no_law_yet(tmp_path, capsys) -> None:
-    store = ResultsStore(tmp_path / "s.db")
-    print_leaderboard_row(store, "int4")
+    store = synthetic_store(tmp_path / "s.db", {"int4": 0.6})  # no dense reference to fit against
+    print_leaderboard_row(store, store.runs()[0].run_id, "int4")
     assert "no law yet for 'int4'" in capsys.readouterr().out

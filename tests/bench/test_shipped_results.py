@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cslaws.bench.store import ResultsStore
-from cslaws.laws.capacity import format_from_spec
+from cslaws.laws.capacity import format_from_spec, model_bits
 from cslaws.models.llama import SIZES, non_embedding_params
 
 STORE = Path(__file__).resolve().parents[2] / "results" / "cpu-matrix.db"
@@ -13,7 +13,7 @@ STORE = Path(__file__).resolve().parents[2] / "results" / "cpu-matrix.db"
 
 @pytest.fixture(scope="module")
 def runs():
-    return ResultsStore(STORE).runs(None)
+    return ResultsStore(STORE, create=False).runs(None)
 
 
 def test_every_run_finished_with_its_provenance(runs) -> None:
@@ -25,14 +25,19 @@ def test_every_run_finished_with_its_provenance(runs) -> None:
 
 
 def test_recorded_formats_rebuild_with_their_recorded_bits(runs) -> None:
+    """Stores that record activation bits charge both sides on the run's own layer shapes; older ones
+    recorded the weight format's bits at its reference row."""
     for r in runs:
-        weight = format_from_spec(r.weight)
-        assert weight.bits_per_value == pytest.approx(r.bits_per_value)
-        format_from_spec(r.activation)
+        weight, activation = format_from_spec(r.weight), format_from_spec(r.activation)
+        if r.activation_bits is None:
+            assert weight.bits_per_value == pytest.approx(r.bits_per_value)
+        else:
+            bits = model_bits(weight, activation, r.model)
+            assert (r.bits_per_value, r.activation_bits) == pytest.approx((bits["weight"], bits["activation"]))
 
 
 def test_every_run_has_its_loss_curve(runs) -> None:
-    store = ResultsStore(STORE)
+    store = ResultsStore(STORE, create=False)
     for r in runs:
         vals = [p for p in store.curve(r.run_id) if p[3] is not None]
         assert len(vals) == 4 and vals[-1][3] == pytest.approx(r.final_val_loss)
@@ -53,7 +58,7 @@ def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
         assert main([*argv, "--store", str(STORE), "--format", "json"]) == 0, capsys.readouterr().err
         return json.loads(capsys.readouterr().out)
 
-    records = ResultsStore(STORE).runs()
+    records = ResultsStore(STORE, create=False).runs()
     labels = {r.label for r in records}
     board = run_json(["leaderboard", "--bootstrap", "10"])
     assert {r["label"] for r in board["rows"]} == labels

@@ -48,3 +48,24 @@ def test_add_finished_needs_a_loss(tmp_path) -> None:
     store.add_finished(record(final_val_loss=3.0), curve=[(1, 100, 4.0, 3.9)])
     (run,) = store.runs()
     assert store.curve(run.run_id) == [(1, 100, 4.0, 3.9)]
+
+
+def test_resume_reopens_the_row_and_cuts_its_curve_at_the_checkpoint(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "r.db")
+    rid = store.start_run(record(pid=1, host="a"))
+    for step in (4, 8, 12):
+        store.log_point(rid, step, step * 100, 5.0, None)
+    store.log_point(rid, 8, 800, None, 4.9)
+    store.fail(rid, "killed")
+    store.resume_run(rid, 8, host="b", pid=2)
+    (run,) = store.runs("running")
+    assert (run.run_id, run.host, run.pid, run.error, run.finished_at) == (rid, "b", 2, None, None)
+    assert store.curve(rid) == [(4, 400, 5.0, None), (8, 800, 5.0, None), (8, 800, None, 4.9)]
+    store.set_trained(rid, 20, 2000, 0.5)
+    store.finish(rid, 4.0)
+    (run,) = store.runs()
+    assert (run.steps, run.tokens, run.epochs) == (20, 2000, 0.5)
+    with pytest.raises(ValueError, match="already finished; there is nothing to resume"):
+        store.resume_run(rid, 8, host="c", pid=3)
+    with pytest.raises(ValueError, match="run 99, which is not in the store"):
+        store.resume_run(99, 8, host="c", pid=3)

@@ -1,3 +1,5 @@
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -6,8 +8,8 @@ import pytest
 import yaml
 
 from cslaws.bench.cli import shipped_configs
-from cslaws.bench.store import ResultsStore
-from cslaws.bench.sweep import cells, emit, main, parse
+from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.bench.sweep import cells, emit, main, parse, plan_cells, write_fit_config
 from cslaws.models.llama import SIZES, non_embedding_params
 
 MATRICES = sorted((shipped_configs() / "matrix").glob("*.yaml"))
@@ -50,6 +52,47 @@ def test_emit_lines_and_slurm(tmp_path) -> None:
     assert f"--store.cell {grid[1].key}" in lines[1]
     slurm = emit(grid, tmp_path / "s.db", tmp_path / "f.yaml", "slurm")
     assert "#SBATCH --array=0-1" in slurm and 'COMMANDS[$SLURM_ARRAY_TASK_ID]' in slurm
+    # each array task writes its own store, named by its cell, under one directory; the script says how to merge
+    parts = [tmp_path / "s.parts" / c.part_name for c in grid]
+    assert len(set(parts)) == 2 and all(f"--store.path {p} " in slurm for p in parts)
+    assert f"bench store merge {tmp_path / 's.db'} {tmp_path / 's.parts'}/*.db" in slurm
+
+
+def test_fit_settings_file_is_named_by_its_content(tmp_path) -> None:
+    base = ["--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]"]
+    a = write_fit_config(parse(base + ["--fit", "{data: {seq_len: 16}}"]), tmp_path)
+    b = write_fit_config(parse(base + ["--fit", "{data: {seq_len: 32}}"]), tmp_path)
+    again = write_fit_config(parse(base + ["--fit", "{data: {seq_len: 16}}"]), tmp_path)
+    assert a != b and a == again and a.name.startswith("fit-")
+    assert yaml.safe_load(a.read_text()) == {"data": {"seq_len": 16}} and yaml.safe_load(b.read_text())["data"]["seq_len"] == 32
+
+
+def test_running_cells_whose_process_is_gone_are_resumed(tmp_path) -> None:
+    cfg = parse(["--models", "[nano]", "--formats", "[formats/dense.yaml, formats/int4.yaml, formats/int8.yaml, "
+                 "formats/sp50.yaml, formats/int2.yaml]", "--tokens_per_param", "[2]"])
+    grid = cells(cfg)
+    store = ResultsStore(tmp_path / "s.db")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    rows = {0: (host, dead.pid), 1: (host, os.getpid()), 2: ("elsewhere", 1), 3: (None, None)}
+
+    def record(cell, host, pid):
+        return RunRecord(label=cell.label, model="nano", n_params=1, tokens=1, bits_per_value=16.0, seed=0,
+                         dataset="d", tokenizer="t", code_version="v", cell=cell.key, host=host, pid=pid)
+
+    for i, (h, pid) in rows.items():
+        store.start_run(record(grid[i], h, pid))
+    finished = record(grid[4], host, 1)
+    finished.final_val_loss = 3.0
+    store.add_finished(finished)
+    plan = plan_cells(grid, [store])
+    assert [c.key for c in plan.resume] == [grid[0].key, grid[3].key]
+    assert [c.key for c, _ in plan.live] == [grid[1].key, grid[2].key]
+    assert plan.fresh == [] and plan.done == {grid[4].key}
+    command = grid[0].command(tmp_path / "s.db", tmp_path / "f.yaml", resume=True, keep_checkpoints=True)
+    assert command[-4:] == ["--store.keep_checkpoints", "true", "--ckpt_path", "last"]
+    assert "--ckpt_path" not in grid[0].command(tmp_path / "s.db", tmp_path / "f.yaml")
 
 
 @pytest.mark.parametrize(

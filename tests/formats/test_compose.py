@@ -96,7 +96,7 @@ def test_progress_reaches_the_sparsifier() -> None:
 @pytest.mark.parametrize(
     ("formats", "match"),
     [
-        (lambda: [int4(), Magnitude(0.5)], r"sparsifier first \(sparsify, then quantize\).*\['Int', 'Magnitude'\]"),
+        (lambda: [int4(), Magnitude(0.5)], r"sparsifier first in `formats`.*\['Int', 'Magnitude'\]"),
         (lambda: [Magnitude(0.5), NM(2, 4)], r"sparsifier first.*\['Magnitude', 'NM'\]"),
         (lambda: [Magnitude(0.5)], r"exactly \[sparsifier, value format\], got \['Magnitude'\]"),
         (lambda: [int4(), int4()], r"exactly \[sparsifier, value format\], got \['Int', 'Int'\]"),
@@ -178,3 +178,17 @@ def test_int4_sp50_trains_a_tiny_llama() -> None:
         w = weight(m.weight.detach())
         assert int((w == 0).sum()) == w.numel() // 2
         assert all(len(row[row != 0].unique()) <= 16 for row in w)
+
+
+def test_order_settings_are_checked() -> None:
+    from cslaws.formats.blocknm import BlockNM
+    from cslaws.formats.vq import VQ
+
+    with pytest.raises(ValueError, match="order"):
+        Compose([NM(2, 4), Int(4)], order="sideways")
+    with pytest.raises(ValueError, match="defined for order"):
+        Compose([NM(2, 4), Int(4)], pruned_backward="value")
+    with pytest.raises(ValueError, match="scalar quantizer"):
+        Compose([BlockNM(4, 8), VQ(2, 16)], order="quantize_then_prune")
+    with pytest.raises(ValueError, match="triton"):
+        Compose([NM(2, 4), Int(4)], order="quantize_then_prune", backend="triton")

@@ -13,6 +13,7 @@ from scipy import integrate, optimize
 from scipy.stats import norm
 from torch import Tensor
 
+from cslaws.bench.cli import main as bench
 from cslaws.formats import Format, register_format
 from cslaws.laws.capacity import gaussian_mse_of_levels, gaussian_mse_sampled
 from cslaws.laws.cli import main
@@ -172,7 +173,7 @@ def test_no_names_lists_registered_formats(capsys, monkeypatch):
 
 
 def test_unknown_format_is_a_clear_error(capsys):
-    assert main(["capacity", "no_such_format"]) == 1
+    assert bench(["capacity", "no_such_format"]) == 2
     err = capsys.readouterr().err
     assert "unknown format 'no_such_format'" in err and "toy_levels" in err and "formats/int4.yaml" in err
 
@@ -240,3 +241,16 @@ def test_capacity_of_a_composed_config_multiplies_its_parts(capsys):
     assert line["rho"] == pytest.approx(float(rho(pruned) * rho(int4)), rel=0.005)
     assert line["method"] == "sampled; rho of 2 parts" and line["bits"] == pytest.approx(3.015625)
     assert line["rho"] < float(rho(line["gmse"])), "the product is not rho of the composite GMSE"
+
+
+def test_model_size_charges_bits_on_that_models_rows(capsys):
+    """int4 with row scales on nano: rows of 32 (qkv, proj, gate, up) and 96 (down); counted by hand."""
+    assert main(["capacity", "formats/int4.yaml", "--model-size", "nano", "--format", "json"]) == 0
+    (line,) = json.loads(capsys.readouterr().out)
+    per_block = {32: 3 * 32 * 32 + 32 * 32 + 2 * 96 * 32, 96: 32 * 96}  # values in rows of each width
+    expected = 4 + sum(v * 16 / row for row, v in per_block.items()) / sum(per_block.values())
+    assert line["bits"] == pytest.approx(expected, rel=1e-12) and expected == pytest.approx(4.4231, abs=1e-4)
+    assert main(["capacity", "formats/int4.yaml", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["bits"] == 4 + 16 / 1024
+    assert bench(["capacity", "formats/int4.yaml", "--model-size", "huge"]) == 2
+    assert "--model-size 'huge' is not a model size; allowed: nano" in capsys.readouterr().err

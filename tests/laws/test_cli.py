@@ -11,6 +11,7 @@ import pytest
 from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.formats.int import Int
 from cslaws.laws.capacity import gaussian_mse_of_levels
+from cslaws.bench.cli import main as bench
 from cslaws.laws.cli import main
 from cslaws.laws.fit import rho
 
@@ -79,7 +80,8 @@ def test_leaderboard_other_formats(capsys, store_path, fmt, monkeypatch):
         assert label in out
     if fmt == "csv":
         lines = out.strip().splitlines()
-        assert lines[0].startswith("label,bits,eff,eff_lo,eff_hi") and len(lines) == 1 + len(EFFS)
+        assert lines[0].startswith("label,bits,bits_min,bits_max,activation_bits,epochs,eff,eff_lo,eff_hi")
+        assert len(lines) == 1 + len(EFFS)
     if fmt == "md":
         assert out.startswith("| format |") and "held out" in out
 
@@ -185,23 +187,23 @@ def test_law_fit_text_output(capsys, store_path, monkeypatch):
 def test_empty_store_is_a_clear_error(capsys, tmp_path):
     path = tmp_path / "empty.db"
     ResultsStore(path)
-    assert main(["leaderboard", "--store", str(path)]) == 1
+    assert bench(["leaderboard", "--store", str(path)]) == 2
     assert "has no finished runs" in capsys.readouterr().err
 
 
 def test_missing_store_is_a_clear_error(capsys, tmp_path):
-    assert main(["plan", "--store", str(tmp_path / "nope.db"), "--flops", "1e20"]) == 1
+    assert bench(["plan", "--store", str(tmp_path / "nope.db"), "--flops", "1e20"]) == 2
     assert "no results store at" in capsys.readouterr().err
 
 
 def test_law_fit_rejects_both_token_sources(capsys, chinchilla_csv):
     argv = ["law", "fit", "--runs", str(chinchilla_csv), "--d-col", "x", "--flop-col", "Training FLOP"]
-    assert main(argv) == 1
+    assert bench(argv) == 2
     assert "either --d-col" in capsys.readouterr().err
 
 
 def test_law_fit_names_missing_columns(capsys, chinchilla_csv):
-    assert main(["law", "fit", "--runs", str(chinchilla_csv)]) == 1
+    assert bench(["law", "fit", "--runs", str(chinchilla_csv)]) == 2
     err = capsys.readouterr().err
     assert "no column(s) ['N', 'D']" in err and "Model Size" in err
 
@@ -209,10 +211,10 @@ def test_law_fit_names_missing_columns(capsys, chinchilla_csv):
 def test_law_fit_single_size_and_too_few_runs(capsys, tmp_path):
     path = tmp_path / "one.csv"
     path.write_text("N,D,loss\n" + "".join(f"1e8,{d},{3 - d / 1e11}\n" for d in (1e9, 2e9, 4e9, 8e9, 1.6e10, 3.2e10)))
-    assert main(["law", "fit", "--runs", str(path)]) == 1
+    assert bench(["law", "fit", "--runs", str(path)]) == 2
     assert "same model size" in capsys.readouterr().err
     path.write_text("N,D,loss\n1e7,1e8,4\n1e8,1e9,3\n1e9,1e10,2.5\n")
-    assert main(["law", "fit", "--runs", str(path)]) == 1
+    assert bench(["law", "fit", "--runs", str(path)]) == 2
     assert "5 parameters but only 3 runs" in capsys.readouterr().err
 
 
@@ -225,8 +227,8 @@ def test_min_params_leaves_out_the_small_models(capsys, store_path):
                            "--min-params", str(cut)])
     kept = sum(1 for r in ResultsStore(store_path).runs() if r.n_params >= cut)
     assert board["law"]["runs"] == kept < 4 * 28
-    assert main(["leaderboard", "--store", str(store_path), "--min-params", str(10 * sizes[-1])]) == 1
-    assert f"has N >= --min-params {10 * sizes[-1]}" in capsys.readouterr().err
+    assert bench(["leaderboard", "--store", str(store_path), "--min-params", str(10 * sizes[-1])]) == 2
+    assert f"by --where - / --min-params {10 * sizes[-1]}" in capsys.readouterr().err
 
 
 def test_plan_needs_a_budget(capsys, store_path):
@@ -236,7 +238,7 @@ def test_plan_needs_a_budget(capsys, store_path):
 
 
 def test_plan_unknown_format(capsys, store_path):
-    assert main(["plan", "--store", str(store_path), "--flops", "1e20", "--formats", "int9"]) == 1
+    assert bench(["plan", "--store", str(store_path), "--flops", "1e20", "--formats", "int9"]) == 2
     assert "no fitted multiplier for ['int9']" in capsys.readouterr().err
 
 
@@ -265,7 +267,7 @@ def test_shipped_data_sets_are_the_test_copies(chinchilla_csv, quest_csv):
 
 
 def test_missing_runs_file(capsys, tmp_path):
-    assert main(["law", "fit", "--runs", str(tmp_path / "none.csv")]) == 1
+    assert bench(["law", "fit", "--runs", str(tmp_path / "none.csv")]) == 2
     assert "no runs file" in capsys.readouterr().err
 
 
@@ -278,5 +280,5 @@ def test_leaderboard_rejects_a_label_with_two_formats(capsys, tmp_path):
         store.add_finished(RunRecord(label=label, model="m", n_params=int(ni), tokens=int(di), bits_per_value=16.0,
                                      seed=i, dataset="s", tokenizer="t", code_version="v", weight=spec,
                                      final_val_loss=float(li)))
-    assert main(["leaderboard", "--store", str(path), "--bootstrap", "2"]) == 1
+    assert bench(["leaderboard", "--store", str(path), "--bootstrap", "2"]) == 2
     assert "label 'int4' has runs with different weight" in capsys.readouterr().err

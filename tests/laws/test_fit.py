@@ -14,6 +14,7 @@ from scipy.special import huber, logsumexp
 from cslaws.laws.fit import (
     FitError,
     Runs,
+    budget_clusters,
     fit_chinchilla,
     fit_compression,
     fit_unified,
@@ -206,7 +207,7 @@ def test_single_model_size_is_rejected():
 def test_one_tokens_per_parameter_ratio_is_rejected():
     n = np.repeat([1e6, 2e6, 4e6, 8e6], 3)
     loss = 2.0 + 400 * n**-0.3 + np.tile([0.0, 0.01, 0.02], 4)
-    with pytest.raises(FitError, match=r"D is tied to N \(D ~ N\^1, .*add runs at a second token budget"):
+    with pytest.raises(FitError, match=r"all 12 runs have one token budget \(tokens per parameter D/N 15-15.*add runs at a second token budget"):
         fit_compression(Runs.of(n, 15 * n, loss, np.tile(["dense", "a", "b"], 4)))
     fit_chinchilla(Runs.of(n, np.where(np.arange(12) % 2, 15, 5) * n, loss))
 
@@ -259,3 +260,30 @@ def test_unified_rejects_a_family_with_fewer_gmses_than_free_constants():
     # One pinned constant leaves two free, which two GMSEs determine.
     law = fit_unified(Runs.of(n, d, loss, lab), comps, fixed={"Lsat": 1.0}, holdout=False)
     assert law.eff["q:0.05"] == pytest.approx(0.8, rel=0.03) and law.eff["q:0.1"] == pytest.approx(0.6, rel=0.03)
+
+
+def test_budgets_are_clusters_of_tokens_per_parameter():
+    n = np.array([1e6, 2e6, 4e6, 1e6, 2e6, 4e6, 4e6])
+    d = n * np.array([15.0, 15.06, 14.95, 5.0, 5.05, 4.96, 40.0])  # whole-step rounding within 2%
+    assert budget_clusters(n, d).tolist() == [1, 1, 1, 0, 0, 0, 2]
+    # single linkage: a chain of ratios each within 2% of the next is one budget
+    assert budget_clusters(np.ones(3), np.array([10.0, 10.19, 10.38])).tolist() == [0, 0, 0]
+    assert budget_clusters(np.ones(2), np.array([10.0, 10.21])).tolist() == [0, 1]
+
+
+def test_rounded_single_budget_is_rejected():
+    """One tokens-per-parameter ratio scattered by whole-step rounding (0.3%) is still one budget; the
+    old guard (1e-3 in log D) took it for two."""
+    n = np.repeat([1e6, 2e6, 4e6, 8e6], 3)
+    d = 15 * n * np.tile([1.0, 1.0034, 0.997], 4)
+    loss = 2.0 + 400 * n**-0.3 + np.tile([0.0, 0.01, 0.02], 4)
+    with pytest.raises(FitError, match=r"all 12 runs have one token budget \(tokens per parameter D/N 14.96-15.05"):
+        fit_chinchilla(Runs.of(n, d, loss))
+
+
+def test_each_size_at_its_own_budget_is_rejected():
+    n = np.repeat([1e6, 2e6, 4e6, 8e6], 3)
+    d = n * np.repeat([5.0, 10.0, 20.0, 40.0], 3)
+    loss = 2.0 + 400 * n**-0.3 + np.tile([0.0, 0.01, 0.02], 4)
+    with pytest.raises(FitError, match=r"no model size was trained at two token budgets \(N=1e\+06: D/N 5, N=2e\+06: D/N 10"):
+        fit_chinchilla(Runs.of(n, d, loss))

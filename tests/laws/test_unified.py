@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from cslaws.bench.cli import main as bench
 from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.formats.base import Format
 from cslaws.formats.compose import Compose
@@ -115,7 +116,7 @@ def test_unified_text_output_with_intervals(capsys, store_path, monkeypatch):
 
 def test_unidentified_family_names_what_to_add_or_pin(capsys, store_path):
     # Two sparse GMSEs cannot determine three sparse constants.
-    assert main(["law", "unified", "--store", str(store_path)]) == 1
+    assert bench(["law", "unified", "--store", str(store_path)]) == 2
     err = capsys.readouterr().err
     assert "family 'sparse' has formats at 2 distinct GMSE value(s)" in err and "--fix" in err
 
@@ -125,3 +126,31 @@ def test_unidentified_family_names_what_to_add_or_pin(capsys, store_path):
 def test_fix_rejects_bad_pins(bad, match):
     with pytest.raises(ValueError, match=match):
         parse_fixed(bad)
+
+
+def test_family_scoped_pins_fit_the_other_constants_of_that_family_only(capsys, store_path):
+    """`sparse.C=1 sparse.Lsat=1` pins two sparse constants (its true values) and nothing in `scalar`:
+    sparse F is fitted from the two sparse GMSEs, scalar keeps its three constants free."""
+    out = _json(capsys, ["law", "unified", "--store", str(store_path), "--fix", "sparse.C=1", "sparse.Lsat=1",
+                         "--format", "json"])
+    family = out["law"]["family"]
+    assert family["sparse"]["C"] == pytest.approx(1.0, abs=1e-12)
+    assert family["sparse"]["Lsat"] == pytest.approx(1.0, abs=1e-12)
+    assert family["sparse"]["F"] == pytest.approx(SPARSE["F"], rel=0.05)
+    assert abs(family["scalar"]["Lsat"] - 1.0) > 1e-9  # free: not held at a bound
+    assert out["fixed"] == {"sparse.C": 1.0, "sparse.Lsat": 1.0}
+
+
+def test_family_pin_overrides_the_global_one_and_names_a_family_the_runs_have(capsys, store_path):
+    out = _json(capsys, ["law", "unified", "--store", str(store_path), "--fix", "Lsat=1", "sparse.Lsat=0.9",
+                         "--format", "json"])
+    assert out["law"]["family"]["sparse"]["Lsat"] == pytest.approx(0.9, abs=1e-12)
+    assert out["law"]["family"]["scalar"]["Lsat"] == pytest.approx(1.0, abs=1e-12)
+    assert bench(["law", "unified", "--store", str(store_path), "--fix", "Lsat=1", "vq.C=1"]) == 2
+    assert "fixed names a family the runs do not have: ['vq']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [".C=1", "sparse.Q=1", "sparse.C"])
+def test_fix_rejects_bad_family_pins(bad):
+    with pytest.raises(ValueError, match="NAME=VALUE or FAMILY.NAME=VALUE"):
+        parse_fixed([bad])

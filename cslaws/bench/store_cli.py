@@ -1,0 +1,146 @@
+"""`bench store`: operations on results stores.
+
+    bench store merge OUT IN [IN ...]     fold the runs of stores IN into OUT (created if missing)
+    bench store import ...                runs published elsewhere into a store (`cslaws.bench.importer`)
+
+Merge: the array tasks of `bench sweep --emit slurm` each write their own store; merge folds them (or any
+stores) into one. A run's identity is (cell, label, model, seed, code_version, started_at): the start time
+is taken when the run is created and survives a resume, so the same run copied twice is recognised. A run
+whose identity OUT (or an earlier input) already holds is skipped when everything recorded about it is the
+same (every stored field but the row id and the training process's host and pid, and its whole loss
+curve); when anything differs the rows conflict, and the merge refuses with the list of conflicts before
+writing anything. The inputs are opened read-only and never changed; OUT is written in one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, _to_row
+from cslaws.console import console
+from cslaws.errors import BenchError
+
+IDENTITY = ("cell", "label", "model", "seed", "code_version", "started_at")
+#: Not results: the row number differs between stores, host and pid name whichever process trained last.
+BOOKKEEPING = ("run_id", "host", "pid")
+
+Curve = list[tuple[int, int, float | None, float | None]]
+
+
+@dataclass
+class StoredRun:
+    record: RunRecord
+    curve: Curve
+    path: Path
+
+    @property
+    def identity(self) -> tuple:
+        return tuple(getattr(self.record, k) for k in IDENTITY)
+
+    def content(self) -> tuple[dict, Curve]:
+        data = {k: v for k, v in asdict(self.record).items() if k not in BOOKKEEPING}
+        return data, self.curve
+
+
+def read_store(path: Path) -> list[StoredRun]:
+    """Every run of a store and its curve, opened read-only (nothing is migrated or written)."""
+    if not path.is_file():
+        raise BenchError(f"no results store at {path}")
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
+            points = db.execute("SELECT run_id, step, tokens, train_loss, val_loss FROM points ORDER BY run_id, step").fetchall()
+    except sqlite3.DatabaseError as err:
+        raise BenchError(f"{path} is not a results store (SQLite with a runs table): {err}") from err
+    curves: dict[int, Curve] = {}
+    for p in points:
+        curves.setdefault(p[0], []).append(tuple(p[1:]))
+    missing = {name: None for name in ADDED_COLUMNS}
+    return [StoredRun(_from_row({**missing, **dict(r)}), curves.get(r["run_id"], []), path) for r in rows]
+
+
+def _differences(a: StoredRun, b: StoredRun) -> list[str]:
+    (da, ca), (db, cb) = a.content(), b.content()
+    names = [k for k in da if da[k] != db[k]]
+    return names + (["loss curve"] if ca != cb else [])
+
+
+def plan_merge(existing: list[StoredRun], inputs: list[StoredRun]) -> tuple[list[StoredRun], int]:
+    """(runs to add, duplicates skipped); a BenchError lists every conflict."""
+    seen = {r.identity: r for r in existing}
+    new: list[StoredRun] = []
+    duplicates = 0
+    conflicts: list[str] = []
+    for run in inputs:
+        other = seen.get(run.identity)
+        if other is None:
+            seen[run.identity] = run
+            new.append(run)
+            continue
+        diff = _differences(other, run)
+        if diff:
+            conflicts.append(f"  run {run.record.run_id} of {run.path} and run {other.record.run_id} of {other.path} "
+                             f"(cell {run.record.cell}, label {run.record.label}) differ in {', '.join(diff)}")
+        else:
+            duplicates += 1
+    if conflicts:
+        shown = conflicts[:10] + ([f"  ... and {len(conflicts) - 10} more"] if len(conflicts) > 10 else [])
+        raise BenchError(f"{len(conflicts)} run(s) are recorded differently in two stores; nothing was merged:\n"
+                         + "\n".join(shown))
+    return new, duplicates
+
+
+def merge(out: Path, inputs: Sequence[Path]) -> tuple[int, int]:
+    """Fold the runs of `inputs` into `out`; (runs added, duplicates skipped)."""
+    if not inputs:
+        raise BenchError("bench store merge needs at least one input store: bench store merge OUT IN [IN ...]")
+    resolved = {p.resolve() for p in inputs}
+    if out.resolve() in resolved:
+        raise BenchError(f"the output store {out} is also an input; merge into a store that is not read from")
+    runs = [run for path in inputs for run in read_store(path)]
+    existing = read_store(out) if out.exists() else []
+    new, duplicates = plan_merge(existing, runs)
+    try:
+        ResultsStore(out)  # creates the store, or migrates an older schema
+    except sqlite3.DatabaseError as err:
+        raise BenchError(f"{out} is not a results store (SQLite with a runs table): {err}") from err
+    with closing(sqlite3.connect(out, timeout=60)) as db, db:  # one transaction: all runs or none
+        for run in new:
+            row = _to_row(run.record)
+            cur = db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                             tuple(row.values()))
+            db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", [(cur.lastrowid, *p) for p in run.curve])
+    return len(new), duplicates
+
+
+def _merge(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench store merge", description="Fold results stores into one, without "
+                                "duplicating runs; refuses runs recorded differently in two stores.")
+    p.add_argument("out", type=Path, help="the store to merge into (created if missing)")
+    p.add_argument("inputs", type=Path, nargs="+", help="stores to read (never changed)")
+    args = p.parse_args(argv)
+    added, duplicates = merge(args.out, args.inputs)
+    console().print(f"merged {added} run(s) from {len(args.inputs)} store(s) into {args.out}; "
+                    f"{duplicates} already there (same run, same record) skipped")
+    return 0
+
+
+ACTIONS = ("merge", "import")
+
+
+def main(argv: list[str]) -> int:
+    """`bench store ACTION ...`; argv starts with "store"."""
+    rest = argv[1:]
+    if not rest or rest[0] not in ACTIONS:
+        raise BenchError(f"bench store needs an action, one of {', '.join(ACTIONS)}; got {rest[:1] or 'nothing'}")
+    if rest[0] == "import":
+        from cslaws.bench.importer import main as import_main  # the importer's dependencies load only when asked
+
+        return import_main(rest[1:])
+    return _merge(rest[1:])

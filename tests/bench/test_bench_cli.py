@@ -1,0 +1,175 @@
+"""`bench` answers every input a user can get wrong with `bench: error: ...` and exit code 2, no traceback,
+before training starts and without writing to an existing store or to `runs/`.
+
+Most checks call `cslaws.bench.cli.main` in this interpreter (a fresh `bench` costs seconds of imports): an
+error that is not turned into a BenchError escapes `main` there and fails the test. A few run the installed
+`bench` command itself, to check what a user's terminal shows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Imported at collection, not first inside a test: Lightning's loggers keep the stderr they were created
+# with, and a test's captured stderr is closed after it (the next test would log into a closed file).
+import cslaws.bench.lightning_cli  # noqa: F401
+from cslaws.bench.cli import main
+from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.errors import BenchError
+
+
+def bench_command() -> str:
+    """The console script installed beside this interpreter (`pip install -e .` puts it there)."""
+    found = shutil.which("bench", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert found, "the `bench` console script is not installed; run `pip install -e .`"
+    return found
+
+
+def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([bench_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """An existing store holding one finished run: what a mistyped command must leave as it is."""
+    path = tmp_path / "results.db"
+    ResultsStore(path).add_finished(RunRecord(
+        label="dense", model="nano", n_params=26784, tokens=1000, bits_per_value=16.0, seed=0,
+        dataset="d", tokenizer="t", code_version="0", final_val_loss=5.0), curve=[(1, 1000, 5.5, 5.0)])
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory of its own, so that a `runs/` written by mistake is seen."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def assert_clean_error(rc: int, err: str, *expected: str) -> None:
+    """Exit code 2, at most two lines `bench: error: ...`, each expected text in them, no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    errors = [i for i, line in enumerate(lines) if line.startswith("bench: error: ")]
+    assert len(errors) == 1, err
+    message = "\n".join(lines[errors[0]:])
+    assert len(message.splitlines()) <= 2, message
+    for text in expected:
+        assert text in message, (text, message)
+
+
+BAD_FIT_VALUES = {
+    "unknown size": (["--model.size", "no-such"], ["model", "'no-such'", "nano", "mini"]),
+    "int bits 0": (["--model.weight", "Int", "--model.weight.bits", "0"], ["model.weight (Int)", "bits", "got 0"]),
+    "int bits 9": (["--model.weight", "Int", "--model.weight.bits", "9"], ["model.weight (Int)", "bits", "got 9"]),
+    "sparsity 1.2": (["--model.weight", "Magnitude", "--model.weight.sparsity", "1.2"], ["model.weight (Magnitude)", "sparsity=1.2", "[0, 1)"]),
+    "negative tokens": (["--model.tokens", "-5"], ["model", "tokens=-5", "positive"]),
+    "missing data file": (["--data.path", "text", "--data.data_files", "[missing.txt]"], ["data", "missing.txt"]),
+    "not an int": (["--model.tokens", "abc"], ["model.tokens", "abc", "bench fit --help"]),
+    "unknown option": (["--model.sizee", "nano"], ["model.sizee", "bench fit --help"]),
+}
+
+
+@pytest.mark.parametrize("args, expected", BAD_FIT_VALUES.values(), ids=BAD_FIT_VALUES.keys())
+def test_bad_fit_value_is_one_error_before_anything_is_written(args, expected, store, workdir, capsys) -> None:
+    before = store.read_bytes()
+    rc = main(["fit", *args, "--store.path", str(store)])
+    assert_clean_error(rc, capsys.readouterr().err, *expected)
+    assert store.read_bytes() == before, "the store was written"
+    assert not (workdir / "runs").exists(), "runs/ was written"
+
+
+def test_malformed_yaml_config_is_named(workdir, capsys) -> None:
+    (workdir / "bad.yaml").write_text("model:\n  size: [nano\n")
+    rc = main(["fit", "--config", "bad.yaml"])
+    assert_clean_error(rc, capsys.readouterr().err, "bad.yaml", "not valid YAML", "line 3")
+
+
+def test_config_with_an_unknown_key_is_a_parse_error(workdir, capsys) -> None:
+    (workdir / "typo.yaml").write_text("model:\n  sizee: nano\n")
+    rc = main(["fit", "--config", "typo.yaml"])
+    assert_clean_error(rc, capsys.readouterr().err, "model.sizee")
+
+
+def test_unknown_config_name_lists_the_shipped_ones(workdir, capsys) -> None:
+    rc = main(["fit", "--config", "formats/int3_sp99.yaml"])
+    assert_clean_error(rc, capsys.readouterr().err, "'formats/int3_sp99.yaml'", "formats/int4.yaml", "formats/dense.yaml")
+
+
+def test_budget_refused_in_setup_is_an_error_and_no_run_row(store, workdir, small_corpus, capsys) -> None:
+    # The check runs inside trainer.fit (LanguageModel.setup): past instantiation, before the first step.
+    before = store.read_bytes()
+    data = ["--data.path", "text", "--data.data_files", f"[{','.join(small_corpus)}]", "--data.val_sequences", "4", "--data.max_epochs", "0.001"]
+    rc = main(["fit", "--model.size", "nano", *data, "--store.path", str(store)])
+    assert_clean_error(rc, capsys.readouterr().err, "passes over the training split", "--data.max_epochs")
+    assert store.read_bytes() == before
+
+
+def test_leaderboard_refuses_a_file_that_is_not_a_store(workdir, capsys) -> None:
+    notes = workdir / "notes.txt"
+    notes.write_text("these are my notes, not a database\n" * 20)
+    before = notes.read_bytes()
+    rc = main(["leaderboard", "--store", str(notes)])
+    assert_clean_error(rc, capsys.readouterr().err, "notes.txt", "not a database")
+    assert notes.read_bytes() == before
+
+
+def test_leaderboard_does_not_create_a_missing_store(workdir, capsys) -> None:
+    rc = main(["leaderboard", "--store", "typo/results.db"])
+    assert_clean_error(rc, capsys.readouterr().err, "typo/results.db")
+    assert not (workdir / "typo").exists()
+
+
+def test_sweep_with_a_bad_matrix_value(workdir, capsys) -> None:
+    (workdir / "matrix.yaml").write_text("models: [no-such]\nformats: [formats/dense.yaml]\ntokens_per_param: [10]\nseeds: [0]\n")
+    rc = main(["sweep", "--matrix", "matrix.yaml", "--store", "sweep.db", "--dry-run"])
+    assert_clean_error(rc, capsys.readouterr().err, "'no-such'", "nano")
+    assert not (workdir / "sweep.db").exists()
+
+
+def test_opening_an_existing_store_only_reads_a_foreign_sqlite_file(tmp_path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    before = other.read_bytes()
+    with pytest.raises(BenchError, match="without a `runs` table"):
+        ResultsStore(other, create=False)
+    with pytest.raises(BenchError, match="no results store at"):
+        ResultsStore(tmp_path / "missing.db", create=False)
+    assert other.read_bytes() == before and not (tmp_path / "missing.db").exists()
+
+
+def test_a_bug_still_tracebacks(monkeypatch) -> None:
+    # Only BenchError is the user's: anything else must reach the user as a traceback, not be hidden.
+    def broken(argv: list[str]) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("cslaws.bench.cli.run", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["fit"])
+
+
+REAL_COMMANDS = {
+    "format value": (["fit", "--model.weight", "Int", "--model.weight.bits", "0"], ["model.weight (Int)", "got 0"]),
+    "malformed yaml": (["fit", "--config", "bad.yaml"], ["bad.yaml", "not valid YAML"]),
+    "store not sqlite": (["leaderboard", "--store", "bad.yaml"], ["bad.yaml", "not a database"]),
+}
+
+
+@pytest.mark.parametrize("args, expected", REAL_COMMANDS.values(), ids=REAL_COMMANDS.keys())
+def test_real_bench_command_prints_one_error(args, expected, tmp_path) -> None:
+    (tmp_path / "bad.yaml").write_text("model:\n  size: [nano\n")
+    done = run_bench(*args, cwd=tmp_path)
+    assert_clean_error(done.returncode, done.stderr, *expected)
+    assert not (tmp_path / "runs").exists()

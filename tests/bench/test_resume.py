@@ -1,0 +1,88 @@
+"""Checkpoints and resume: a killed run resumes to the loss of an uninterrupted one, in one store row, and a
+checkpoint reloads as the same compressed model."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from cslaws.bench.callback import RunCheckpoint, StreamToStore
+from cslaws.bench.data import TextDataModule
+from cslaws.bench.lightning_cli import run_lightning_cli
+from cslaws.bench.module import LanguageModel
+from cslaws.bench.store import ResultsStore
+from cslaws.formats.hadamard import Hadamard
+from cslaws.formats.int import Int
+
+SEQ, BATCH, STEPS = 16, 8, 60
+
+
+def fit_args(tmp_path, small_corpus, root: str, *extra: str) -> list[str]:
+    """`bench fit` arguments of a 60-step nano run that checkpoints every 4 steps."""
+    return ["fit", "--model.size", "nano", "--model.tokens", str(STEPS * BATCH * SEQ),
+            "--data.path", "text", "--data.data_files", "[" + ",".join(small_corpus) + "]", "--data.vocab_size", "300",
+            "--data.seq_len", str(SEQ), "--data.batch_size", str(BATCH), "--data.val_sequences", "16",
+            "--trainer.val_check_interval", "0.25", "--trainer.log_every_n_steps", "1", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path / root), "--store.path", str(tmp_path / f"{root}.db"),
+            "--store.refit", "false", "--checkpoint.every_n_steps", "4", "--checkpoint.every_minutes", "null", *extra]
+
+
+def test_a_killed_run_resumes_to_the_loss_of_an_uninterrupted_one(tmp_path, small_corpus) -> None:
+    run_lightning_cli(fit_args(tmp_path, small_corpus, "whole"))
+    (whole,) = ResultsStore(tmp_path / "whole.db").runs()
+
+    # The killed run is a process of its own, on one thread like this one (conftest), so that the numerics agree.
+    killed = subprocess.Popen([sys.executable, "-m", "cslaws", *fit_args(tmp_path, small_corpus, "killed")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    pattern = str(tmp_path / "killed" / "checkpoints" / "*" / "last.ckpt")
+    while not glob.glob(pattern):  # Lightning writes the checkpoint atomically: once there, it is whole
+        assert killed.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.002)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    store = ResultsStore(tmp_path / "killed.db")
+    (dead,) = store.runs("running")
+    step = torch.load(glob.glob(pattern)[0], weights_only=False)["global_step"]
+    assert 0 < step < STEPS
+
+    run_lightning_cli(fit_args(tmp_path, small_corpus, "killed", "--ckpt_path", "last"))
+    (run,) = store.runs(None)
+    assert run.run_id == dead.run_id and run.status == "finished" and run.steps == STEPS
+    assert run.final_val_loss == pytest.approx(whole.final_val_loss, abs=1e-5)
+    train_steps = [p[0] for p in store.curve(run.run_id) if p[2] is not None]
+    assert train_steps == list(range(1, STEPS + 1))  # one point per step: none lost, none twice
+    val = [(p[0], p[3]) for p in store.curve(run.run_id) if p[3] is not None]
+    assert val[-1] == (STEPS, pytest.approx(whole.final_val_loss, abs=1e-5))
+
+
+@pytest.mark.parametrize(
+    ("weight", "activation"),
+    [
+        (Int(bits=2, backward="trust"), None),
+        (Hadamard(Int(bits=4, backward="trust"), block=32, variant="half"), Hadamard(Int(bits=4, backward="trust"), block=32, variant="half")),
+    ],
+    ids=["int2", "w4a4"],
+)
+def test_a_checkpoint_reloads_the_same_compressed_model(tmp_path, small_corpus, weight, activation) -> None:
+    L.seed_everything(0)
+    dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=300, seq_len=SEQ, batch_size=BATCH, val_sequences=16)
+    model = LanguageModel(size="nano", weight=weight, activation=activation, tokens=8 * BATCH * SEQ, vocab_size=300)
+    ckpt = RunCheckpoint(every_n_steps=None, every_minutes=None)
+    ckpt.dirpath = str(tmp_path / "ckpt")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        val_check_interval=1.0, callbacks=[ckpt, StreamToStore(path=str(tmp_path / "s.db"), refit=False)])
+    trainer.fit(model, datamodule=dm)
+    loaded = LanguageModel.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    assert loaded.factory.weight.spec() == model.factory.weight.spec()
+    assert loaded.factory.activation.spec() == model.factory.activation.spec()
+    assert loaded.label == model.label != "dense" and loaded.factory.weight.progress == model.factory.weight.progress
+    tokens = next(iter(dm.val_dataloader()))[:, :-1]
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))

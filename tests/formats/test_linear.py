@@ -1,0 +1,83 @@
+"""Storage bits on real shapes: each format's `storage_bits(shape)` and the model average `storage_bits`,
+checked against costs counted by hand from the layer shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cslaws.formats.compose import Compose
+from cslaws.formats.dense import Dense
+from cslaws.formats.fp import FP, MX, NVFP4
+from cslaws.formats.hadamard import Hadamard
+from cslaws.formats.int import Int
+from cslaws.formats.linear import LinearFactory, storage_bits
+from cslaws.formats.sparse import NM, Magnitude
+from cslaws.formats.vq import VQ
+from cslaws.models.llama import SIZES, Llama
+
+
+def _nano_layers() -> list[tuple[int, int]]:
+    """(out, in) of every block linear of `nano` (d_model 32, SwiGLU width 96, 2 layers), by hand."""
+    d, ff = 32, 96
+    assert SIZES["nano"].d_model == d and SIZES["nano"].d_ff == ff and SIZES["nano"].n_layer == 2
+    return [(3 * d, d), (d, d), (ff, d), (ff, d), (d, ff)] * 2
+
+
+def test_int4_row_scales_on_nano_by_hand() -> None:
+    model = Llama(SIZES["nano"], 64, LinearFactory(Int(bits=4), Int(bits=4)))
+    layers = _nano_layers()
+    values = sum(o * i for o, i in layers)
+    # 4 bits a value plus one 16-bit scale per row of the layer's own input width
+    weight = sum(o * i * (4 + 16 / i) for o, i in layers) / values
+    # activations: one 16-bit scale per token row of in_features values, weighted by in_features
+    activation = sum(i * (4 + 16 / i) for _, i in layers) / sum(i for _, i in layers)
+    assert storage_bits(model) == pytest.approx((weight, activation), rel=1e-12)
+    assert weight == pytest.approx(4 + 5632 / 13312)  # 4.423, not the 4.016 of a 1024-wide reference row
+
+
+def test_dense_model_is_16_bits_and_dense_side_counts_16() -> None:
+    assert storage_bits(Llama(SIZES["nano"], 64)) == (16.0, 16.0)
+    w, a = storage_bits(Llama(SIZES["nano"], 64, LinearFactory(Int(bits=8))))
+    assert a == 16.0 and w == pytest.approx(8 + 5632 / 13312)
+
+
+def test_meta_device_model_of_a_large_size() -> None:
+    with torch.device("meta"):
+        model = Llama(SIZES["100M"], 64, LinearFactory(Int(bits=4, granularity="group", group_size=128)))
+    assert storage_bits(model)[0] == pytest.approx(4 + 16 / 128)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "shape", "bits"),
+    [
+        (Int(bits=4), (96, 32), 4 + 16 / 32),
+        (Int(bits=4, granularity="group", group_size=16), (96, 32), 4 + 16 / 16),
+        (Int(bits=4, granularity="tensor"), (96, 32), 4 + 32 / (96 * 32)),
+        (FP(element="e4m3"), (8, 48), 8 + 16 / 48),
+        (MX(element="e2m1"), (8, 64), 4 + 8 / 32),
+        (NVFP4(), (8, 64), 4 + 8 / 16 + 32 / (8 * 64)),
+        (VQ(dim=2, points=16), (4, 64), 2 + 16 / 64),
+        (Magnitude(0.5), (4, 64), 0.5 * 16 + 1),
+        (NM(2, 4), (4, 64), 8 + math.log2(6) / 4),
+        (Compose([Magnitude(0.5), Int(bits=4)]), (4, 64), 0.5 * 4 + 16 / 64 + 1),
+        (Compose([NM(2, 4), Int(bits=4)]), (4, 64), 2 + 16 / 64 + math.log2(6) / 4),
+        (Hadamard(Int(bits=4), block=32), (4, 64), 4 + 16 / 64),
+        (Dense(), (4, 64), 16.0),
+    ],
+    ids=lambda v: repr(v) if not isinstance(v, (tuple, float)) else None,
+)
+def test_format_storage_bits(fmt, shape, bits) -> None:
+    assert fmt.storage_bits(shape) == pytest.approx(bits, rel=1e-12)
+
+
+def test_reference_row_gives_bits_per_value() -> None:
+    fmt = Int(bits=3, row_length=1024)
+    assert fmt.storage_bits((7, 1024)) == fmt.bits_per_value
+
+
+def test_group_that_does_not_divide_the_row_is_refused() -> None:
+    with pytest.raises(ValueError, match="group_size 128 does not divide the row length 96"):
+        Int(bits=4, granularity="group", group_size=128).storage_bits((4, 96))
