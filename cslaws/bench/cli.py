@@ -26,6 +26,7 @@ ROUTES = {
     "leaderboard": "cslaws.laws.cli",
     "plot": "cslaws.laws.cli",
     "plan": "cslaws.laws.cli",
+    "report": "cslaws.laws.cli",
     "sweep": "cslaws.bench.sweep",
     "data": "cslaws.bench.prepare",
     "store": "cslaws.bench.store_cli",

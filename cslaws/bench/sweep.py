@@ -22,6 +22,8 @@ A matrix file:
     formats: [formats/dense.yaml, formats/int4.yaml]   # format configs (shipped or paths)
     tokens_per_param: [10, 20]         # token budgets, as tokens per non-embedding parameter
     seeds: [0]
+    model_seeds: {nano: [0, 1, 2]}     # optional: these models' cells run with these seeds instead (repeat
+                                       # the cheapest cells, so that the fit's intervals include seed noise)
     fit:                               # shared `bench fit` settings for every cell (any fit config keys)
       data: {seq_len: 64, batch_size: 16}
       trainer: {val_check_interval: 0.5}
@@ -117,6 +119,8 @@ def matrix_parser() -> ArgumentParser:
     parser.add_argument("--formats", type=list[str], required=True, help="format configs")
     parser.add_argument("--tokens_per_param", type=list[float], required=True, help="token budgets per parameter")
     parser.add_argument("--seeds", type=list[int], default=[0])
+    parser.add_argument("--model_seeds", type=dict[str, list[int]], default={},
+                        help="per model size, the seeds its cells run with instead of --seeds")
     parser.add_argument("--fit", type=dict[str, Any], default={}, help="shared bench fit settings")
     parser.add_argument("--store", type=str | None, default=None, help="results store (default $CSLAWS_STORE or runs/results.db)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at a time")
@@ -140,6 +144,11 @@ def parse(argv: list[str]) -> Any:
         raise BenchError(f"sweep: {' '.join(str(err).split())} (the options: bench sweep --help)") from err
     for name in cfg.models:
         get_size(name)
+    for name, seeds in cfg.model_seeds.items():
+        if name not in cfg.models:
+            raise BenchError(f"model_seeds names {name!r}, which is not among the matrix's models {cfg.models}")
+        if not seeds:
+            raise BenchError(f"model_seeds of {name!r} is empty; give at least one seed")
     for f in cfg.formats:
         resolve_config(f)
     if not cfg.tokens_per_param or any(t <= 0 for t in cfg.tokens_per_param):
@@ -158,7 +167,7 @@ def cells(cfg: Any) -> list[Cell]:
         for m in cfg.models
         for f in cfg.formats
         for t in cfg.tokens_per_param
-        for s in cfg.seeds
+        for s in cfg.model_seeds.get(m, cfg.seeds)
     ]
 
 

@@ -1,11 +1,12 @@
-"""`bench law | capacity | leaderboard | plot | plan`: scaling-law commands of the bench CLI.
+"""`bench law | capacity | leaderboard | plot | plan | report`: scaling-law commands of the bench CLI.
 
     bench law fit --runs FILE.csv [--n-col N] [--d-col D | --flop-col COL] [--loss-col loss]
                   [--exclude-top K] [--format-col COL [--dense LABEL]] [--bootstrap K] [--format text|json]
     bench law unified [STORE OPTIONS] [--fix [FAMILY.]NAME=VALUE ...] [--bootstrap K] [--format text|json]
     bench capacity [NAME_OR_CONFIG ...] [--model-size SIZE] [--format text|json]
     bench leaderboard [STORE OPTIONS] [--format text|md|csv|json]
-    bench plot [STORE OPTIONS] --out DIR
+    bench plot [STORE OPTIONS] [--fix NAME=VALUE ...] --out DIR
+    bench report [STORE OPTIONS] [--fix NAME=VALUE ...] --out report.html
     bench plan [STORE OPTIONS] (--memory-bits X | --flops C | both) [--formats LABEL ...]
 
 STORE OPTIONS: --store PATH, --min-params N, --max-epochs X, --where FIELD=VALUE ..., --group K, --dense LABEL.
@@ -57,7 +58,7 @@ from cslaws.laws.plan import plan
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 from cslaws.models.llama import SIZES
 
-SUBCOMMANDS = ("law", "capacity", "leaderboard", "plot", "plan")
+SUBCOMMANDS = ("law", "capacity", "leaderboard", "plot", "plan", "report")
 SHIPPED_DATA = ("data/chinchilla/svg_extracted_data.csv", "data/quest/runs.csv")
 
 
@@ -67,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage: bench {{{','.join(SUBCOMMANDS)}}} ...; got {argv[:1] or 'nothing'}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
-    handlers = {"law": _law, "capacity": _capacity, "leaderboard": _leaderboard, "plot": _plot, "plan": _plan}
+    handlers = {"law": _law, "capacity": _capacity, "leaderboard": _leaderboard, "plot": _plot, "plan": _plan,
+                "report": _report}
     try:
         return handlers[command](rest)
     except BenchError:
@@ -244,19 +246,29 @@ def _capacity(argv: list[str]) -> int:
 # bench leaderboard / plot / plan
 
 
-def _store_records(args: argparse.Namespace) -> list[Any]:
-    """The runs to fit from `--store`, chosen by `select` (its notices go to stderr, one line each)."""
+def _store(args: argparse.Namespace) -> Any:
+    """The results store `--store` names (default: `default_store_path()`), opened for reading."""
     from cslaws.bench.store import ResultsStore, default_store_path
-    from cslaws.laws.select import select_from_store
 
     store_path = Path(args.store) if args.store is not None else default_store_path()
     if not store_path.is_file():
         raise BenchError(f"no results store at {store_path}; train runs first or pass --store PATH")
-    selection = select_from_store(ResultsStore(store_path, create=False), where=args.where, min_params=args.min_params,
-                                  max_epochs=args.max_epochs, group=args.group)
+    return ResultsStore(store_path, create=False)
+
+
+def _selection(args: argparse.Namespace, store: Any) -> Any:
+    """The runs to fit from `store`, chosen by `select` (its notices go to stderr, one line each)."""
+    from cslaws.laws.select import select_from_store
+
+    selection = select_from_store(store, where=args.where, min_params=args.min_params, max_epochs=args.max_epochs,
+                                  group=args.group)
     for notice in selection.notices:
         print(f"note: {notice}", file=sys.stderr)
-    return selection.records
+    return selection
+
+
+def _store_records(args: argparse.Namespace) -> list[Any]:
+    return _selection(args, _store(args)).records
 
 
 def _common_store_args(p: argparse.ArgumentParser) -> None:
@@ -301,16 +313,58 @@ def _leaderboard(argv: list[str]) -> int:
     return 0
 
 
+def _rho_args(p: argparse.ArgumentParser) -> None:
+    from cslaws.laws.plot import DEFAULT_FIXED
+
+    default = " ".join(f"{k}={v:g}" for k, v in DEFAULT_FIXED.items())
+    p.add_argument("--fix", nargs="+", default=None, metavar="NAME=VALUE",
+                   help=f"pin unified-law constants of the fitted rho curve, as in `bench law unified` (default: {default}; "
+                        "the curve is drawn only where the runs determine the free constants)")
+
+
+def _fixed(args: argparse.Namespace) -> dict[str, float]:
+    from cslaws.laws.plot import DEFAULT_FIXED
+    from cslaws.laws.unified import parse_fixed
+
+    return dict(DEFAULT_FIXED) if args.fix is None else parse_fixed(args.fix)
+
+
 def _plot(argv: list[str]) -> int:
-    from cslaws.laws.plot import plot_all
+    from cslaws.laws.plot import fit_rho, plot_all
 
     p = argparse.ArgumentParser(prog="bench plot", description="Figures of the leaderboard fit.")
     _store_args(p)
+    _rho_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     args = p.parse_args(argv)
     board, records = _board(args)
-    for path in plot_all(board, lb.runs_of(records), args.out):
+    fit = fit_rho(records, _fixed(args), reference=args.dense, k=args.bootstrap, seed=args.seed)
+    for path in plot_all(board, lb.runs_of(records), fit, args.out):
         print(path)
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    from cslaws.laws.report import ReportOptions, render
+
+    p = argparse.ArgumentParser(prog="bench report", description="One self-contained HTML page of a store's law fits: "
+                                "leaderboard, figures, held-out checks, planner and runs.")
+    _store_args(p)
+    _rho_args(p)
+    p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    args = p.parse_args(argv)
+    if args.out.is_dir():
+        raise BenchError(f"--out {args.out} is a folder; give the path of the HTML file to write (e.g. report.html)")
+    store = _store(args)
+    selection = _selection(args, store)
+    chosen = " ".join(f"{flag} {value}" for flag, value in (
+        ("--where", " ".join(args.where)), ("--min-params", args.min_params or ""), ("--max-epochs", args.max_epochs),
+        ("--group", args.group)) if value not in (None, "")) or "all finished runs"
+    options = ReportOptions(str(store.path), chosen, args.dense, args.bootstrap, args.seed, _fixed(args))
+    text = render(options, selection.records, store.runs(status=None), selection.notices)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(args.out)
     return 0
 
 

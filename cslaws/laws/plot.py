@@ -1,41 +1,155 @@
-"""Figures of a leaderboard fit (matplotlib, Agg backend, PNG files).
+"""Figures of the law fits (matplotlib, Agg backend): `bench plot` saves them as PNG files, `bench report`
+embeds the same figures in its page as SVG.
 
-- loss_vs_n.png: final loss against N per format, runs as points, the fitted law as curves, one per token
+- loss_vs_n: final loss against N per format, runs as points, the fitted law as curves, one per token
   budget (tokens per parameter, rounded to 2 significant digits) that the format's runs were trained at.
-- eff_vs_gmse.png: fitted eff (bootstrap interval as error bars) against GMSE, with the published rho
-  curve and, given 3 or more formats, the rho curve fitted to those points (F and C by least squares in
-  log eff, Lsat = 1 as published for scalar quantization: three free constants would pass exactly
-  through three points and extrapolate wildly). A format of several parts (weights and activations, or
-  sparsity and quantization) is placed at its equivalent single-tensor GMSE under the published constants
-  (the GMSE whose rho equals the product of its parts' rho).
-- iso_memory.png: final loss against model memory in bits (N x bits per value) per format.
+- loss_gap: one panel per format, its loss minus the reference's (dense) against N. Points: measured
+  differences, each format's runs paired with the reference runs of the same size and token budget (seeds
+  averaged). Curve: the fitted law's difference A N^-alpha (eff^-alpha - 1), which does not depend on D,
+  with its bootstrap band. At small scale the formats' loss-vs-N curves lie on top of each other; their
+  differences to dense are what tells formats apart.
+- eff_vs_gmse: fitted eff (bootstrap interval as error bars) against GMSE, with the published rho curve
+  and the unified law's rho per family (`fit_rho`) drawn only where its constants are determined by the
+  runs, with a bootstrap band; otherwise the legend says why there is no curve. A format of several parts
+  (weights and activations, or sparsity and quantization) is placed at its equivalent single-tensor GMSE
+  under the published constants (the GMSE whose rho equals the product of its parts' rho). Held-out
+  predictions (a format's eff predicted by a fit without it), where given, are drawn beside the measured.
+- iso_memory: final loss against model memory in bits (N x bits per value) per format.
 """
 
 from __future__ import annotations
 
+import math
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy.optimize import least_squares  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, Runs, rho, rho_inverse  # noqa: E402
+from cslaws.laws.fit import (  # noqa: E402
+    FAMILY_PARAMS,
+    RHO_C,
+    RHO_F,
+    RHO_LSAT,
+    FitError,
+    LawFit,
+    Runs,
+    budget_clusters,
+    pinned,
+    rho,
+    rho_inverse,
+)
 from cslaws.laws.leaderboard import Leaderboard, Row  # noqa: E402
+from cslaws.laws.uncertainty import Bootstrap  # noqa: E402
+from cslaws.laws.unified import UnifiedReport, build_unified  # noqa: E402
+
+#: A family constant whose e-fold change moves log rho by less than this at every measured GMSE is not read
+#: from the runs (measured multipliers carry errors of several percent): the fit left it where it started
+#: or ran it off along a ridge (the CPU store's F = 2.65e-321 with C = 8.8e-6 is one: rho ~ 0.99 flat).
+MIN_SENSITIVITY = 0.01
+#: A bootstrap interval of a constant wider than this factor: the runs allow curves that look nothing alike.
+MAX_INTERVAL_RATIO = 10.0
+#: What `bench plot` and `bench report` pin when the user pins nothing: three free constants pass exactly
+#: through three formats and extrapolate wildly; Lsat = 1 is the published value for scalar quantization.
+DEFAULT_FIXED = {"Lsat": RHO_LSAT}
 
 
-def fit_rho_curve(gmse: np.ndarray, eff: np.ndarray, Lsat: float = RHO_LSAT) -> tuple[float, float]:
-    """(F, C) minimising the squared error of log rho(GMSE) against log eff, Lsat fixed."""
+@dataclass
+class RhoFit:
+    """The unified law for the eff-vs-GMSE figure: its report (None, with `why_none`, when it cannot be
+    fitted), and per family why its constants are not determined (a family not in `undetermined` is drawn)."""
 
-    def residual(p: np.ndarray) -> np.ndarray:
-        # floor at the smallest double: the search may try constants that round rho to 0
-        return np.log(np.maximum(rho(gmse, *np.exp(p), Lsat), np.finfo(float).tiny)) - np.log(eff)
+    report: UnifiedReport | None
+    why_none: str = ""
+    undetermined: dict[str, str] = field(default_factory=dict)
 
-    res = least_squares(residual, np.log([RHO_F, RHO_C]))
-    F, C = np.exp(res.x)
-    return float(F), float(C)
+    def determined(self) -> list[str]:
+        return [] if self.report is None else [f for f in self.report.law.family if f not in self.undetermined]
+
+
+@dataclass
+class Prediction:
+    """A format's eff predicted from its GMSE by a unified fit that did not see its runs (None: `why`)."""
+
+    label: str
+    measured: float
+    measured_lo: float
+    measured_hi: float
+    predicted: float | None
+    predicted_lo: float | None
+    predicted_hi: float | None
+    why: str = ""
+
+
+def rho_sensitivity(gmse: np.ndarray, F: float, C: float, Lsat: float) -> dict[str, np.ndarray]:
+    """d log rho / d log p for p in F, C, Lsat at each GMSE (how much the runs can say about each constant)."""
+    z = F * np.log(1.0 / np.asarray(gmse, dtype=np.float64)) / math.log(4.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # 2z / sinh(2z) written with exp(-2z) so that a large z does not overflow; its limit at z = 0 is 1
+        d_f = np.where(z > 0, C * 4.0 * z * np.exp(-2.0 * z) / -np.expm1(-4.0 * z), C)
+        d_c = C * np.log(np.tanh(z))
+    return {"F": d_f, "C": d_c, "Lsat": np.ones_like(z)}
+
+
+def undetermined(law: LawFit, intervals: Bootstrap | None, fixed: dict[str, float],
+                 gmses: dict[str, Sequence[float]]) -> dict[str, str]:
+    """Per family of a unified fit, why its free constants are not determined by the runs (absent: they are).
+
+    Three signs: the shared constants sit at a search bound (`LawFit.at_bound`: the law itself is not
+    determined); a constant barely moves rho at the family's measured GMSEs (MIN_SENSITIVITY); its bootstrap
+    interval spans more than MAX_INTERVAL_RATIO.
+    """
+    ci = intervals.ci if intervals is not None else {}
+    out = {}
+    for fam, consts in law.family.items():
+        reasons = [f"shared constants at their search bound ({', '.join(law.at_bound)})"] if law.at_bound else []
+        sens = rho_sensitivity(np.asarray(gmses[fam]), **consts)
+        for name in FAMILY_PARAMS:
+            if pinned(fixed, fam, name) is not None:
+                continue
+            value = consts[name]
+            if not np.max(np.abs(np.nan_to_num(sens[name]))) >= MIN_SENSITIVITY:
+                reasons.append(f"{name}={value:.3g} barely moves rho at the measured GMSEs")
+            elif f"{name}[{fam}]" in ci:
+                lo, hi = ci[f"{name}[{fam}]"]
+                if not (lo > 0 and hi / lo <= MAX_INTERVAL_RATIO):
+                    reasons.append(f"{name}'s {100 * intervals.level:.0f}% interval [{lo:.3g}, {hi:.3g}] spans "
+                                   f"more than {MAX_INTERVAL_RATIO:g}x")
+        if reasons:
+            out[fam] = "; ".join(reasons)
+    return out
+
+
+def family_gmses(report: UnifiedReport) -> dict[str, list[float]]:
+    """The GMSEs each family's constants were fitted on (every part of every format)."""
+    out: dict[str, list[float]] = {fam: [] for fam in report.law.family}
+    for row in report.rows:
+        for fam, g in row.components:
+            out[fam].append(g)
+    return out
+
+
+def fit_rho(records: Sequence[Any], fixed: dict[str, float], reference: str = "dense", k: int = 0,
+            seed: int = 0) -> RhoFit:
+    """The unified fit over `records` and which of its families are determined; a fit the runs cannot
+    support (too few GMSEs for the free constants, ...) becomes a reason to show, not an error."""
+    try:
+        report = build_unified(records, fixed, reference=reference, k=k, seed=seed)
+    except FitError as err:
+        return RhoFit(None, why_none=first_sentence(str(err)))
+    return RhoFit(report, undetermined=undetermined(report.law, report.intervals, report.fixed, family_gmses(report)))
+
+
+def first_sentence(text: str) -> str:
+    """The statement of a long error message (its hints follow the first '. '), for a legend or caption."""
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 def _equivalent_gmse(row: Row) -> float | None:
@@ -50,57 +164,200 @@ def _budgets(tokens_per_param: np.ndarray) -> list[float]:
     return sorted({float(f"{r:.2g}") for r in tokens_per_param})
 
 
-def plot_all(board: Leaderboard, runs: Runs, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    law = board.law
-    colours = {r.label: plt.cm.tab10(i % 10) for i, r in enumerate(board.rows)}
-    bits = {r.label: r.bits for r in board.rows}
-    paths = []
+def _log_x(ax) -> None:
+    """A log axis with ticks at 1, 2 and 5 times powers of ten, labelled 20k, 100k, 2M: over the decade or
+    two that small models span, matplotlib's default labels the minor ticks in scientific notation and
+    the labels run into each other."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
+
+def colours(board: Leaderboard) -> dict[str, Any]:
+    """One colour per format, in leaderboard order, the same in every figure."""
+    return {r.label: plt.cm.tab10(i % 10) for i, r in enumerate(board.rows)}
+
+
+def loss_vs_n_figure(board: Leaderboard, runs: Runs) -> Figure:
+    law = board.law
     fig, ax = plt.subplots(figsize=(7, 5))
-    for label, colour in colours.items():
+    for label, colour in colours(board).items():
         rows = runs.label == label
         ax.scatter(runs.n[rows], runs.loss[rows], color=colour, s=18, label=label)
         n = np.geomspace(runs.n.min() / 1.5, runs.n.max() * 1.5, 100)
         for ratio in _budgets(runs.d[rows] / runs.n[rows]):
             ax.plot(n, law.predict(n, ratio * n, law.eff[label]), color=colour, lw=1)
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss",
+    _log_x(ax)
+    ax.set(xlabel="non-embedding parameters N", ylabel="final validation loss",
            title="Loss vs N (curves: fitted law at each token budget D/N)")
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out / "loss_vs_n.png"))
+    fig.tight_layout()
+    return fig
 
+
+@dataclass
+class Gap:
+    """Measured loss differences of one format to the reference: per (N, budget) cell, seeds averaged."""
+
+    n: np.ndarray
+    tokens_per_param: np.ndarray
+    diff: np.ndarray
+
+
+def measured_gaps(runs: Runs, reference: str) -> dict[str, Gap]:
+    """Each format's mean loss minus the reference's mean loss at the same size and token budget."""
+    budget = budget_clusters(runs.n, runs.d)
+    cells: dict[tuple[str, float, int], list[float]] = {}
+    for label, n, b, loss in zip(runs.label, runs.n, budget, runs.loss):
+        cells.setdefault((str(label), float(n), int(b)), []).append(float(loss))
+    ratio = {int(b): float(np.median(runs.d[budget == b] / runs.n[budget == b])) for b in np.unique(budget)}
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for (label, n, b), losses in cells.items():
+        ref = cells.get((reference, n, b))
+        if label != reference and ref is not None:
+            out.setdefault(label, []).append((n, ratio[b], float(np.mean(losses) - np.mean(ref))))
+    return {label: Gap(*(np.array(col) for col in zip(*sorted(pts)))) for label, pts in out.items()}
+
+
+def gap_band(board: Leaderboard, label: str, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fitted loss difference to the reference A N^-alpha (eff^-alpha - 1) at `n`, and its bootstrap
+    interval (the same resamples as the leaderboard's eff intervals)."""
+    law, boot = board.law, board.intervals
+    central = law.A * n ** -law.alpha * (law.eff[label] ** -law.alpha - 1.0)
+    A, alpha, eff = (boot.samples["A"][:, None], boot.samples["alpha"][:, None], boot.eff_samples[label][:, None])
+    draws = A * n[None, :] ** -alpha * (eff ** -alpha - 1.0)
+    tail = 50.0 * (1.0 - boot.level)
+    lo, hi = np.percentile(draws, [tail, 100.0 - tail], axis=0)
+    return central, lo, hi
+
+
+def loss_gap_figure(board: Leaderboard, runs: Runs) -> Figure:
+    reference = board.law.reference
+    labels = [r.label for r in board.rows if r.label != reference]
+    gaps = measured_gaps(runs, reference)
+    cols = min(3, max(1, len(labels)))
+    nrows = max(1, math.ceil(len(labels) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.7 * nrows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    n = np.geomspace(runs.n.min() / 1.3, runs.n.max() * 1.3, 100)
+    colour = colours(board)
+    markers = {}
+    for ax, label in zip(axes.flat, labels):
+        central, lo, hi = gap_band(board, label, n)
+        ax.fill_between(n, lo, hi, color=colour[label], alpha=0.2, lw=0)
+        ax.plot(n, central, color=colour[label], lw=1.2)
+        ax.axhline(0.0, color="k", lw=0.6)
+        gap = gaps.get(label)
+        if gap is not None:
+            for ratio in _budgets(gap.tokens_per_param):
+                rows = np.isclose([float(f"{r:.2g}") for r in gap.tokens_per_param], ratio)
+                marker = markers.setdefault(ratio, "osD^v"[len(markers) % 5])
+                ax.scatter(gap.n[rows], gap.diff[rows], color=colour[label], marker=marker, s=16)
+        ax.set_title(label, fontsize=9)
+        _log_x(ax)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"measured, D/N = {r:g}") for r, m in markers.items()]
+    handles.append(plt.Line2D([], [], color="grey", lw=1.2, label=f"fitted law, {100 * board.intervals.level:.0f}% "
+                              "bootstrap band"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.supxlabel("non-embedding parameters N", fontsize=8, y=0.06)
+    fig.supylabel(f"loss - loss of {reference}", fontsize=8)
+    fig.suptitle(f"Loss difference to {reference} vs N (above 0: worse than {reference})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def _legend_note(text: str) -> str:
+    return textwrap.fill(text, 70)
+
+
+def eff_vs_gmse_figure(board: Leaderboard, fit: RhoFit, predictions: Sequence[Prediction] = ()) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 5))
-    pts = [(_equivalent_gmse(r), r) for r in board.rows]
-    pts = [(g, r) for g, r in pts if g is not None]
+    pts = [(g, r) for g, r in ((_equivalent_gmse(r), r) for r in board.rows) if g is not None]
     if pts:
         g = np.array([p[0] for p in pts])
         eff = np.array([p[1].eff for p in pts])
-        err = np.array([[p[1].eff - p[1].eff_lo, p[1].eff_hi - p[1].eff] for p in pts]).T
-        ax.errorbar(g, eff, yerr=err, fmt="o", ms=4, capsize=2, color="k")
+        # a percentile interval need not contain the full-data estimate: clip, as errorbar takes no negative lengths
+        err = np.maximum(np.array([[p[1].eff - p[1].eff_lo, p[1].eff_hi - p[1].eff] for p in pts]).T, 0.0)
+        ax.errorbar(g, eff, yerr=err, fmt="o", ms=4, capsize=2, color="k", label="measured eff (free fit, 95% CI)")
         for gi, (_, r) in zip(g, pts):
             ax.annotate(r.label, (gi, r.eff), fontsize=7, xytext=(3, 3), textcoords="offset points")
         grid = np.geomspace(min(g.min() / 3, 1e-4), 1.0, 200)
         ax.plot(grid, rho(grid), "--", color="grey", label=f"published rho (F={RHO_F}, C={RHO_C}, Lsat={RHO_LSAT})")
-        if len(pts) >= 3:
-            F, C = fit_rho_curve(g, eff)
-            ax.plot(grid, rho(grid, F, C), color="C0", label=f"fitted rho (F={F:.3g}, C={C:.3g}, Lsat={RHO_LSAT})")
-        ax.legend(fontsize=8)
-    ax.set(xscale="log", xlabel="GMSE (equivalent single tensor)", ylabel="eff", title="Effective-parameter multiplier vs GMSE")
-    paths.append(_save(fig, out / "eff_vs_gmse.png"))
+        _draw_fitted_rho(ax, grid, fit)
+        x_of = dict((r.label, gi) for gi, r in pts)
+        shown = [p for p in predictions if p.predicted is not None and p.label in x_of]
+        if shown:
+            xs = np.array([x_of[p.label] for p in shown]) * 1.12  # beside the measured point, not on it
+            ys = np.array([p.predicted for p in shown])
+            yerr = np.array([[p.predicted - (p.predicted_lo if p.predicted_lo is not None else p.predicted),
+                              (p.predicted_hi if p.predicted_hi is not None else p.predicted) - p.predicted]
+                             for p in shown]).T.clip(min=0.0)
+            ax.errorbar(xs, ys, yerr=yerr, fmt="D", mfc="none", ms=5, capsize=2, color="C3",
+                        label="held out: predicted from GMSE by a fit without the format")
+        # below the axes: the reasons for a missing curve take several lines and would cover the points
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14))
+    ax.set(xscale="log", xlabel="GMSE (equivalent single tensor)", ylabel="eff",
+           title="Effective-parameter multiplier vs GMSE")
+    fig.tight_layout()
+    return fig
 
+
+def _draw_fitted_rho(ax, grid: np.ndarray, fit: RhoFit) -> None:
+    """The unified fit's rho per determined family, with its bootstrap band; for the others (or no fit at
+    all) an empty legend entry that says why no curve is drawn."""
+    if fit.report is None:
+        ax.plot([], [], " ", label=_legend_note(f"no fitted rho: {fit.why_none}"))
+        return
+    law, boot = fit.report.law, fit.report.intervals
+    for i, (fam, c) in enumerate(law.family.items()):
+        if fam in fit.undetermined:
+            ax.plot([], [], " ", label=_legend_note(f"no fitted rho for {fam}: {fit.undetermined[fam]}"))
+            continue
+        colour = f"C{i}"
+        ax.plot(grid, rho(grid, **c), color=colour,
+                label=f"fitted rho, {fam} (F={c['F']:.3g}, C={c['C']:.3g}, Lsat={c['Lsat']:.3g})")
+        if boot is not None:
+            draws = rho(grid[None, :], *(boot.samples[f"{p}[{fam}]"][:, None] for p in FAMILY_PARAMS))
+            tail = 50.0 * (1.0 - boot.level)
+            lo, hi = np.percentile(draws, [tail, 100.0 - tail], axis=0)
+            ax.fill_between(grid, lo, hi, color=colour, alpha=0.15, lw=0)
+
+
+def iso_memory_figure(board: Leaderboard, runs: Runs) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 5))
-    for label, colour in colours.items():
+    bits = {r.label: r.bits for r in board.rows}
+    for label, colour in colours(board).items():
         rows = runs.label == label
         ax.scatter(runs.n[rows] * bits[label], runs.loss[rows], color=colour, s=18, label=label)
-    ax.set(xscale="log", xlabel="model memory (bits) = N x bits per value", ylabel="final validation loss",
+    _log_x(ax)
+    ax.set(xlabel="model memory (bits) = N x bits per value", ylabel="final validation loss",
            title="Iso-memory comparison")
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out / "iso_memory.png"))
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def figures(board: Leaderboard, runs: Runs, fit: RhoFit) -> dict[str, Callable[[], Figure]]:
+    """The figures `bench plot` writes, by file stem; built on demand so one is open at a time."""
+    return {
+        "loss_vs_n": lambda: loss_vs_n_figure(board, runs),
+        "loss_gap": lambda: loss_gap_figure(board, runs),
+        "eff_vs_gmse": lambda: eff_vs_gmse_figure(board, fit),
+        "iso_memory": lambda: iso_memory_figure(board, runs),
+    }
+
+
+def plot_all(board: Leaderboard, runs: Runs, fit: RhoFit, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, make in figures(board, runs, fit).items():
+        fig = make()
+        path = out / f"{stem}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps a legend placed below the axes
+        plt.close(fig)
+        paths.append(path)
+    return paths

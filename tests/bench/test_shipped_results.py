@@ -83,6 +83,6 @@ def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
 
     assert main(["plot", "--store", str(STORE), "--out", str(tmp_path), "--bootstrap", "5"]) == 0
     paths = capsys.readouterr().out.split()
-    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["eff_vs_gmse.png", "iso_memory.png", "loss_vs_n.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["eff_vs_gmse.png", "iso_memory.png", "loss_gap.png", "loss_vs_n.png"]
     for path in paths:
         assert matplotlib.image.imread(path).std() > 0

@@ -19,15 +19,32 @@ MATRICES = sorted((shipped_configs() / "matrix").glob("*.yaml"))
 def test_shipped_matrix_parses_through_the_sweep_parser(path: Path) -> None:
     cfg = parse(["--matrix", f"matrix/{path.name}"])
     grid = cells(cfg)
-    assert len(grid) == len(cfg.models) * len(cfg.formats) * len(cfg.tokens_per_param) * len(cfg.seeds)
+    seeds = sum(len(cfg.model_seeds.get(m, cfg.seeds)) for m in cfg.models)
+    assert len(grid) == seeds * len(cfg.formats) * len(cfg.tokens_per_param)
     assert len({c.key for c in grid}) == len(grid), "every cell has its own key"
 
 
-def test_cpu_matrix_covers_the_issue_minimum() -> None:
+def test_cpu_matrix_covers_the_study_minimum() -> None:
     cfg = parse(["--matrix", "matrix/cpu.yaml"])
-    assert len(cfg.models) >= 4
+    assert len(cfg.models) >= 5 and len(cfg.tokens_per_param) >= 2
     labels = {Path(f).stem for f in cfg.formats}
-    assert {"dense", "int8", "int4", "w4a4", "sp50", "int4_sp50"} <= labels
+    assert {"dense", "int8", "int4", "int3", "int2", "w4a4", "w2a2", "fp4", "sp50", "int4_sp50"} <= labels
+    cheapest = min(cfg.models, key=lambda m: non_embedding_params(SIZES[m]))
+    assert len(cfg.model_seeds[cheapest]) >= 2
+
+
+def test_model_seeds_replace_the_seeds_of_their_models() -> None:
+    cfg = parse(["--models", "[nano, micro]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[5]",
+                 "--seeds", "[0]", "--model_seeds", "{nano: [0, 1, 2]}"])
+    assert sorted((c.model, c.seed) for c in cells(cfg)) == [("micro", 0), ("nano", 0), ("nano", 1), ("nano", 2)]
+
+
+@pytest.mark.parametrize("seeds, match", [("{huge: [1]}", "not among the matrix's models"),
+                                          ("{nano: []}", "give at least one seed")])
+def test_bad_model_seeds_are_refused(seeds: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse(["--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[5]",
+               "--model_seeds", seeds])
 
 
 def test_cell_flops_are_6nd() -> None:

@@ -86,13 +86,13 @@ def test_leaderboard_other_formats(capsys, store_path, fmt, monkeypatch):
         assert out.startswith("| format |") and "held out" in out
 
 
-def test_plot_writes_three_figures(capsys, store_path, tmp_path):
+def test_plot_writes_four_figures(capsys, store_path, tmp_path):
     import matplotlib.image
 
     assert main(["plot", "--store", str(store_path), "--out", str(tmp_path / "figs"), "--bootstrap", "5"]) == 0
     printed = capsys.readouterr().out.split()
     names = sorted(p.rsplit("/", 1)[1] for p in printed)
-    assert names == ["eff_vs_gmse.png", "iso_memory.png", "loss_vs_n.png"]
+    assert names == ["eff_vs_gmse.png", "iso_memory.png", "loss_gap.png", "loss_vs_n.png"]
     for p in printed:
         img = matplotlib.image.imread(p)
         assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0
@@ -245,15 +245,6 @@ def test_plan_unknown_format(capsys, store_path):
 def test_unknown_subcommand(capsys):
     assert main(["nope"]) == 2
     assert "usage: bench" in capsys.readouterr().err
-
-
-
-def test_rho_curve_fit_recovers_generating_constants():
-    from cslaws.laws.plot import fit_rho_curve
-
-    g = np.array([0.3, 0.12, 0.04, 0.01])
-    F, C = fit_rho_curve(g, rho(g, 0.55, 1.1))
-    assert (F, C) == pytest.approx((0.55, 1.1), rel=1e-6)
 
 
 def test_shipped_data_sets_are_the_test_copies(chinchilla_csv, quest_csv):

@@ -1,0 +1,345 @@
+"""`bench report`: one self-contained HTML page of a results store's law fits, to read in a browser.
+
+Nothing in the page is fetched: the style sheet is inline, the figures are inline SVG (matplotlib), there is
+no JavaScript. Every number comes from the code the other store commands run: the leaderboard is
+`leaderboard.build` with the same options as `bench leaderboard` (so the same bootstrap seed gives the same
+intervals), the figures are `plot`'s, the planner is `plan.plan`, the unified law is `unified.build_unified`.
+Sections:
+
+1. the leaderboard with its intervals and the law's summary;
+2. loss vs N with the fitted curves per format;
+3. the loss difference to the reference (dense) per format against N, with the law's bootstrap band;
+4. eff vs GMSE with the unified law's rho where its constants are determined, the family constants, and
+   held-out predictions: each compressed format's eff predicted from its GMSE alone by a unified fit without
+   its runs, beside the eff measured with its runs;
+5. the iso-memory view: loss vs memory, and the planner's choice under the memory and compute of the
+   largest reference run;
+6. the law's leave-largest-size-out check, run by run;
+7. every run of the store (failed and running included): settings, status, epochs, code version, and
+   whether the fit used it.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from dataclasses import dataclass
+from typing import Collection, Iterable, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from cslaws.bench.store import RunRecord
+from cslaws.laws import leaderboard as lb
+from cslaws.laws import plot
+from cslaws.laws.capacity import components_of_spec
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression, fit_unified, rho, unified_eff
+from cslaws.laws.plan import Choice, plan
+from cslaws.laws.uncertainty import Bootstrap, bootstrap
+from cslaws.laws.unified import describe_parts, family_rows
+
+
+@dataclass
+class ReportOptions:
+    """What the page was made from, printed at its top so that a reader can rebuild it."""
+
+    store: str
+    selection: str
+    reference: str
+    k: int
+    seed: int
+    fixed: dict[str, float]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Numbers
+
+
+def format_parts(records: Sequence[RunRecord]) -> dict[str, list[tuple[str, float]]]:
+    """Per label, its compressed parts as (family, GMSE): weights' then activations'."""
+    weights, activations = lb.one_per_label(records, "weight"), lb.one_per_label(records, "activation")
+    return {label: components_of_spec(weights[label]) + components_of_spec(activations[label]) for label in weights}
+
+
+def _eff_interval(parts: Sequence[tuple[str, float]], boot: Bootstrap) -> tuple[float, float]:
+    """Bootstrap interval of prod rho over `parts` under the resampled family constants."""
+    draws = np.ones(len(boot.samples["A"]))
+    for fam, g in parts:
+        draws = draws * rho(g, *(boot.samples[f"{p}[{fam}]"] for p in FAMILY_PARAMS))
+    tail = 50.0 * (1.0 - boot.level)
+    lo, hi = np.percentile(draws, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def held_out_predictions(records: Sequence[RunRecord], board: lb.Leaderboard, parts: dict[str, list[tuple[str, float]]],
+                         fixed: dict[str, float], k: int, seed: int) -> list[plot.Prediction]:
+    """Per compressed format: refit the unified law without its runs and predict its eff from its GMSE alone.
+
+    This is the unified law's claim put to the test on the store's own runs: one rho(GMSE) per family tells a
+    format's multiplier without training it. The refit uses the reference runs and the other formats whose
+    parts all belong to the format's families (an int4 is predicted from the other scalar formats). A prediction is made only where the refit determines the
+    constants of every family the format uses (`plot.undetermined`); otherwise the row says why. `parts`:
+    `format_parts(records)`.
+    """
+    rows = {r.label: r for r in board.rows}
+    out = []
+    for label in (r.label for r in board.rows):
+        if not parts[label]:
+            continue
+        row = rows[label]
+        families = {fam for fam, _ in parts[label]}
+        # only formats made of the same families: they are what the prediction rests on, and a family the
+        # format does not use (one the runs cannot determine) must not block it
+        rest = [r for r in records if r.label != label and {fam for fam, _ in parts[r.label]} <= families]
+        prediction = plot.Prediction(label, row.eff, row.eff_lo, row.eff_hi, None, None, None)
+        missing = sorted(families - {fam for r in rest for fam, _ in parts[r.label]})
+        if missing:
+            prediction.why = f"no other format of family {', '.join(missing)}"
+            out.append(prediction)
+            continue
+        try:
+            runs = lb.runs_of(rest)
+            law = fit_unified(runs, [parts[r.label] for r in rest], fixed=fixed, holdout=False)
+            boot = bootstrap(law, runs, k=k, seed=seed) if k else None
+        except FitError as err:
+            prediction.why = f"no fit without it: {plot.first_sentence(str(err))}"
+            out.append(prediction)
+            continue
+        gmses = {fam: [g for r in rest for f, g in parts[r.label] if f == fam] for fam in law.family}
+        unsure = plot.undetermined(law, boot, fixed, gmses)
+        if any(fam in unsure for fam, _ in parts[label]):
+            prediction.why = "; ".join(f"{fam}: {unsure[fam]}" for fam in dict(parts[label]) if fam in unsure)
+        else:
+            prediction.predicted = unified_eff(parts[label], law.family)
+            if boot is not None:
+                prediction.predicted_lo, prediction.predicted_hi = _eff_interval(parts[label], boot)
+        out.append(prediction)
+    return out
+
+
+@dataclass
+class HoldoutRow:
+    run_id: int | None
+    label: str
+    n: float
+    tokens: float
+    measured: float
+    predicted: float
+
+
+def largest_size_check(records: Sequence[RunRecord], law: LawFit) -> list[HoldoutRow]:
+    """The runs of the largest model size predicted by the compression law refitted without them: the
+    check `LawFit.holdout` summarises, run by run (empty when the refit is impossible: see holdout_note)."""
+    largest = max(r.n_params for r in records)
+    train = [r for r in records if r.n_params < largest]
+    try:
+        refit = fit_compression(lb.runs_of(train), law.reference, holdout=False)
+    except FitError:
+        return []
+    test = [r for r in records if r.n_params == largest and r.label in refit.eff]
+    return [HoldoutRow(r.run_id, r.label, r.n_params, r.tokens, r.final_val_loss,
+                       float(refit.predict(r.n_params, r.tokens, refit.eff[r.label]))) for r in test]
+
+
+def reference_budget(records: Sequence[RunRecord], reference: str) -> tuple[float, float, RunRecord]:
+    """(memory bits, FLOPs) of the largest reference run (most parameters, then most tokens): the budget the
+    planner spends on every format, so its choice answers "what would this budget buy in another format"."""
+    ref = max((r for r in records if r.label == reference), key=lambda r: (r.n_params, r.tokens))
+    return ref.n_params * ref.bits_per_value, 6.0 * ref.n_params * ref.tokens, ref
+
+
+def settings_summary(config: str) -> str:
+    """The training settings of a stored resolved config that set a run apart (learning rate, batch, ...)."""
+    try:
+        fit = (yaml.safe_load(config) or {}).get("fit", {})
+    except yaml.YAMLError:
+        return "config unreadable"
+    if not isinstance(fit, dict):
+        return "-"
+    model, data = fit.get("model") or {}, fit.get("data") or {}
+    keys = [("lr", model, "lr"), ("warmup", model, "warmup"), ("wd", model, "weight_decay"),
+            ("D/N", model, "tokens_per_param"), ("batch", data, "batch_size"), ("seq", data, "seq_len"),
+            ("vocab", data, "vocab_size")]
+    return " ".join(f"{name}={src[key]}" for name, src, key in keys if src.get(key) is not None) or "-"
+
+
+# ----------------------------------------------------------------------------------------------------
+# HTML
+
+
+def svg(fig: Figure, name: str) -> str:
+    """The figure as an inline <svg> element. Text stays text (smaller, sharp at any zoom), and ids are salted
+    by `name` so that the clip paths and markers of several figures in one page cannot collide."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _num(value: float | None, fmt: str = "{:.4g}") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
+def table(table_id: str, header: Sequence[str], rows: Iterable[Sequence[str]], text: Collection[int] = (0,)) -> str:
+    """An HTML table; the columns in `text` are text (left-aligned, wrapping), the others numbers (right-aligned)."""
+    def cells(tag: str, values: Sequence[str]) -> str:
+        return "".join(f'<{tag}{"" if i in text else " class=num"}>{html.escape(str(v))}</{tag}>'
+                       for i, v in enumerate(values))
+
+    body = "\n".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+    return f'<table id="{table_id}">\n<thead><tr>{cells("th", header)}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def figure(fig: Figure, name: str, caption: str) -> str:
+    return f'<figure id="fig-{name}">{svg(fig, name)}<figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def section(anchor: str, title: str, *parts: str) -> str:
+    return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n' + "\n".join(parts) + "\n</section>"
+
+
+def para(text: str, cls: str = "") -> str:
+    return f'<p{f" class={cls}" if cls else ""}>{html.escape(text)}</p>'
+
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #fafafa; }
+main { max-width: 1120px; margin: 0 auto; padding: 1.5em 2em 4em; background: #fff; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { padding: 3px 8px; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; position: sticky; top: 0; } .num { text-align: right; white-space: nowrap; }
+tbody tr:nth-child(even) { background: #fafafa; }
+figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; display: block; }
+figcaption, .note { color: #555; font-size: 13px; } .warn { color: #8a4b00; font-size: 13px; }
+.scroll { overflow-x: auto; } td:not(.num) { min-width: 4em; }
+#runs td:last-child { min-width: 24em; } #predictions td:last-child { min-width: 20em; } th.num { white-space: normal; } nav a { margin-right: 1em; } code { font-size: 13px; }
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{STYLE}</style>\n</head>\n<body><main>\n{body}\n</main></body>\n</html>\n")
+
+
+SECTIONS = (("leaderboard", "Leaderboard"), ("loss-vs-n", "Loss vs N"), ("loss-gap", "Loss difference to the reference"),
+            ("unified", "Multiplier vs GMSE and held-out predictions"), ("iso-memory", "Iso-memory and the planner"),
+            ("holdout", "Held-out check: largest model size"), ("runs", "Runs"))
+
+
+def _leaderboard_section(board: lb.Leaderboard) -> str:
+    return section("leaderboard", "Leaderboard",
+                   para(f"eff relative to {board.law.reference}; {100 * board.intervals.level:.0f}% bootstrap intervals "
+                        f"from {len(board.intervals.samples['A'])} resamples of the runs. Ranked by eff x 16 / bits."),
+                   f'<div class="scroll">{table("leaderboard", lb.COLUMNS, (lb._cells(r) for r in board.rows))}</div>',
+                   para(lb.law_summary(board.law), "note"))
+
+
+def _unified_section(board: lb.Leaderboard, fit: plot.RhoFit, predictions: Sequence[plot.Prediction],
+                     parts_of: dict[str, list[tuple[str, float]]], fixed: dict[str, float]) -> str:
+    pins = ", ".join(f"{k}={v:g}" for k, v in fixed.items()) or "nothing"
+    parts = [figure(plot.eff_vs_gmse_figure(board, fit, predictions), "eff-vs-gmse",
+                    "Black: each format's eff from the free compression fit (95% bootstrap interval). Grey dashes: the "
+                    "published rho. Solid: the unified law's rho fitted to these runs, drawn only for families whose "
+                    "constants the runs determine, with its bootstrap band. Red diamonds: held-out predictions.")]
+    if fit.report is None:
+        parts.append(para(f"No unified fit (pinned: {pins}): {fit.why_none}.", "warn"))
+    else:
+        parts.append(table("unified-constants", ("family", *FAMILY_PARAMS, "determined"),
+                           ([*cells, fit.undetermined.get(cells[0], "yes")] for cells in family_rows(fit.report)),
+                           text=(0, 4)))
+        parts.append(para(f"Unified law (pinned: {pins}): {lb.law_summary(fit.report.law)}", "note"))
+    parts.append(para("Held-out predictions: for each compressed format, the unified law refitted without its runs "
+                      "(on the reference and the other formats of the same families) predicts its eff from its GMSE "
+                      "alone; the measured eff is the free fit's, with all runs."))
+    rows = []
+    for p in predictions:
+        ratio = None if p.predicted is None else p.predicted / p.measured
+        inside = "-" if p.predicted is None else ("yes" if p.measured_lo <= p.predicted <= p.measured_hi else "no")
+        rows.append([p.label, describe_parts(parts_of[p.label]), f"{p.measured:.3f}",
+                     f"[{p.measured_lo:.3f}, {p.measured_hi:.3f}]", _num(p.predicted, "{:.3f}"),
+                     "-" if p.predicted_lo is None else f"[{p.predicted_lo:.3f}, {p.predicted_hi:.3f}]",
+                     _num(ratio, "{:.3f}"), inside, p.why or "-"])
+    parts.append(f'<div class="scroll">{table("predictions", ("format", "parts", "measured eff", "95% CI", "predicted eff", "95% CI", "predicted / measured", "in measured CI", "no prediction because"), rows, text=(0, 1, 8))}</div>')
+    return section("unified", "Multiplier vs GMSE and held-out predictions", *parts)
+
+
+def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> str:
+    law = board.law
+    memory, flops, ref = reference_budget(records, law.reference)
+    bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
+    choices: list[Choice] = plan(law, bits, memory, flops)
+    rows = [[c.label, f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}", f"{c.improvement:+.4f}"]
+            for c in choices]
+    return section("iso-memory", "Iso-memory and the planner",
+                   figure(plot.iso_memory_figure(board, runs), "iso-memory",
+                          "Measured final loss against the memory of the weights (N x stored bits per value)."),
+                   para(f"The planner (bench plan) under the memory and compute of the largest {law.reference} run "
+                        f"(run {ref.run_id}: N={ref.n_params:.4g}, D={ref.tokens:.4g}): memory {memory:.4g} bits, "
+                        f"compute {flops:.4g} FLOPs. Each format takes the N that minimises its predicted loss "
+                        "within both budgets; best first."),
+                   table("plan", ("format", "bits/value", "eff", "N", "D", "predicted loss",
+                                  f"better than {law.reference} by"), rows))
+
+
+def _holdout_section(records: Sequence[RunRecord], law: LawFit) -> str:
+    rows = largest_size_check(records, law)
+    if law.holdout is None:
+        summary = para(law.holdout_note, "warn")
+    else:
+        h = law.holdout
+        summary = para(f"The compression law fitted without the largest size (N={h.n:.4g}) predicts its {h.runs} runs "
+                       f"with RMSE(log L) = {h.rmse_log:.4f} and max relative error {h.max_rel_err:.2%}.")
+    body = table("holdout", ("run", "format", "N", "D", "measured loss", "predicted loss", "error"),
+                 ([str(r.run_id), r.label, f"{r.n:.4g}", f"{r.tokens:.4g}", f"{r.measured:.4f}", f"{r.predicted:.4f}",
+                   f"{r.predicted / r.measured - 1:+.2%}"] for r in rows), text=(1,))
+    return section("holdout", "Held-out check: largest model size", summary, body)
+
+
+def _runs_section(all_runs: Sequence[RunRecord], used: set[int | None]) -> str:
+    rows = []
+    for r in all_runs:
+        rows.append([str(r.run_id), r.label, r.model, "yes" if r.run_id in used else "no", r.status, f"{r.n_params:,}",
+                     f"{r.tokens:,}", _num(r.epochs, "{:.2f}"), f"{r.bits_per_value:.3f}", _num(r.activation_bits, "{:.3f}"),
+                     str(r.seed), _num(r.final_val_loss, "{:.4f}"), r.code_version, settings_summary(r.config)])
+    header = ("run", "format", "model", "in fit", "status", "N", "D", "epochs", "bits w", "bits a", "seed",
+              "final loss", "code version", "settings")
+    return section("runs", "Runs",
+                   para(f"Every run of the store ({len(all_runs)}); 'in fit' marks the {len(used)} the laws above use."),
+                   f'<div class="scroll">{table("runs", header, rows, text=(1, 2, 3, 4, 12, 13))}</div>')
+
+
+def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Sequence[RunRecord],
+           notices: Sequence[str]) -> str:
+    """The report page of the selected `records` (the fit's runs) among `all_runs` (the store's)."""
+    board = lb.build(records, reference=options.reference, k=options.k, seed=options.seed)
+    runs = lb.runs_of(records)
+    fit = plot.fit_rho(records, options.fixed, reference=options.reference, k=options.k, seed=options.seed)
+    parts_of = format_parts(records)
+    predictions = held_out_predictions(records, board, parts_of, options.fixed, options.k, options.seed)
+    head = ["<h1>Compression scaling report</h1>",
+            para(f"Store {options.store}; {len(records)} runs fitted ({options.selection}); reference "
+                 f"{options.reference}; {options.k} bootstrap resamples, seed {options.seed}."),
+            "<nav>" + "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in SECTIONS) + "</nav>"]
+    head += [para(f"note: {n}", "warn") for n in notices]
+    body = [
+        _leaderboard_section(board),
+        section("loss-vs-n", "Loss vs N", figure(plot.loss_vs_n_figure(board, runs), "loss-vs-n",
+                "Final validation loss per run; curves: the fitted compression law at each token budget.")),
+        section("loss-gap", "Loss difference to the reference",
+                figure(plot.loss_gap_figure(board, runs), "loss-gap",
+                       f"Each format's loss minus {board.law.reference}'s at the same N and token budget (points, "
+                       "seeds averaged), and the law's A N^-alpha (eff^-alpha - 1) with its 95% bootstrap band.")),
+        _unified_section(board, fit, predictions, parts_of, options.fixed),
+        _plan_section(board, runs, records),
+        _holdout_section(records, board.law),
+        _runs_section(all_runs, {r.run_id for r in records}),
+    ]
+    return page("Compression scaling report", "\n".join(head + body))

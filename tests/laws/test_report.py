@@ -1,0 +1,256 @@
+"""`bench report` end to end: the real command on synthetic stores, the page parsed with html.parser.
+
+Two stores: one whose multipliers follow rho(GMSE) with known constants at several GMSEs (the unified fit is
+determined: the page draws its curve and predicts held-out formats), and one whose quantized formats lose
+nothing (eff = 1 at every GMSE: rho's F runs off, so no curve may be drawn and the legend must say why)."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from cslaws.bench.cli import main as bench
+from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.formats.int import Int
+from cslaws.laws import plot
+from cslaws.laws import leaderboard as lb
+from cslaws.laws.capacity import gaussian_mse_of_levels
+from cslaws.laws.fit import rho
+
+from conftest import TRUE
+
+SIZES = (1e6, 2e6, 4e6, 8e6, 1.6e7)
+BUDGETS = (5, 20)
+#: The constants the determined store's multipliers are drawn from (Lsat = 1, which the report pins).
+F_TRUE, C_TRUE = 0.5, 1.2
+K = 20
+
+
+def _spec(bits: int) -> dict:
+    return {"class_path": "cslaws.formats.int.Int", "init_args": {"bits": bits, "scale": "gaussian"}}
+
+
+def _gmse(bits: int) -> float:
+    return gaussian_mse_of_levels(Int(bits=bits).gaussian_grid().numpy())
+
+
+def _store(path, effs_of_bits, noise: float = 0.002, w4a4: bool = True) -> ResultsStore:
+    """dense, int2, int3, int4 (and w4a4) at every size and budget, losses from the law with eff per format."""
+    formats = {"dense": (None, None), **{f"int{b}": (b, None) for b in (2, 3, 4)}}
+    if w4a4:
+        formats["w4a4"] = (4, 4)
+    rng = np.random.default_rng(5)
+    store = ResultsStore(path)
+    for label, (w, a) in formats.items():
+        eff = float(np.prod([effs_of_bits(b) for b in (w, a) if b is not None]))
+        for n in SIZES:
+            for tpp in BUDGETS:
+                loss = TRUE["A"] * (n * eff) ** -TRUE["alpha"] + TRUE["B"] * (tpp * n) ** -TRUE["beta"] + TRUE["E"]
+                store.add_finished(RunRecord(
+                    label=label, model=f"m{int(n)}", n_params=int(n), tokens=int(tpp * n),
+                    bits_per_value=16.0 if w is None else Int(bits=w).bits_per_value, seed=0, dataset="synthetic",
+                    tokenizer="none", code_version="test-1", weight=None if w is None else _spec(w),
+                    activation=None if a is None else _spec(a), epochs=0.5,
+                    config="fit:\n  model:\n    lr: 0.003\n  data:\n    batch_size: 16\n    seq_len: 64\n",
+                    final_val_loss=float(loss * np.exp(rng.normal(0, noise)))))
+    return store
+
+
+@pytest.fixture(scope="module")
+def determined(tmp_path_factory):
+    path = tmp_path_factory.mktemp("det") / "runs.db"
+    store = _store(path, lambda b: float(rho(_gmse(b), F_TRUE, C_TRUE)))
+    # a failed run: listed in the run table, not fitted
+    run_id = store.start_run(RunRecord(label="int4", model="x", n_params=10**6, tokens=10**7, bits_per_value=4.0,
+                                       seed=1, dataset="synthetic", tokenizer="none", code_version="test-1"))
+    store.fail(run_id, "diverged")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lossless(tmp_path_factory):
+    path = tmp_path_factory.mktemp("flat") / "runs.db"
+    _store(path, lambda b: 1.0, noise=0.0, w4a4=False)
+    return path
+
+
+class Page(HTMLParser):
+    """Tables (by id) as rows of cell texts, figures (by id) with their text, and every tag's attributes."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.tables: dict[str, list[list[str]]] = {}
+        self.figures: dict[str, list[str]] = {}
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self._table: str | None = None
+        self._figure: str | None = None
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "table":
+            self._table = attrs.get("id")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = []
+        elif tag == "figure":
+            self._figure = attrs.get("id")
+            self.figures[self._figure] = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "figure":
+            self._figure = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._figure is not None:
+            self.figures[self._figure].append(data)
+
+    def body(self, table: str) -> list[list[str]]:
+        return self.tables[table][1:]
+
+
+def _report(capsys, store, out, *extra) -> Page:
+    assert bench(["report", "--store", str(store), "--out", str(out), "--bootstrap", str(K), *extra]) == 0, \
+        capsys.readouterr().err
+    capsys.readouterr()
+    return Page(out.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def page(determined, tmp_path_factory):
+    out = tmp_path_factory.mktemp("page") / "report.html"
+    assert bench(["report", "--store", str(determined), "--out", str(out), "--bootstrap", str(K)]) == 0
+    return Page(out.read_text(encoding="utf-8"))
+
+
+def test_page_is_self_contained(page):
+    tags = {tag for tag, _ in page.tags}
+    assert "script" not in tags and "link" not in tags and "iframe" not in tags
+    for tag, attrs in page.tags:
+        for name in ("src", "href", "xlink:href"):
+            value = attrs.get(name) or ""
+            assert not value.startswith(("http:", "https:", "//")), (tag, name, value)
+    assert set(page.figures) == {"fig-loss-vs-n", "fig-loss-gap", "fig-eff-vs-gmse", "fig-iso-memory"}
+    svgs = sum(tag == "svg" for tag, _ in page.tags)
+    assert svgs == len(page.figures)
+    # every in-page reference (nav links, SVG clip paths and markers) points at an id the page defines
+    ids = {attrs["id"] for _, attrs in page.tags if attrs.get("id")}
+    refs = [v for _, a in page.tags for k, v in a.items() if k in ("href", "xlink:href") and v]
+    assert refs and all(ref.startswith("#") and ref[1:] in ids for ref in refs)
+
+
+def test_leaderboard_matches_bench_leaderboard_json(page, determined, capsys):
+    assert bench(["leaderboard", "--store", str(determined), "--format", "json", "--bootstrap", str(K)]) == 0
+    board = json.loads(capsys.readouterr().out)
+    header = page.tables["leaderboard"][0]
+    rows = page.body("leaderboard")
+    assert header == list(lb.COLUMNS)
+    assert [r[0] for r in rows] == [r["label"] for r in board["rows"]]
+    col = {name: i for i, name in enumerate(header)}
+    for cells, row in zip(rows, board["rows"]):
+        assert cells[col["eff"]] == f"{row['eff']:.3f}"
+        assert cells[col["eff 95% CI"]] == f"[{row['eff_lo']:.3f}, {row['eff_hi']:.3f}]"
+        assert cells[col["eff x 16/bits"]] == f"{row['eff_per_bit']:.3f}"
+        assert cells[col["runs"]] == str(row["runs"])
+    holdout = board["law"]["holdout"]
+    assert len(page.body("holdout")) == holdout["runs"]
+    assert f"RMSE(log L) = {holdout['rmse_log']:.4f}" in page.text
+
+
+def test_run_table_lists_every_run_with_its_settings(page, determined):
+    records = ResultsStore(determined, create=False).runs(status=None)
+    rows = page.body("runs")
+    assert len(rows) == len(records) == 5 * len(SIZES) * len(BUDGETS) + 1
+    header = page.tables["runs"][0]
+    col = {name: i for i, name in enumerate(header)}
+    failed = [r for r in rows if r[col["status"]] == "failed"]
+    assert len(failed) == 1 and failed[0][col["in fit"]] == "no" and failed[0][col["final loss"]] == "-"
+    assert all(r[col["in fit"]] == "yes" for r in rows if r[col["status"]] == "finished")
+    first = rows[0]
+    assert first[col["code version"]] == "test-1" and first[col["epochs"]] == "0.50"
+    assert "lr=0.003" in first[col["settings"]] and "batch=16" in first[col["settings"]]
+
+
+def test_determined_fit_draws_its_curve_and_predicts_held_out_formats(page):
+    families = page.body("unified-constants")
+    assert [r[0] for r in families] == ["scalar"] and families[0][-1] == "yes"
+    F = float(families[0][1].split()[0])
+    assert F == pytest.approx(F_TRUE, rel=0.1)
+    legend = " ".join(page.figures["fig-eff-vs-gmse"])
+    assert "fitted rho, scalar (F=" in legend and "no fitted rho" not in legend
+    header = page.tables["predictions"][0]
+    predicted_col = header.index("predicted eff")
+    rows = {r[0]: r for r in page.body("predictions")}
+    assert set(rows) == {"int2", "int3", "int4", "w4a4"}
+    # int3 and int4 lie between other formats' GMSEs and w4a4 is the product of two int4 parts: each is
+    # predicted from the others close to the multiplier its runs were drawn from
+    for label, true in (("int3", rho(_gmse(3), F_TRUE, C_TRUE)), ("w4a4", rho(_gmse(4), F_TRUE, C_TRUE) ** 2)):
+        predicted = float(rows[label][predicted_col])
+        assert predicted == pytest.approx(float(true), abs=0.05)
+        lo, hi = (float(v) for v in rows[label][predicted_col + 1].strip("[]").split(","))
+        assert lo <= predicted <= hi
+
+
+def test_plan_table_ranks_by_predicted_loss(page):
+    rows = page.body("plan")
+    losses = [float(r[5]) for r in rows]
+    assert losses == sorted(losses) and {r[0] for r in rows} == {"dense", "int2", "int3", "int4", "w4a4"}
+    assert next(r for r in rows if r[0] == "dense")[6] == "+0.0000"
+
+
+def test_undetermined_fit_draws_no_curve_and_says_why(capsys, lossless, tmp_path):
+    page = _report(capsys, lossless, tmp_path / "r.html")
+    families = page.body("unified-constants")
+    assert families[0][0] == "scalar" and families[0][-1] != "yes"
+    legend = " ".join(page.figures["fig-eff-vs-gmse"])
+    assert "no fitted rho for scalar" in legend and "fitted rho, scalar" not in legend
+    # nor a held-out prediction from it
+    rows = page.body("predictions")
+    assert rows and all(r[4] == "-" and r[-1] != "-" for r in rows)
+
+
+def test_plot_applies_the_same_rule(lossless):
+    records = ResultsStore(lossless, create=False).runs()
+    board = lb.build(records, k=K)
+    fit = plot.fit_rho(records, plot.DEFAULT_FIXED, k=K)
+    assert fit.determined() == [] and "scalar" in fit.undetermined
+    fig = plot.eff_vs_gmse_figure(board, fit)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert not any(label.startswith("fitted rho") for label in labels)
+    assert any(label.startswith("no fitted rho for scalar") for label in labels)
+    # the why entry is an empty line: nothing is drawn for it
+    why = next(line for line in ax.get_lines() if line.get_label().startswith("no fitted rho"))
+    assert len(why.get_xdata()) == 0
+
+
+def test_unidentifiable_family_is_a_reason_not_an_error(lossless):
+    # one quantized format: 1 GMSE for the 2 free constants F and C (Lsat pinned)
+    records = [r for r in ResultsStore(lossless, create=False).runs() if r.label in ("dense", "int4")]
+    fit = plot.fit_rho(records, plot.DEFAULT_FIXED)
+    assert fit.report is None and "cannot determine them" in fit.why_none
+
+
+def test_out_must_be_a_file(capsys, lossless, tmp_path):
+    assert bench(["report", "--store", str(lossless), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_bad_fix_is_a_bench_error(capsys, lossless, tmp_path):
+    assert bench(["report", "--store", str(lossless), "--out", str(tmp_path / "r.html"), "--fix", "Q=1"]) == 2
+    assert "--fix takes NAME=VALUE" in capsys.readouterr().err
