@@ -34,12 +34,13 @@ class Size:
 
 
 # The paper family (QuEST / Panferov et al. 2025, 30M-800M non-embedding parameters) and CPU-sized models.
+# The learning rates of nano-159k come from pilot runs at 5 tokens per parameter (README, "The CPU study").
 SIZES: dict[str, Size] = {
-    "nano": Size(n_layer=2, d_model=32, n_head=2, lr=3e-3),
-    "micro": Size(n_layer=2, d_model=48, n_head=2, lr=3e-3),
-    "79k": Size(n_layer=2, d_model=56, n_head=2, lr=3e-3),
-    "milli": Size(n_layer=2, d_model=64, n_head=2, lr=3e-3),
-    "159k": Size(n_layer=2, d_model=80, n_head=2, lr=3e-3),
+    "nano": Size(n_layer=2, d_model=32, n_head=2, lr=1e-2),
+    "micro": Size(n_layer=2, d_model=48, n_head=2, lr=8e-3),
+    "79k": Size(n_layer=2, d_model=56, n_head=2, lr=6e-3),
+    "milli": Size(n_layer=2, d_model=64, n_head=2, lr=6e-3),
+    "159k": Size(n_layer=2, d_model=80, n_head=2, lr=4.5e-3),
     "tiny": Size(n_layer=3, d_model=80, n_head=2, lr=3e-3),
     "mini": Size(n_layer=3, d_model=96, n_head=3, lr=3e-3),
     "small": Size(n_layer=4, d_model=128, n_head=4, lr=2e-3),
