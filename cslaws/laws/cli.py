@@ -2,11 +2,12 @@
 
     bench law fit --runs FILE.csv [--n-col N] [--d-col D | --flop-col COL] [--loss-col loss]
                   [--exclude-top K] [--format-col COL [--dense LABEL]] [--bootstrap K] [--format text|json]
-    bench law unified [STORE OPTIONS] [--fix [FAMILY.]NAME=VALUE ...] [--bootstrap K] [--format text|json]
+    bench law unified [STORE OPTIONS] [--fix [FAMILY.]NAME=VALUE ...] [--fit-on LABEL ...] [--bootstrap K]
+                      [--format text|json]
     bench capacity [NAME_OR_CONFIG ...] [--model-size SIZE] [--format text|json]
     bench leaderboard [STORE OPTIONS] [--format text|md|csv|json]
     bench plot [STORE OPTIONS] [--fix NAME=VALUE ...] --out DIR
-    bench report [STORE OPTIONS] [--fix NAME=VALUE ...] --out report.html
+    bench report [STORE OPTIONS] [--fix NAME=VALUE ...] [--fit-on LABEL ...] --out report.html
     bench plan [STORE OPTIONS] (--memory-bits X | --flops C | both) [--formats LABEL ...]
 
 STORE OPTIONS: --store PATH, --min-params N, --max-epochs X, --where FIELD=VALUE ..., --group K, --dense LABEL.
@@ -109,7 +110,11 @@ def _law(argv: list[str]) -> int:
     u.add_argument("--fix", nargs="+", default=[], metavar="NAME=VALUE",
                    help="pin unified-law constants in every family (--fix Lsat=1 C=1.39) or in one "
                         "(--fix sparse.C=1.39 sparse.Lsat=1)")
-    u.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples for intervals")
+    u.add_argument("--fit-on", nargs="+", default=None, metavar="LABEL",
+                   help="fit on the reference and these formats only, and predict every other format from its GMSE "
+                        "alone, beside its eff measured by the free fit on all runs (held-out check)")
+    u.add_argument("--bootstrap", type=int, default=None, metavar="K",
+                   help="K bootstrap resamples for intervals (default: none; 100 with --fit-on)")
     u.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     u.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     args = p.parse_args(argv)
@@ -117,15 +122,30 @@ def _law(argv: list[str]) -> int:
 
 
 def _law_unified(args: argparse.Namespace) -> int:
+    from cslaws.laws.heldout import check_fit_on, format_parts, held_out_predictions, predictions_to_dict, render_predictions
     from cslaws.laws.unified import build_unified, parse_fixed, render_tables
 
     fixed = parse_fixed(args.fix)
     records = _store_records(args)
-    report = build_unified(records, fixed, reference=args.dense, k=args.bootstrap, seed=args.seed)
+    if args.fit_on is None:
+        report = build_unified(records, fixed, reference=args.dense, k=args.bootstrap or 0, seed=args.seed)
+        if args.format == "json":
+            print(json.dumps(report.to_dict()))
+        else:
+            _out(render_tables(report))
+        return 0
+    check_fit_on(args.fit_on, {r.label for r in records}, args.dense)
+    k = 100 if args.bootstrap is None else args.bootstrap
+    chosen = [r for r in records if r.label in {*args.fit_on, args.dense}]
+    report = build_unified(chosen, fixed, reference=args.dense, k=k, seed=args.seed)
+    board = lb.build(records, reference=args.dense, k=k, seed=args.seed)
+    parts = format_parts(records)
+    predictions = held_out_predictions(records, board, parts, fixed, k, args.seed, fit_on=args.fit_on)
     if args.format == "json":
-        print(json.dumps(report.to_dict()))
+        print(json.dumps(report.to_dict() | {"fit_on": args.fit_on, "held_out": predictions_to_dict(predictions)}))
     else:
         _out(render_tables(report))
+        _out(render_predictions(predictions, parts))
     return 0
 
 
@@ -345,12 +365,16 @@ def _plot(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
+    from cslaws.laws.heldout import check_fit_on
     from cslaws.laws.report import ReportOptions, render
 
     p = argparse.ArgumentParser(prog="bench report", description="One self-contained HTML page of a store's law fits: "
                                 "leaderboard, figures, held-out checks, planner and runs.")
     _store_args(p)
     _rho_args(p)
+    p.add_argument("--fit-on", nargs="+", default=None, metavar="LABEL",
+                   help="held-out predictions from one unified fit on the reference and these formats (default: each "
+                        "format in turn is predicted from the others of its families)")
     p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     args = p.parse_args(argv)
     if args.out.is_dir():
@@ -360,7 +384,9 @@ def _report(argv: list[str]) -> int:
     chosen = " ".join(f"{flag} {value}" for flag, value in (
         ("--where", " ".join(args.where)), ("--min-params", args.min_params or ""), ("--max-epochs", args.max_epochs),
         ("--group", args.group)) if value not in (None, "")) or "all finished runs"
-    options = ReportOptions(str(store.path), chosen, args.dense, args.bootstrap, args.seed, _fixed(args))
+    if args.fit_on is not None:
+        check_fit_on(args.fit_on, {r.label for r in selection.records}, args.dense)
+    options = ReportOptions(str(store.path), chosen, args.dense, args.bootstrap, args.seed, _fixed(args), args.fit_on)
     text = render(options, selection.records, store.runs(status=None), selection.notices)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

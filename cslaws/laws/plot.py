@@ -39,23 +39,15 @@ from cslaws.laws.fit import (  # noqa: E402
     RHO_F,
     RHO_LSAT,
     FitError,
-    LawFit,
     Runs,
     budget_clusters,
-    pinned,
     rho,
     rho_inverse,
 )
+from cslaws.laws.heldout import Prediction, first_sentence, undetermined  # noqa: E402
 from cslaws.laws.leaderboard import Leaderboard, Row  # noqa: E402
-from cslaws.laws.uncertainty import Bootstrap  # noqa: E402
 from cslaws.laws.unified import UnifiedReport, build_unified  # noqa: E402
 
-#: A family constant whose e-fold change moves log rho by less than this at every measured GMSE is not read
-#: from the runs (measured multipliers carry errors of several percent): the fit left it where it started
-#: or ran it off along a ridge (the CPU store's F = 2.65e-321 with C = 8.8e-6 is one: rho ~ 0.99 flat).
-MIN_SENSITIVITY = 0.01
-#: A bootstrap interval of a constant wider than this factor: the runs allow curves that look nothing alike.
-MAX_INTERVAL_RATIO = 10.0
 #: What `bench plot` and `bench report` pin when the user pins nothing: three free constants pass exactly
 #: through three formats and extrapolate wildly; Lsat = 1 is the published value for scalar quantization.
 DEFAULT_FIXED = {"Lsat": RHO_LSAT}
@@ -72,59 +64,6 @@ class RhoFit:
 
     def determined(self) -> list[str]:
         return [] if self.report is None else [f for f in self.report.law.family if f not in self.undetermined]
-
-
-@dataclass
-class Prediction:
-    """A format's eff predicted from its GMSE by a unified fit that did not see its runs (None: `why`)."""
-
-    label: str
-    measured: float
-    measured_lo: float
-    measured_hi: float
-    predicted: float | None
-    predicted_lo: float | None
-    predicted_hi: float | None
-    why: str = ""
-
-
-def rho_sensitivity(gmse: np.ndarray, F: float, C: float, Lsat: float) -> dict[str, np.ndarray]:
-    """d log rho / d log p for p in F, C, Lsat at each GMSE (how much the runs can say about each constant)."""
-    z = F * np.log(1.0 / np.asarray(gmse, dtype=np.float64)) / math.log(4.0)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # 2z / sinh(2z) written with exp(-2z) so that a large z does not overflow; its limit at z = 0 is 1
-        d_f = np.where(z > 0, C * 4.0 * z * np.exp(-2.0 * z) / -np.expm1(-4.0 * z), C)
-        d_c = C * np.log(np.tanh(z))
-    return {"F": d_f, "C": d_c, "Lsat": np.ones_like(z)}
-
-
-def undetermined(law: LawFit, intervals: Bootstrap | None, fixed: dict[str, float],
-                 gmses: dict[str, Sequence[float]]) -> dict[str, str]:
-    """Per family of a unified fit, why its free constants are not determined by the runs (absent: they are).
-
-    Three signs: the shared constants sit at a search bound (`LawFit.at_bound`: the law itself is not
-    determined); a constant barely moves rho at the family's measured GMSEs (MIN_SENSITIVITY); its bootstrap
-    interval spans more than MAX_INTERVAL_RATIO.
-    """
-    ci = intervals.ci if intervals is not None else {}
-    out = {}
-    for fam, consts in law.family.items():
-        reasons = [f"shared constants at their search bound ({', '.join(law.at_bound)})"] if law.at_bound else []
-        sens = rho_sensitivity(np.asarray(gmses[fam]), **consts)
-        for name in FAMILY_PARAMS:
-            if pinned(fixed, fam, name) is not None:
-                continue
-            value = consts[name]
-            if not np.max(np.abs(np.nan_to_num(sens[name]))) >= MIN_SENSITIVITY:
-                reasons.append(f"{name}={value:.3g} barely moves rho at the measured GMSEs")
-            elif f"{name}[{fam}]" in ci:
-                lo, hi = ci[f"{name}[{fam}]"]
-                if not (lo > 0 and hi / lo <= MAX_INTERVAL_RATIO):
-                    reasons.append(f"{name}'s {100 * intervals.level:.0f}% interval [{lo:.3g}, {hi:.3g}] spans "
-                                   f"more than {MAX_INTERVAL_RATIO:g}x")
-        if reasons:
-            out[fam] = "; ".join(reasons)
-    return out
 
 
 def family_gmses(report: UnifiedReport) -> dict[str, list[float]]:
@@ -145,11 +84,6 @@ def fit_rho(records: Sequence[Any], fixed: dict[str, float], reference: str = "d
     except FitError as err:
         return RhoFit(None, why_none=first_sentence(str(err)))
     return RhoFit(report, undetermined=undetermined(report.law, report.intervals, report.fixed, family_gmses(report)))
-
-
-def first_sentence(text: str) -> str:
-    """The statement of a long error message (its hints follow the first '. '), for a legend or caption."""
-    return text.split(". ", 1)[0].rstrip(".")
 
 
 def _equivalent_gmse(row: Row) -> float | None:

@@ -10,8 +10,9 @@ Sections:
 2. loss vs N with the fitted curves per format;
 3. the loss difference to the reference (dense) per format against N, with the law's bootstrap band;
 4. eff vs GMSE with the unified law's rho where its constants are determined, the family constants, and
-   held-out predictions: each compressed format's eff predicted from its GMSE alone by a unified fit without
-   its runs, beside the eff measured with its runs;
+   held-out predictions (`heldout`): each compressed format's eff predicted from its GMSE alone by a unified
+   fit without its runs (or, with `--fit-on`, by one fit on the formats named), beside the eff measured with
+   its runs;
 5. the iso-memory view: loss vs memory, and the planner's choice under the memory and compute of the
    largest reference run;
 6. the law's leave-largest-size-out check, run by run;
@@ -29,17 +30,15 @@ from typing import Collection, Iterable, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
-import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
 from cslaws.bench.store import RunRecord
 from cslaws.laws import leaderboard as lb
 from cslaws.laws import plot
-from cslaws.laws.capacity import components_of_spec
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression, fit_unified, rho, unified_eff
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression
+from cslaws.laws.heldout import Prediction, format_parts, held_out_predictions
 from cslaws.laws.plan import Choice, plan
-from cslaws.laws.uncertainty import Bootstrap, bootstrap
 from cslaws.laws.unified import describe_parts, family_rows
 
 
@@ -53,72 +52,12 @@ class ReportOptions:
     k: int
     seed: int
     fixed: dict[str, float]
+    #: formats the held-out predictions are fitted on (None: each format in turn is left out)
+    fit_on: list[str] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
 # Numbers
-
-
-def format_parts(records: Sequence[RunRecord]) -> dict[str, list[tuple[str, float]]]:
-    """Per label, its compressed parts as (family, GMSE): weights' then activations'."""
-    weights, activations = lb.one_per_label(records, "weight"), lb.one_per_label(records, "activation")
-    return {label: components_of_spec(weights[label]) + components_of_spec(activations[label]) for label in weights}
-
-
-def _eff_interval(parts: Sequence[tuple[str, float]], boot: Bootstrap) -> tuple[float, float]:
-    """Bootstrap interval of prod rho over `parts` under the resampled family constants."""
-    draws = np.ones(len(boot.samples["A"]))
-    for fam, g in parts:
-        draws = draws * rho(g, *(boot.samples[f"{p}[{fam}]"] for p in FAMILY_PARAMS))
-    tail = 50.0 * (1.0 - boot.level)
-    lo, hi = np.percentile(draws, [tail, 100.0 - tail])
-    return float(lo), float(hi)
-
-
-def held_out_predictions(records: Sequence[RunRecord], board: lb.Leaderboard, parts: dict[str, list[tuple[str, float]]],
-                         fixed: dict[str, float], k: int, seed: int) -> list[plot.Prediction]:
-    """Per compressed format: refit the unified law without its runs and predict its eff from its GMSE alone.
-
-    This is the unified law's claim put to the test on the store's own runs: one rho(GMSE) per family tells a
-    format's multiplier without training it. The refit uses the reference runs and the other formats whose
-    parts all belong to the format's families (an int4 is predicted from the other scalar formats). A prediction is made only where the refit determines the
-    constants of every family the format uses (`plot.undetermined`); otherwise the row says why. `parts`:
-    `format_parts(records)`.
-    """
-    rows = {r.label: r for r in board.rows}
-    out = []
-    for label in (r.label for r in board.rows):
-        if not parts[label]:
-            continue
-        row = rows[label]
-        families = {fam for fam, _ in parts[label]}
-        # only formats made of the same families: they are what the prediction rests on, and a family the
-        # format does not use (one the runs cannot determine) must not block it
-        rest = [r for r in records if r.label != label and {fam for fam, _ in parts[r.label]} <= families]
-        prediction = plot.Prediction(label, row.eff, row.eff_lo, row.eff_hi, None, None, None)
-        missing = sorted(families - {fam for r in rest for fam, _ in parts[r.label]})
-        if missing:
-            prediction.why = f"no other format of family {', '.join(missing)}"
-            out.append(prediction)
-            continue
-        try:
-            runs = lb.runs_of(rest)
-            law = fit_unified(runs, [parts[r.label] for r in rest], fixed=fixed, holdout=False)
-            boot = bootstrap(law, runs, k=k, seed=seed) if k else None
-        except FitError as err:
-            prediction.why = f"no fit without it: {plot.first_sentence(str(err))}"
-            out.append(prediction)
-            continue
-        gmses = {fam: [g for r in rest for f, g in parts[r.label] if f == fam] for fam in law.family}
-        unsure = plot.undetermined(law, boot, fixed, gmses)
-        if any(fam in unsure for fam, _ in parts[label]):
-            prediction.why = "; ".join(f"{fam}: {unsure[fam]}" for fam in dict(parts[label]) if fam in unsure)
-        else:
-            prediction.predicted = unified_eff(parts[label], law.family)
-            if boot is not None:
-                prediction.predicted_lo, prediction.predicted_hi = _eff_interval(parts[label], boot)
-        out.append(prediction)
-    return out
 
 
 @dataclass
@@ -242,8 +181,9 @@ def _leaderboard_section(board: lb.Leaderboard) -> str:
                    para(lb.law_summary(board.law), "note"))
 
 
-def _unified_section(board: lb.Leaderboard, fit: plot.RhoFit, predictions: Sequence[plot.Prediction],
-                     parts_of: dict[str, list[tuple[str, float]]], fixed: dict[str, float]) -> str:
+def _unified_section(board: lb.Leaderboard, fit: plot.RhoFit, predictions: Sequence[Prediction],
+                     parts_of: dict[str, list[tuple[str, float]]], fixed: dict[str, float],
+                     fit_on: Sequence[str] | None) -> str:
     pins = ", ".join(f"{k}={v:g}" for k, v in fixed.items()) or "nothing"
     parts = [figure(plot.eff_vs_gmse_figure(board, fit, predictions), "eff-vs-gmse",
                     "Black: each format's eff from the free compression fit (95% bootstrap interval). Grey dashes: the "
@@ -256,13 +196,15 @@ def _unified_section(board: lb.Leaderboard, fit: plot.RhoFit, predictions: Seque
                            ([*cells, fit.undetermined.get(cells[0], "yes")] for cells in family_rows(fit.report)),
                            text=(0, 4)))
         parts.append(para(f"Unified law (pinned: {pins}): {lb.law_summary(fit.report.law)}", "note"))
-    parts.append(para("Held-out predictions: for each compressed format, the unified law refitted without its runs "
-                      "(on the reference and the other formats of the same families) predicts its eff from its GMSE "
+    design = ("the unified law refitted without its runs (on the reference and the other formats of the same "
+              "families)" if fit_on is None else
+              f"the unified law fitted on the reference and {', '.join(fit_on)} only (--fit-on)")
+    parts.append(para(f"Held-out predictions: for each compressed format, {design} predicts its eff from its GMSE "
                       "alone; the measured eff is the free fit's, with all runs."))
     rows = []
     for p in predictions:
         ratio = None if p.predicted is None else p.predicted / p.measured
-        inside = "-" if p.predicted is None else ("yes" if p.measured_lo <= p.predicted <= p.measured_hi else "no")
+        inside = {None: "-", True: "yes", False: "no"}[p.inside()]
         rows.append([p.label, describe_parts(parts_of[p.label]), f"{p.measured:.3f}",
                      f"[{p.measured_lo:.3f}, {p.measured_hi:.3f}]", _num(p.predicted, "{:.3f}"),
                      "-" if p.predicted_lo is None else f"[{p.predicted_lo:.3f}, {p.predicted_hi:.3f}]",
@@ -323,7 +265,7 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
     runs = lb.runs_of(records)
     fit = plot.fit_rho(records, options.fixed, reference=options.reference, k=options.k, seed=options.seed)
     parts_of = format_parts(records)
-    predictions = held_out_predictions(records, board, parts_of, options.fixed, options.k, options.seed)
+    predictions = held_out_predictions(records, board, parts_of, options.fixed, options.k, options.seed, options.fit_on)
     head = ["<h1>Compression scaling report</h1>",
             para(f"Store {options.store}; {len(records)} runs fitted ({options.selection}); reference "
                  f"{options.reference}; {options.k} bootstrap resamples, seed {options.seed}."),
@@ -337,7 +279,7 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
                 figure(plot.loss_gap_figure(board, runs), "loss-gap",
                        f"Each format's loss minus {board.law.reference}'s at the same N and token budget (points, "
                        "seeds averaged), and the law's A N^-alpha (eff^-alpha - 1) with its 95% bootstrap band.")),
-        _unified_section(board, fit, predictions, parts_of, options.fixed),
+        _unified_section(board, fit, predictions, parts_of, options.fixed, options.fit_on),
         _plan_section(board, runs, records),
         _holdout_section(records, board.law),
         _runs_section(all_runs, {r.run_id for r in records}),

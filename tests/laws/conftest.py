@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.formats.int import Int
+from cslaws.laws.capacity import gaussian_mse_of_levels
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 TRUE = {"A": 400.0, "B": 1500.0, "E": 1.8, "alpha": 0.34, "beta": 0.37}
@@ -33,6 +37,41 @@ def synthetic(noise: float = 0.003, seed: int = 0, effs: dict[str, float] = TRUE
     eff = np.array([effs[s] for s in lab])
     loss = law_loss(n, d, eff) * np.exp(rng.normal(0.0, noise, len(n)))
     return n, d, loss, np.array(lab, dtype=object)
+
+
+#: The model sizes and tokens-per-parameter ratios of `int_store`.
+STORE_SIZES = (1e6, 2e6, 4e6, 8e6, 1.6e7)
+STORE_BUDGETS = (5, 20)
+
+
+def int_spec(bits: int) -> dict:
+    return {"class_path": "cslaws.formats.int.Int", "init_args": {"bits": bits, "scale": "gaussian"}}
+
+
+def int_gmse(bits: int) -> float:
+    return gaussian_mse_of_levels(Int(bits=bits).gaussian_grid().numpy())
+
+
+def int_store(path, effs_of_bits, noise: float = 0.002, w4a4: bool = True) -> ResultsStore:
+    """A results store of dense, int2, int3, int4 (and w4a4) runs at every size and budget, losses from the
+    law TRUE with eff = prod over a format's parts of effs_of_bits(bits)."""
+    formats = {"dense": (None, None), **{f"int{b}": (b, None) for b in (2, 3, 4)}}
+    if w4a4:
+        formats["w4a4"] = (4, 4)
+    rng = np.random.default_rng(5)
+    store = ResultsStore(path)
+    for label, (w, a) in formats.items():
+        eff = float(np.prod([effs_of_bits(b) for b in (w, a) if b is not None]))
+        for n in STORE_SIZES:
+            for tpp in STORE_BUDGETS:
+                store.add_finished(RunRecord(
+                    label=label, model=f"m{int(n)}", n_params=int(n), tokens=int(tpp * n),
+                    bits_per_value=16.0 if w is None else Int(bits=w).bits_per_value, seed=0, dataset="synthetic",
+                    tokenizer="none", code_version="test-1", weight=None if w is None else int_spec(w),
+                    activation=None if a is None else int_spec(a), epochs=0.5,
+                    config="fit:\n  model:\n    lr: 0.003\n  data:\n    batch_size: 16\n    seq_len: 64\n",
+                    final_val_loss=float(law_loss(n, tpp * n, eff) * np.exp(rng.normal(0, noise)))))
+    return store
 
 
 @pytest.fixture(scope="session")

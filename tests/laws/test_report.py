@@ -9,60 +9,25 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
-import numpy as np
 import pytest
 
 from cslaws.bench.cli import main as bench
 from cslaws.bench.store import ResultsStore, RunRecord
-from cslaws.formats.int import Int
 from cslaws.laws import plot
 from cslaws.laws import leaderboard as lb
-from cslaws.laws.capacity import gaussian_mse_of_levels
 from cslaws.laws.fit import rho
 
-from conftest import TRUE
+from conftest import STORE_BUDGETS, STORE_SIZES, int_gmse, int_store
 
-SIZES = (1e6, 2e6, 4e6, 8e6, 1.6e7)
-BUDGETS = (5, 20)
 #: The constants the determined store's multipliers are drawn from (Lsat = 1, which the report pins).
 F_TRUE, C_TRUE = 0.5, 1.2
 K = 20
 
 
-def _spec(bits: int) -> dict:
-    return {"class_path": "cslaws.formats.int.Int", "init_args": {"bits": bits, "scale": "gaussian"}}
-
-
-def _gmse(bits: int) -> float:
-    return gaussian_mse_of_levels(Int(bits=bits).gaussian_grid().numpy())
-
-
-def _store(path, effs_of_bits, noise: float = 0.002, w4a4: bool = True) -> ResultsStore:
-    """dense, int2, int3, int4 (and w4a4) at every size and budget, losses from the law with eff per format."""
-    formats = {"dense": (None, None), **{f"int{b}": (b, None) for b in (2, 3, 4)}}
-    if w4a4:
-        formats["w4a4"] = (4, 4)
-    rng = np.random.default_rng(5)
-    store = ResultsStore(path)
-    for label, (w, a) in formats.items():
-        eff = float(np.prod([effs_of_bits(b) for b in (w, a) if b is not None]))
-        for n in SIZES:
-            for tpp in BUDGETS:
-                loss = TRUE["A"] * (n * eff) ** -TRUE["alpha"] + TRUE["B"] * (tpp * n) ** -TRUE["beta"] + TRUE["E"]
-                store.add_finished(RunRecord(
-                    label=label, model=f"m{int(n)}", n_params=int(n), tokens=int(tpp * n),
-                    bits_per_value=16.0 if w is None else Int(bits=w).bits_per_value, seed=0, dataset="synthetic",
-                    tokenizer="none", code_version="test-1", weight=None if w is None else _spec(w),
-                    activation=None if a is None else _spec(a), epochs=0.5,
-                    config="fit:\n  model:\n    lr: 0.003\n  data:\n    batch_size: 16\n    seq_len: 64\n",
-                    final_val_loss=float(loss * np.exp(rng.normal(0, noise)))))
-    return store
-
-
 @pytest.fixture(scope="module")
 def determined(tmp_path_factory):
     path = tmp_path_factory.mktemp("det") / "runs.db"
-    store = _store(path, lambda b: float(rho(_gmse(b), F_TRUE, C_TRUE)))
+    store = int_store(path, lambda b: float(rho(int_gmse(b), F_TRUE, C_TRUE)))
     # a failed run: listed in the run table, not fitted
     run_id = store.start_run(RunRecord(label="int4", model="x", n_params=10**6, tokens=10**7, bits_per_value=4.0,
                                        seed=1, dataset="synthetic", tokenizer="none", code_version="test-1"))
@@ -73,7 +38,7 @@ def determined(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lossless(tmp_path_factory):
     path = tmp_path_factory.mktemp("flat") / "runs.db"
-    _store(path, lambda b: 1.0, noise=0.0, w4a4=False)
+    int_store(path, lambda b: 1.0, noise=0.0, w4a4=False)
     return path
 
 
@@ -175,7 +140,7 @@ def test_leaderboard_matches_bench_leaderboard_json(page, determined, capsys):
 def test_run_table_lists_every_run_with_its_settings(page, determined):
     records = ResultsStore(determined, create=False).runs(status=None)
     rows = page.body("runs")
-    assert len(rows) == len(records) == 5 * len(SIZES) * len(BUDGETS) + 1
+    assert len(rows) == len(records) == 5 * len(STORE_SIZES) * len(STORE_BUDGETS) + 1
     header = page.tables["runs"][0]
     col = {name: i for i, name in enumerate(header)}
     failed = [r for r in rows if r[col["status"]] == "failed"]
@@ -199,7 +164,7 @@ def test_determined_fit_draws_its_curve_and_predicts_held_out_formats(page):
     assert set(rows) == {"int2", "int3", "int4", "w4a4"}
     # int3 and int4 lie between other formats' GMSEs and w4a4 is the product of two int4 parts: each is
     # predicted from the others close to the multiplier its runs were drawn from
-    for label, true in (("int3", rho(_gmse(3), F_TRUE, C_TRUE)), ("w4a4", rho(_gmse(4), F_TRUE, C_TRUE) ** 2)):
+    for label, true in (("int3", rho(int_gmse(3), F_TRUE, C_TRUE)), ("w4a4", rho(int_gmse(4), F_TRUE, C_TRUE) ** 2)):
         predicted = float(rows[label][predicted_col])
         assert predicted == pytest.approx(float(true), abs=0.05)
         lo, hi = (float(v) for v in rows[label][predicted_col + 1].strip("[]").split(","))

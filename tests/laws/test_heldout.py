@@ -1,0 +1,82 @@
+"""Held-out predictions: the unified law fitted on some formats predicts the others from their GMSE alone.
+
+The store's multipliers are drawn from rho(GMSE) with known constants (Lsat = 1): int2, int3, int4 on the
+weights, and w4a4 whose eff is the product of two int4 parts. Fitted on the INT formats only, the law must
+predict w4a4 from the product of its parts, as the constants it reports say and close to the truth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cslaws.bench.cli import main as bench
+from cslaws.bench.store import ResultsStore
+from cslaws.laws import leaderboard as lb
+from cslaws.laws.fit import rho
+from cslaws.laws.heldout import format_parts, held_out_predictions
+
+from conftest import int_gmse, int_store
+
+F_TRUE, C_TRUE = 0.5, 1.2
+K = 20
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("heldout") / "runs.db"
+    int_store(path, lambda b: float(rho(int_gmse(b), F_TRUE, C_TRUE)))
+    return path
+
+
+def test_fit_on_int_formats_predicts_w4a4_from_its_parts(capsys, store):
+    assert bench(["law", "unified", "--store", str(store), "--fit-on", "int2", "int3", "int4", "--fix", "Lsat=1",
+                  "--bootstrap", str(K), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # the family constants come from the INT formats only: w4a4 is not among the fitted rows
+    assert {r["label"] for r in out["rows"]} == {"dense", "int2", "int3", "int4"}
+    scalar = out["law"]["family"]["scalar"]
+    assert scalar["F"] == pytest.approx(F_TRUE, rel=0.1)
+    (w4a4,) = out["held_out"]
+    assert w4a4["label"] == "w4a4" and w4a4["why"] == ""
+    # the prediction is the product of the two parts' rho under the reported constants ...
+    assert w4a4["predicted"] == pytest.approx(float(rho(int_gmse(4), **scalar)) ** 2, rel=1e-9)
+    # ... close to the multiplier the runs were drawn from, inside its own interval
+    assert w4a4["predicted"] == pytest.approx(float(rho(int_gmse(4), F_TRUE, C_TRUE)) ** 2, abs=0.05)
+    assert w4a4["predicted_lo"] <= w4a4["predicted"] <= w4a4["predicted_hi"]
+    # the measured eff is the free fit's over all runs: the leaderboard's number
+    board = lb.build(ResultsStore(store, create=False).runs(), k=K)
+    assert w4a4["measured"] == pytest.approx(next(r.eff for r in board.rows if r.label == "w4a4"), rel=1e-12)
+
+
+def test_fit_on_one_format_predicts_nothing_and_says_why(store):
+    # one GMSE cannot determine F and C: no prediction is made from that fit, and each row says why
+    records = ResultsStore(store, create=False).runs()
+    board = lb.build(records, k=2)
+    rows = held_out_predictions(records, board, format_parts(records), {"Lsat": 1.0}, 0, 0, fit_on=["int4"])
+    assert {p.label for p in rows} == {"int2", "int3", "w4a4"}
+    assert all(p.predicted is None and p.why.startswith("no fit on --fit-on int4") for p in rows)
+
+
+def test_fit_on_must_name_a_compressed_format_of_the_store(capsys, store):
+    assert bench(["law", "unified", "--store", str(store), "--fit-on", "int4", "dense"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: law: --fit-on 'dense'") and "allowed: int2, int3, int4, w4a4" in err
+    assert "Traceback" not in err
+
+
+def test_report_uses_the_same_split(capsys, store, tmp_path):
+    out = tmp_path / "r.html"
+    assert bench(["report", "--store", str(store), "--out", str(out), "--bootstrap", str(K),
+                  "--fit-on", "int2", "int3", "int4"]) == 0
+    capsys.readouterr()
+    text = out.read_text(encoding="utf-8")
+    assert "fitted on the reference and int2, int3, int4 only (--fit-on)" in text
+    assert bench(["law", "unified", "--store", str(store), "--fit-on", "int2", "int3", "int4", "--fix", "Lsat=1",
+                  "--bootstrap", str(K), "--format", "json"]) == 0
+    (w4a4,) = json.loads(capsys.readouterr().out)["held_out"]
+    # the page's predictions table has the one held-out format, with the command's number
+    predictions = text.split('<table id="predictions">')[1].split("</table>")[0]
+    rows = predictions.split("<tbody>")[1].split("</tbody>")[0].strip().splitlines()
+    assert len(rows) == 1 and rows[0].startswith("<tr><td>w4a4</td>")
+    assert f"<td class=num>{w4a4['predicted']:.3f}</td>" in rows[0]
