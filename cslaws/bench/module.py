@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from cslaws.errors import BenchError
 from cslaws.formats.base import Format
 from cslaws.formats.linear import LinearFactory
-from cslaws.laws.capacity import format_from_spec
+from cslaws.laws.capacity import check_fits, format_from_spec
 from cslaws.models.llama import Llama, get_size
 
 DEFAULT_TOKENS_PER_PARAM = 3.0
@@ -109,6 +109,7 @@ class LanguageModel(L.LightningModule):
         self.hparams["weight"] = self.factory.weight.spec()
         self.hparams["activation"] = self.factory.activation.spec()
         self.label = label or default_label(self.factory.weight, self.factory.activation)
+        check_fits(self.factory.weight, self.factory.activation, size)
         self.model = Llama(self.size, vocab_size, self.factory)
         self.lr = lr if lr is not None else self.size.lr
         self.requested_tokens = tokens if tokens is not None else round(tokens_per_param * self.model.n_params)

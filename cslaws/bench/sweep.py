@@ -59,6 +59,7 @@ from cslaws.bench.cli import resolve_config
 from cslaws.bench.store import ResultsStore, RunRecord, default_store_path
 from cslaws.console import console as rich_console
 from cslaws.errors import BenchError
+from cslaws.laws.capacity import check_fits, load_format_config
 from cslaws.models.llama import SIZES, get_size, non_embedding_params
 
 
@@ -150,7 +151,15 @@ def parse(argv: list[str]) -> Any:
         if not seeds:
             raise BenchError(f"model_seeds of {name!r} is empty; give at least one seed")
     for f in cfg.formats:
-        resolve_config(f)
+        try:
+            _, weight, activation = load_format_config(f)
+        except ValueError as err:  # a BenchError (unknown config) or a file that is not a format config
+            raise BenchError(f"the matrix's format {f}: {err}") from None
+        for name in cfg.models:
+            try:
+                check_fits(weight, activation, name)
+            except BenchError as err:
+                raise BenchError(f"the matrix pairs {f} with {name}: {err}") from None
     if not cfg.tokens_per_param or any(t <= 0 for t in cfg.tokens_per_param):
         raise BenchError(f"tokens_per_param must be positive numbers; got {cfg.tokens_per_param}")
     if cfg.jobs < 1:
@@ -283,9 +292,11 @@ def main(argv: list[str]) -> int:
              if (parts_dir(store_path) / c.part_name).is_file()]
     plan = plan_cells(all_cells, [store, *parts])
     todo, resume = plan.todo, {c.key for c in plan.resume}
+    here = socket.gethostname()
     for cell, row in plan.live:
-        console.print(f"[yellow]not relaunched[/] {cell.key}: run {row.run_id} is running on {row.host} (pid {row.pid}); "
-                      "a process on another host cannot be checked from here, and a live one must not be doubled")
+        why = ("its process is alive" if row.host == here
+               else "a process on another host cannot be checked from here, and a live one must not be doubled")
+        console.print(f"[yellow]not relaunched[/] {cell.key}: run {row.run_id} is running on {row.host} (pid {row.pid}); {why}")
     if cfg.dry_run:
         table = Table(title=f"{len(all_cells)} cells, {len(todo)} to run ({len(plan.resume)} to resume)")
         for col in ("cell", "N", "D", "FLOPs", "status"):

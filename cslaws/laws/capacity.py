@@ -35,6 +35,7 @@ from jsonargparse import ArgumentParser
 from scipy.stats import norm
 
 from cslaws.bench.cli import resolve_config
+from cslaws.errors import BenchError
 from cslaws.formats import FORMATS, Format, make_format
 from cslaws.formats.dense import Dense
 from cslaws.laws.fit import RHO_C, RHO_F, RHO_LSAT, rho, rho_inverse
@@ -206,6 +207,26 @@ def model_bits(weight: Format | None, activation: Format | None, size: str) -> d
     with torch.device("meta"):
         model = Llama(get_size(size), vocab_size=2, linear=LinearFactory(weight, activation))
     return dict(zip(("weight", "activation"), storage_bits(model)))
+
+
+def check_fits(weight: Format | None, activation: Format | None, size: str) -> None:
+    """The formats can be applied to every linear layer of model size `size`, else a BenchError naming the
+    layer row they do not fit and the sizes they do. Pricing the layers (`model_bits`) is the check: a
+    format that cannot charge a shape (a scale group that does not divide the row) cannot compress it."""
+    from cslaws.models.llama import SIZES
+
+    def why_not(name: str) -> str | None:
+        try:
+            model_bits(weight, activation, name)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    err = why_not(size)
+    if err is not None:
+        fitting = [name for name in SIZES if why_not(name) is None]
+        raise BenchError(f"the formats cannot be applied to model size {size!r}: {err}; "
+                         f"sizes they fit: {', '.join(fitting) or 'none'}")
 
 
 def capacity_lines(

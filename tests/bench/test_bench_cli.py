@@ -76,6 +76,8 @@ BAD_FIT_VALUES = {
     "sparsity 1.2": (["--model.weight", "Magnitude", "--model.weight.sparsity", "1.2"], ["model.weight (Magnitude)", "sparsity=1.2", "[0, 1)"]),
     "negative tokens": (["--model.tokens", "-5"], ["model", "tokens=-5", "positive"]),
     "missing data file": (["--data.path", "text", "--data.data_files", "[missing.txt]"], ["data", "missing.txt"]),
+    "group wider than a layer's row": (["--config", "formats/fp4.yaml", "--model.size", "79k"],
+                                       ["'79k'", "group_size 32 does not divide the row length 56", "sizes they fit: nano, milli, mini"]),
     "not an int": (["--model.tokens", "abc"], ["model.tokens", "abc", "bench fit --help"]),
     "unknown option": (["--model.sizee", "nano"], ["model.sizee", "bench fit --help"]),
 }

@@ -28,7 +28,8 @@ def test_cpu_matrix_covers_the_study_minimum() -> None:
     cfg = parse(["--matrix", "matrix/cpu.yaml"])
     assert len(cfg.models) >= 5 and len(cfg.tokens_per_param) >= 2
     labels = {Path(f).stem for f in cfg.formats}
-    assert {"dense", "int8", "int4", "int3", "int2", "w4a4", "w2a2", "fp4", "sp50", "int4_sp50"} <= labels
+    assert {"dense", "int8", "int4", "int3", "int2", "w4a4", "w2a2", "sp50", "int4_sp50"} <= labels
+    assert labels & {"fp4", "fp4_rms", "mxfp4", "nvfp4"}, "an FP-element format"
     cheapest = min(cfg.models, key=lambda m: non_embedding_params(SIZES[m]))
     assert len(cfg.model_seeds[cheapest]) >= 2
 
@@ -84,9 +85,10 @@ def test_fit_settings_file_is_named_by_its_content(tmp_path) -> None:
     assert yaml.safe_load(a.read_text()) == {"data": {"seq_len": 16}} and yaml.safe_load(b.read_text())["data"]["seq_len"] == 32
 
 
-def test_running_cells_whose_process_is_gone_are_resumed(tmp_path) -> None:
-    cfg = parse(["--models", "[nano]", "--formats", "[formats/dense.yaml, formats/int4.yaml, formats/int8.yaml, "
-                 "formats/sp50.yaml, formats/int2.yaml]", "--tokens_per_param", "[2]"])
+def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> None:
+    argv = ["--models", "[nano]", "--formats", "[formats/dense.yaml, formats/int4.yaml, formats/int8.yaml, "
+            "formats/sp50.yaml, formats/int2.yaml]", "--tokens_per_param", "[2]"]
+    cfg = parse(argv)
     grid = cells(cfg)
     store = ResultsStore(tmp_path / "s.db")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -107,6 +109,12 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path) -> None:
     assert [c.key for c in plan.resume] == [grid[0].key, grid[3].key]
     assert [c.key for c, _ in plan.live] == [grid[1].key, grid[2].key]
     assert plan.fresh == [] and plan.done == {grid[4].key}
+    # the dry run says why each live row is left alone: a live pid here, an unknowable one elsewhere
+    capsys.readouterr()
+    assert main(["sweep", *argv, "--store", str(tmp_path / "s.db"), "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{grid[1].key}: run 2 is running on {host} (pid {os.getpid()}); its process is alive" in out
+    assert f"{grid[2].key}: run 3 is running on elsewhere (pid 1); a process on another host cannot be checked" in out
     command = grid[0].command(tmp_path / "s.db", tmp_path / "f.yaml", resume=True, keep_checkpoints=True)
     assert command[-4:] == ["--store.keep_checkpoints", "true", "--ckpt_path", "last"]
     assert "--ckpt_path" not in grid[0].command(tmp_path / "s.db", tmp_path / "f.yaml")
@@ -118,6 +126,8 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path) -> None:
         (["--models", "[giant]"], "unknown model size 'giant'"),
         (["--formats", "[formats/nope.yaml]"], "config 'formats/nope.yaml' is neither"),
         (["--tokens_per_param", "[0]"], "tokens_per_param must be positive"),
+        (["--models", "[micro]", "--formats", "[formats/fp4.yaml]"], "pairs formats/fp4.yaml with micro: .* 'micro': "
+         "group_size 32 does not divide the row length 48 .*; sizes they fit: nano, milli"),
         (["--jobs", "0"], "--jobs 0 is not allowed"),
         (["--emit", "pbs"], "--emit 'pbs' is not allowed"),
     ],
