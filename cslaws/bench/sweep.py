@@ -108,7 +108,8 @@ class Cell:
             "--store.path", str(store),
             "--store.cell", self.key,
             "--store.refit", "false",
-            *(["--store.keep_checkpoints", "true"] if keep_checkpoints else []),
+            # said either way: `bench fit` keeps a run's checkpoint by default, a sweep deletes finished ones
+            "--store.keep_checkpoints", "true" if keep_checkpoints else "false",
             *(["--ckpt_path", "last"] if resume else []),
         ]
 

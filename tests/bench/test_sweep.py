@@ -117,6 +117,7 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> No
     assert f"{grid[2].key}: run 3 is running on elsewhere (pid 1); a process on another host cannot be checked" in out
     command = grid[0].command(tmp_path / "s.db", tmp_path / "f.yaml", resume=True, keep_checkpoints=True)
     assert command[-4:] == ["--store.keep_checkpoints", "true", "--ckpt_path", "last"]
+    assert grid[0].command(tmp_path / "s.db", tmp_path / "f.yaml")[-2:] == ["--store.keep_checkpoints", "false"]
     assert "--ckpt_path" not in grid[0].command(tmp_path / "s.db", tmp_path / "f.yaml")
 
 
@@ -147,12 +148,15 @@ def test_sweep_fills_the_store_and_resumes(tmp_path, capsys, small_corpus) -> No
     matrix.write_text(yaml.safe_dump({
         "models": ["nano"], "formats": ["formats/dense.yaml", "formats/int4.yaml"], "tokens_per_param": [2], "seeds": [0],
         "fit": {"data": data,
-                "trainer": {"val_check_interval": 0.5, "enable_model_summary": False, "logger": False}},
+                "trainer": {"val_check_interval": 0.5, "enable_model_summary": False, "logger": False,
+                            "default_root_dir": str(tmp_path / "root")}},
     }))
     store_path = tmp_path / "runs.db"
     assert main(["sweep", "--matrix", str(matrix), "--store", str(store_path)]) == 0
     runs = ResultsStore(store_path).runs()
     assert sorted(r.label for r in runs) == ["dense", "int4"]
+    assert (tmp_path / "root" / "checkpoints").is_dir(), "the cells checkpointed"
+    assert not list((tmp_path / "root" / "checkpoints").rglob("*.ckpt")), "finished cells' checkpoints are deleted"
     assert all(r.cell and r.tokens > 0 and r.final_val_loss > 0 for r in runs)
     capsys.readouterr()
     assert main(["sweep", "--matrix", str(matrix), "--store", str(store_path), "--dry-run"]) == 0
