@@ -234,11 +234,15 @@ class _Unified:
         p = theta[:, 5:].reshape(len(theta), len(self.families), 3)[:, self.fam, :]
         F, C, log_lsat = np.exp(p[..., 0]), np.exp(p[..., 1]), p[..., 2]
         z = F * self.u
-        return z, C, log_lsat, np.log(np.tanh(z))
+        # a search that runs F off to 0 makes z underflow: log tanh -> -inf, an infinite objective that the
+        # solver steps back from (and `solve` ranks last), not an error worth a warning
+        with np.errstate(divide="ignore"):
+            return z, C, log_lsat, np.log(np.tanh(z))
 
     def log_eff(self, theta: np.ndarray) -> np.ndarray:
         z, C, log_lsat, log_tanh = self._parts(theta)
-        return (log_lsat + C * log_tanh) @ self.comp_to_run
+        with np.errstate(invalid="ignore"):  # -inf x 0 where z underflowed (see `_parts`)
+            return (log_lsat + C * log_tanh) @ self.comp_to_run
 
     def shift(self, theta: np.ndarray) -> np.ndarray:
         return theta[:, 3:4] * self.log_eff(theta)
@@ -249,7 +253,8 @@ class _Unified:
         g_comp = (alpha * g_run) @ self.comp_to_run.T
         # d log tanh(z) / d log F = z (1 - tanh^2 z) / tanh z = 2 z / sinh(2 z), written with exp(-2z)
         # so that a start far out in F does not overflow sinh
-        d_logf = C * 4.0 * z * np.exp(-2.0 * z) / -np.expm1(-4.0 * z)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where z underflowed (see `_parts`)
+            d_logf = C * 4.0 * z * np.exp(-2.0 * z) / -np.expm1(-4.0 * z)
         d_logc = C * log_tanh
         extra = np.stack([(g_comp * d_logf) @ self.comp_to_fam, (g_comp * d_logc) @ self.comp_to_fam,
                           g_comp @ self.comp_to_fam], axis=-1).reshape(len(theta), -1)
@@ -319,6 +324,11 @@ def _grid_starts(logn, logd, logl, model: _PerFormat, n_starts: int) -> np.ndarr
     return np.concatenate([grid[order], best_k[order]], axis=1)
 
 
+def _objective_rank(result: tuple[np.ndarray, float]) -> float:
+    """Sort key of a solver result: its objective, a non-finite one last (NaN would break the sort)."""
+    return result[1] if math.isfinite(result[1]) else math.inf
+
+
 class _Problem:
     """Runs in centred log coordinates plus the search bounds, and the two-stage multi-start solver.
 
@@ -368,8 +378,8 @@ class _Problem:
     def solve(self, starts: np.ndarray, w: np.ndarray | None = None) -> "_Solution":
         """Short L-BFGS-B runs from every start, then the best few run to convergence."""
         w = np.ones(len(self.logl)) if w is None else w
-        short = sorted((self.minimize(s, w, _SCREEN_ITERS) for s in starts), key=lambda r: r[1])
-        full = sorted((self.minimize(t, w, _LBFGS["maxiter"]) for t, _ in short[:_N_FINAL]), key=lambda r: r[1])
+        short = sorted((self.minimize(s, w, _SCREEN_ITERS) for s in starts), key=_objective_rank)
+        full = sorted((self.minimize(t, w, _LBFGS["maxiter"]) for t, _ in short[:_N_FINAL]), key=_objective_rank)
         return _Solution(full[0][0], full[0][1], np.stack([t for t, _ in full]))
 
     def at_bound(self, theta: np.ndarray) -> list[str]:

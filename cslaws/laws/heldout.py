@@ -49,7 +49,7 @@ class Prediction:
     predicted: float | None
     predicted_lo: float | None
     predicted_hi: float | None
-    why: str = ""
+    why: str = ""  # why there is no prediction, or what the one made rests on
 
     def inside(self) -> bool | None:
         """Whether the prediction lies in the measured interval (None: no prediction)."""
@@ -81,14 +81,17 @@ def undetermined(law: LawFit, intervals: Bootstrap | None, fixed: dict[str, floa
                  gmses: dict[str, Sequence[float]]) -> dict[str, str]:
     """Per family of a unified fit, why its free constants are not determined by the runs (absent: they are).
 
-    Three signs: the shared constants sit at a search bound (`LawFit.at_bound`: the law itself is not
-    determined); a constant barely moves rho at the family's measured GMSEs (MIN_SENSITIVITY); its bootstrap
-    interval spans more than MAX_INTERVAL_RATIO.
+    Three signs: an exponent of the law sits at its search bound (`LawFit.at_bound`: the N or D term is not
+    determined, so no eff is); a constant barely moves rho at the family's measured GMSEs (MIN_SENSITIVITY);
+    its bootstrap interval spans more than MAX_INTERVAL_RATIO. E alone at its bound is no sign: a narrow
+    range of N rarely determines the irreducible loss (QuEST's 104 runs do not either), and the measured effs
+    the predictions are set against come from the same fit (`caveat` says so).
     """
     ci = intervals.ci if intervals is not None else {}
     out = {}
+    exponents = [name for name in law.at_bound if name != "E"]
     for fam, consts in law.family.items():
-        reasons = [f"shared constants at their search bound ({', '.join(law.at_bound)})"] if law.at_bound else []
+        reasons = [f"exponents at their search bound ({', '.join(exponents)})"] if exponents else []
         sens = rho_sensitivity(np.asarray(gmses[fam]), **consts)
         for name in FAMILY_PARAMS:
             if pinned(fixed, fam, name) is not None:
@@ -104,6 +107,11 @@ def undetermined(law: LawFit, intervals: Bootstrap | None, fixed: dict[str, floa
         if reasons:
             out[fam] = "; ".join(reasons)
     return out
+
+
+def caveat(law: LawFit) -> str:
+    """What a prediction from `law` rests on beyond its family constants (empty: nothing)."""
+    return "E at its search bound: predicted and measured eff are both conditional on it" if "E" in law.at_bound else ""
 
 
 def eff_interval(parts: Sequence[tuple[str, float]], boot: Bootstrap) -> tuple[float, float]:
@@ -148,6 +156,7 @@ def _predict(prediction: Prediction, components: Sequence[tuple[str, float]], fi
         prediction.why = "; ".join(f"{fam}: {fit.unsure[fam]}" for fam in dict(components) if fam in fit.unsure)
     else:
         prediction.predicted = unified_eff(components, fit.law.family)
+        prediction.why = caveat(fit.law)
         if fit.boot is not None:
             prediction.predicted_lo, prediction.predicted_hi = eff_interval(components, fit.boot)
 
@@ -197,8 +206,8 @@ def render_predictions(predictions: Sequence[Prediction], parts: Parts):
     from cslaws.laws.unified import describe_parts
 
     table = Table(title="Held out: eff predicted from GMSE alone vs measured (free fit, all runs), 95% intervals")
-    for col in ("format", "parts", "measured", "95% CI", "predicted", "95% CI", "pred / meas", "in CI", "why none"):
-        table.add_column(col, justify="left" if col in ("format", "parts", "why none") else "right")
+    for col in ("format", "parts", "measured", "95% CI", "predicted", "95% CI", "pred / meas", "in CI", "note"):
+        table.add_column(col, justify="left" if col in ("format", "parts", "note") else "right")
     for p in predictions:
         inside = p.inside()
         table.add_row(escape(p.label), escape(describe_parts(parts[p.label])), f"{p.measured:.3f}",

@@ -209,7 +209,7 @@ def _unified_section(board: lb.Leaderboard, fit: plot.RhoFit, predictions: Seque
                      f"[{p.measured_lo:.3f}, {p.measured_hi:.3f}]", _num(p.predicted, "{:.3f}"),
                      "-" if p.predicted_lo is None else f"[{p.predicted_lo:.3f}, {p.predicted_hi:.3f}]",
                      _num(ratio, "{:.3f}"), inside, p.why or "-"])
-    parts.append(f'<div class="scroll">{table("predictions", ("format", "parts", "measured eff", "95% CI", "predicted eff", "95% CI", "predicted / measured", "in measured CI", "no prediction because"), rows, text=(0, 1, 8))}</div>')
+    parts.append(f'<div class="scroll">{table("predictions", ("format", "parts", "measured eff", "95% CI", "predicted eff", "95% CI", "predicted / measured", "in measured CI", "note"), rows, text=(0, 1, 8))}</div>')
     return section("unified", "Multiplier vs GMSE and held-out predictions", *parts)
 
 
@@ -220,6 +220,12 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
     choices: list[Choice] = plan(law, bits, memory, flops)
     rows = [[c.label, f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}", f"{c.improvement:+.4f}"]
             for c in choices]
+    n_lo, n_hi = min(r.n_params for r in records), max(r.n_params for r in records)
+    outside = [c.label for c in choices if not n_lo <= c.n <= n_hi]
+    # a plan far outside the measured sizes is the law's extrapolation, not a measurement: say so beside it
+    warning = para(f"The plans of {', '.join(outside)} lie outside the measured range of N [{n_lo:.3g}, {n_hi:.3g}]: "
+                   f"they extrapolate the law (alpha = {law.alpha:.3g}) and are no better than its exponents.",
+                   "warn") if outside else ""
     return section("iso-memory", "Iso-memory and the planner",
                    figure(plot.iso_memory_figure(board, runs), "iso-memory",
                           "Measured final loss against the memory of the weights (N x stored bits per value)."),
@@ -228,7 +234,7 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
                         f"compute {flops:.4g} FLOPs. Each format takes the N that minimises its predicted loss "
                         "within both budgets; best first."),
                    table("plan", ("format", "bits/value", "eff", "N", "D", "predicted loss",
-                                  f"better than {law.reference} by"), rows))
+                                  f"better than {law.reference} by"), rows), warning)
 
 
 def _holdout_section(records: Sequence[RunRecord], law: LawFit) -> str:

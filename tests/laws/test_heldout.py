@@ -80,3 +80,23 @@ def test_report_uses_the_same_split(capsys, store, tmp_path):
     rows = predictions.split("<tbody>")[1].split("</tbody>")[0].strip().splitlines()
     assert len(rows) == 1 and rows[0].startswith("<tr><td>w4a4</td>")
     assert f"<td class=num>{w4a4['predicted']:.3f}</td>" in rows[0]
+
+
+def test_only_an_exponent_at_its_bound_leaves_the_law_undetermined(store):
+    """E at its search bound (common over a narrow range of N) is a caveat on every eff, measured and predicted
+    alike; an exponent at its bound means the N or D term itself is not determined."""
+    import copy
+
+    from cslaws.laws.fit import fit_unified
+    from cslaws.laws.heldout import caveat, undetermined
+
+    records = [r for r in ResultsStore(store, create=False).runs() if r.label != "w4a4"]
+    parts = format_parts(records)
+    law = fit_unified(lb.runs_of(records), [parts[r.label] for r in records], fixed={"Lsat": 1.0}, holdout=False)
+    gmses = {"scalar": [g for r in records for _, g in parts[r.label]]}
+    assert undetermined(law, None, {"Lsat": 1.0}, gmses) == {}
+    e_at_bound, alpha_at_bound = copy.copy(law), copy.copy(law)
+    e_at_bound.at_bound, alpha_at_bound.at_bound = ["E"], ["E", "alpha"]
+    assert undetermined(e_at_bound, None, {"Lsat": 1.0}, gmses) == {}
+    assert caveat(e_at_bound).startswith("E at its search bound") and caveat(law) == ""
+    assert undetermined(alpha_at_bound, None, {"Lsat": 1.0}, gmses) == {"scalar": "exponents at their search bound (alpha)"}

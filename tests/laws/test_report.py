@@ -176,6 +176,12 @@ def test_plan_table_ranks_by_predicted_loss(page):
     losses = [float(r[5]) for r in rows]
     assert losses == sorted(losses) and {r[0] for r in rows} == {"dense", "int2", "int3", "int4", "w4a4"}
     assert next(r for r in rows if r[0] == "dense")[6] == "+0.0000"
+    # a plan outside the measured sizes is named as the law's extrapolation, and only then
+    n = [float(r[3]) for r in rows]
+    outside = [r[0] for r, x in zip(rows, n) if not STORE_SIZES[0] <= x <= STORE_SIZES[-1]]
+    assert ("lie outside the measured range of N" in page.text) == bool(outside)
+    for label in outside:
+        assert label in page.text.split("lie outside the measured range of N")[0].rsplit("The plans of", 1)[1]
 
 
 def test_undetermined_fit_draws_no_curve_and_says_why(capsys, lossless, tmp_path):
