@@ -55,7 +55,7 @@ from cslaws.laws.fit import (
     fit_chinchilla,
     fit_compression,
 )
-from cslaws.laws.plan import plan
+from cslaws.laws.plan import extrapolation_note, plan
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 from cslaws.models.llama import SIZES
 
@@ -421,4 +421,7 @@ def _plan(argv: list[str]) -> int:
         table.add_row(escape(c.label), f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.3g}", "unlimited" if c.d is None else f"{c.d:.3g}",
                       f"{c.loss:.4f}", f"{c.improvement:+.4f}")
     _out(table)
+    note = extrapolation_note(choices, [r.n_params for r in records], law.alpha)
+    if note:
+        _out(f"[yellow]note:[/] {escape(note)}")
     return 0

@@ -80,3 +80,14 @@ def plan(
         n, d, loss = best_point(law, eff, bits[label], memory_bits, flops)
         choices.append(Choice(label, bits[label], eff, n, d, loss, dense_loss, dense_loss - loss))
     return sorted(choices, key=lambda c: c.loss)
+
+
+def extrapolation_note(choices: list[Choice], sizes: list[int], alpha: float) -> str:
+    """A warning naming the choices whose N lies outside the measured model sizes (empty: none does). There
+    the plan is the law's extrapolation, no better than its exponents (a tiny alpha sends N far out)."""
+    lo, hi = min(sizes), max(sizes)
+    outside = [c.label for c in choices if not lo <= c.n <= hi]
+    if not outside:
+        return ""
+    return (f"The plans of {', '.join(outside)} lie outside the measured range of N [{lo:.3g}, {hi:.3g}]: they "
+            f"extrapolate the law (alpha = {alpha:.3g}) and are no better than its exponents.")

@@ -38,7 +38,7 @@ from cslaws.laws import leaderboard as lb
 from cslaws.laws import plot
 from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression
 from cslaws.laws.heldout import Prediction, format_parts, held_out_predictions
-from cslaws.laws.plan import Choice, plan
+from cslaws.laws.plan import Choice, extrapolation_note, plan
 from cslaws.laws.unified import describe_parts, family_rows
 
 
@@ -220,12 +220,8 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
     choices: list[Choice] = plan(law, bits, memory, flops)
     rows = [[c.label, f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}", f"{c.improvement:+.4f}"]
             for c in choices]
-    n_lo, n_hi = min(r.n_params for r in records), max(r.n_params for r in records)
-    outside = [c.label for c in choices if not n_lo <= c.n <= n_hi]
-    # a plan far outside the measured sizes is the law's extrapolation, not a measurement: say so beside it
-    warning = para(f"The plans of {', '.join(outside)} lie outside the measured range of N [{n_lo:.3g}, {n_hi:.3g}]: "
-                   f"they extrapolate the law (alpha = {law.alpha:.3g}) and are no better than its exponents.",
-                   "warn") if outside else ""
+    note = extrapolation_note(choices, [r.n_params for r in records], law.alpha)
+    warning = para(note, "warn") if note else ""
     return section("iso-memory", "Iso-memory and the planner",
                    figure(plot.iso_memory_figure(board, runs), "iso-memory",
                           "Measured final loss against the memory of the weights (N x stored bits per value)."),

@@ -273,3 +273,19 @@ def test_leaderboard_rejects_a_label_with_two_formats(capsys, tmp_path):
                                      final_val_loss=float(li)))
     assert bench(["leaderboard", "--store", str(path), "--bootstrap", "2"]) == 2
     assert "label 'int4' has runs with different weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flops, beyond", [(1e20, True), (1e18, False), (1e14, True)])
+def test_plan_names_the_choices_it_extrapolates(capsys, store_path, flops, beyond):
+    """A plan whose N lies outside the stored model sizes is the law's extrapolation: the text output says
+    which formats' plans are, and says nothing when every plan is inside."""
+    choices = _json(capsys, ["plan", "--store", str(store_path), "--flops", str(flops), "--format", "json"])
+    sizes = [r.n_params for r in ResultsStore(store_path, create=False).runs()]
+    outside = [c["label"] for c in choices if not min(sizes) <= c["n"] <= max(sizes)]
+    assert bool(outside) == beyond  # the budgets reach past the stored sizes at both ends, and stay inside
+    assert bench(["plan", "--store", str(store_path), "--flops", str(flops)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    if outside:
+        assert f"note: The plans of {', '.join(outside)} lie outside the measured range of N" in out
+    else:
+        assert "outside the measured range" not in out
