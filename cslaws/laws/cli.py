@@ -122,30 +122,38 @@ def _law(argv: list[str]) -> int:
 
 
 def _law_unified(args: argparse.Namespace) -> int:
-    from cslaws.laws.heldout import check_fit_on, format_parts, held_out_predictions, predictions_to_dict, render_predictions
-    from cslaws.laws.unified import build_unified, parse_fixed, render_tables
+    from cslaws.laws.heldout import (
+        check_fit_on,
+        fitted_on,
+        held_out_predictions,
+        judged,
+        predictions_to_dict,
+        render_predictions,
+    )
+    from cslaws.laws.unified import build_unified, format_parts, parse_fixed, render_tables
 
     fixed = parse_fixed(args.fix)
     records = _store_records(args)
-    if args.fit_on is None:
-        report = build_unified(records, fixed, reference=args.dense, k=args.bootstrap or 0, seed=args.seed)
-        if args.format == "json":
-            print(json.dumps(report.to_dict()))
-        else:
-            _out(render_tables(report))
-        return 0
-    check_fit_on(args.fit_on, {r.label for r in records}, args.dense)
-    k = 100 if args.bootstrap is None else args.bootstrap
-    chosen = [r for r in records if r.label in {*args.fit_on, args.dense}]
+    fit_on = args.fit_on
+    if fit_on is not None:
+        check_fit_on(fit_on, {r.label for r in records}, args.dense)
+    k = args.bootstrap if args.bootstrap is not None else (0 if fit_on is None else 100)
+    # with --fit-on, one fit on the chosen formats: the tables print it, the predictions use it
+    chosen = records if fit_on is None else fitted_on(records, fit_on, args.dense)
     report = build_unified(chosen, fixed, reference=args.dense, k=k, seed=args.seed)
-    board = lb.build(records, reference=args.dense, k=k, seed=args.seed)
-    parts = format_parts(records)
-    predictions = held_out_predictions(records, board, parts, fixed, k, args.seed, fit_on=args.fit_on)
+    result, tables = report.to_dict(), [render_tables(report)]
+    if fit_on is not None:
+        board = lb.build(records, reference=args.dense, k=k, seed=args.seed)
+        parts = format_parts(records)
+        predictions = held_out_predictions(records, board, parts, fixed, k, args.seed, fit_on=fit_on,
+                                           shared=judged(report))
+        result |= {"fit_on": fit_on, "held_out": predictions_to_dict(predictions)}
+        tables.append(render_predictions(predictions, parts))
     if args.format == "json":
-        print(json.dumps(report.to_dict() | {"fit_on": args.fit_on, "held_out": predictions_to_dict(predictions)}))
+        print(json.dumps(result))
     else:
-        _out(render_tables(report))
-        _out(render_predictions(predictions, parts))
+        for table in tables:
+            _out(table)
     return 0
 
 
@@ -350,7 +358,8 @@ def _fixed(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _plot(argv: list[str]) -> int:
-    from cslaws.laws.plot import fit_rho, plot_all
+    from cslaws.laws.heldout import fit_rho
+    from cslaws.laws.plot import plot_all
 
     p = argparse.ArgumentParser(prog="bench plot", description="Figures of the leaderboard fit.")
     _store_args(p)

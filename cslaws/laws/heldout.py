@@ -18,15 +18,15 @@ A prediction is made only where the fit determines the constants of every family
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Collection, Sequence
 
 import numpy as np
 
 from cslaws.laws import leaderboard as lb
-from cslaws.laws.capacity import components_of_spec
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_unified, pinned, rho, unified_eff
-from cslaws.laws.uncertainty import Bootstrap, bootstrap
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, pinned, rho, unified_eff
+from cslaws.laws.uncertainty import Bootstrap
+from cslaws.laws.unified import UnifiedReport, build_unified, describe_parts
 
 #: A family constant whose e-fold change moves log rho by less than this at every measured GMSE is not read
 #: from the runs (measured multipliers carry errors of several percent): the fit left it where it started
@@ -59,12 +59,6 @@ class Prediction:
 def first_sentence(text: str) -> str:
     """The statement of a long error message (its hints follow the first '. '), for a legend or caption."""
     return text.split(". ", 1)[0].rstrip(".")
-
-
-def format_parts(records: Sequence[Any]) -> Parts:
-    """Per label, its compressed parts as (family, GMSE): weights' then activations'."""
-    weights, activations = lb.one_per_label(records, "weight"), lb.one_per_label(records, "activation")
-    return {label: components_of_spec(weights[label]) + components_of_spec(activations[label]) for label in weights}
 
 
 def rho_sensitivity(gmse: np.ndarray, F: float, C: float, Lsat: float) -> dict[str, np.ndarray]:
@@ -125,52 +119,74 @@ def eff_interval(parts: Sequence[tuple[str, float]], boot: Bootstrap) -> tuple[f
 
 
 @dataclass
-class _Fit:
-    """A unified fit on some runs, or why there is none, and which of its families are not determined."""
+class RhoFit:
+    """A unified fit over some runs: its report (None, with `why_none`, when it cannot be fitted), and per
+    family why its constants are not determined (a family not in `undetermined` is drawn and predicts)."""
 
-    law: LawFit | None
-    boot: Bootstrap | None
-    unsure: dict[str, str]
-    why: str = ""
+    report: UnifiedReport | None
+    why_none: str = ""
+    undetermined: dict[str, str] = field(default_factory=dict)
+
+    def determined(self) -> list[str]:
+        return [] if self.report is None else [f for f in self.report.law.family if f not in self.undetermined]
 
 
-def _fit(rest: Sequence[Any], parts: Parts, fixed: dict[str, float], k: int, seed: int) -> _Fit:
+def family_gmses(report: UnifiedReport) -> dict[str, list[float]]:
+    """The GMSEs each family's constants were fitted on (every part of every format)."""
+    out: dict[str, list[float]] = {fam: [] for fam in report.law.family}
+    for row in report.rows:
+        for fam, g in row.components:
+            out[fam].append(g)
+    return out
+
+
+def judged(report: UnifiedReport) -> RhoFit:
+    """`report` with the families its runs do not determine."""
+    return RhoFit(report, undetermined=undetermined(report.law, report.intervals, report.fixed, family_gmses(report)))
+
+
+def fit_rho(records: Sequence[Any], fixed: dict[str, float], reference: str = "dense", k: int = 0,
+            seed: int = 0, holdout: bool = True) -> RhoFit:
+    """The unified fit over `records` and which of its families are determined; a fit the runs cannot
+    support (too few GMSEs for the free constants, ...) becomes a reason to show, not an error."""
     try:
-        runs = lb.runs_of(rest)
-        law = fit_unified(runs, [parts[r.label] for r in rest], fixed=fixed, holdout=False)
-        boot = bootstrap(law, runs, k=k, seed=seed) if k else None
+        return judged(build_unified(records, fixed, reference=reference, k=k, seed=seed, holdout=holdout))
     except FitError as err:
-        return _Fit(None, None, {}, why=first_sentence(str(err)))
-    gmses = {fam: [g for r in rest for f, g in parts[r.label] if f == fam] for fam in law.family}
-    return _Fit(law, boot, undetermined(law, boot, fixed, gmses))
+        return RhoFit(None, why_none=first_sentence(str(err)))
 
 
-def _predict(prediction: Prediction, components: Sequence[tuple[str, float]], fit: _Fit, fitted_on: str) -> None:
+def _predict(prediction: Prediction, components: Sequence[tuple[str, float]], fit: RhoFit, fitted_on: str) -> None:
     """Fill `prediction` from `fit`, or say why not."""
-    missing = sorted({fam for fam, _ in components} - set(fit.law.family if fit.law else ()))
-    if fit.law is None:
-        prediction.why = f"no fit on {fitted_on}: {fit.why}"
+    law = fit.report.law if fit.report is not None else None
+    missing = sorted({fam for fam, _ in components} - set(law.family if law else ()))
+    if law is None:
+        prediction.why = f"no fit on {fitted_on}: {fit.why_none}"
     elif missing:
         prediction.why = f"no format of family {', '.join(missing)} among {fitted_on}"
-    elif any(fam in fit.unsure for fam, _ in components):
-        prediction.why = "; ".join(f"{fam}: {fit.unsure[fam]}" for fam in dict(components) if fam in fit.unsure)
+    elif any(fam in fit.undetermined for fam, _ in components):
+        prediction.why = "; ".join(f"{fam}: {fit.undetermined[fam]}" for fam in dict(components) if fam in fit.undetermined)
     else:
-        prediction.predicted = unified_eff(components, fit.law.family)
-        prediction.why = caveat(fit.law)
-        if fit.boot is not None:
-            prediction.predicted_lo, prediction.predicted_hi = eff_interval(components, fit.boot)
+        prediction.predicted = unified_eff(components, law.family)
+        prediction.why = caveat(law)
+        if fit.report.intervals is not None:
+            prediction.predicted_lo, prediction.predicted_hi = eff_interval(components, fit.report.intervals)
+
+
+def fitted_on(records: Sequence[Any], fit_on: Collection[str], reference: str) -> list[Any]:
+    """The runs a `--fit-on` fit uses: the reference's and those of the formats named."""
+    return [r for r in records if r.label in {*fit_on, reference}]
 
 
 def held_out_predictions(records: Sequence[Any], board: lb.Leaderboard, parts: Parts, fixed: dict[str, float],
-                         k: int, seed: int, fit_on: Collection[str] | None = None) -> list[Prediction]:
+                         k: int, seed: int, fit_on: Collection[str] | None = None,
+                         shared: RhoFit | None = None) -> list[Prediction]:
     """Per compressed format not fitted on, its eff predicted by a unified fit that did not see its runs,
     beside the eff `board` measured with all of them (see the module docstring for the two designs).
-    `parts`: `format_parts(records)`; `fit_on`: labels of the fitting formats (the reference is added)."""
+    `parts`: `format_parts(records)`; `fit_on`: labels of the fitting formats (the reference is added);
+    `shared`: the fit on `fitted_on(records, fit_on, ...)` where the caller has made it already."""
     reference = board.law.reference
-    shared = None
-    if fit_on is not None:
-        chosen = set(fit_on) | {reference}
-        shared = _fit([r for r in records if r.label in chosen], parts, fixed, k, seed)
+    if fit_on is not None and shared is None:
+        shared = fit_rho(fitted_on(records, fit_on, reference), fixed, reference, k, seed, holdout=False)
     out = []
     for row in board.rows:
         if not parts[row.label] or (fit_on is not None and row.label in fit_on):
@@ -183,7 +199,8 @@ def held_out_predictions(records: Sequence[Any], board: lb.Leaderboard, parts: P
             # format does not use (one the runs cannot determine) must not block it
             families = {fam for fam, _ in parts[row.label]}
             rest = [r for r in records if r.label != row.label and {fam for fam, _ in parts[r.label]} <= families]
-            _predict(prediction, parts[row.label], _fit(rest, parts, fixed, k, seed), "the other formats")
+            _predict(prediction, parts[row.label], fit_rho(rest, fixed, reference, k, seed, holdout=False),
+                     "the other formats")
         out.append(prediction)
     return out
 
@@ -202,8 +219,6 @@ def render_predictions(predictions: Sequence[Prediction], parts: Parts):
     """Rich table: measured against predicted eff per held-out format."""
     from rich.markup import escape
     from rich.table import Table
-
-    from cslaws.laws.unified import describe_parts
 
     table = Table(title="Held out: eff predicted from GMSE alone vs measured (free fit, all runs), 95% intervals")
     for col in ("format", "parts", "measured", "95% CI", "predicted", "95% CI", "pred / meas", "in CI", "note"):

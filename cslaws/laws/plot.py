@@ -9,7 +9,7 @@ embeds the same figures in its page as SVG.
   with its bootstrap band. At small scale the formats' loss-vs-N curves lie on top of each other; their
   differences to dense are what tells formats apart.
 - eff_vs_gmse: fitted eff (bootstrap interval as error bars) against GMSE, with the published rho curve
-  and the unified law's rho per family (`fit_rho`) drawn only where its constants are determined by the
+  and the unified law's rho per family (`heldout.fit_rho`) drawn only where its constants are determined by the
   runs, with a bootstrap band; otherwise the legend says why there is no curve. A format of several parts
   (weights and activations, or sparsity and quantization) is placed at its equivalent single-tensor GMSE
   under the published constants (the GMSE whose rho equals the product of its parts' rho). Held-out
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,52 +38,17 @@ from cslaws.laws.fit import (  # noqa: E402
     RHO_C,
     RHO_F,
     RHO_LSAT,
-    FitError,
     Runs,
     budget_clusters,
     rho,
     rho_inverse,
 )
-from cslaws.laws.heldout import Prediction, first_sentence, undetermined  # noqa: E402
+from cslaws.laws.heldout import Prediction, RhoFit  # noqa: E402
 from cslaws.laws.leaderboard import Leaderboard, Row  # noqa: E402
-from cslaws.laws.unified import UnifiedReport, build_unified  # noqa: E402
 
 #: What `bench plot` and `bench report` pin when the user pins nothing: three free constants pass exactly
 #: through three formats and extrapolate wildly; Lsat = 1 is the published value for scalar quantization.
 DEFAULT_FIXED = {"Lsat": RHO_LSAT}
-
-
-@dataclass
-class RhoFit:
-    """The unified law for the eff-vs-GMSE figure: its report (None, with `why_none`, when it cannot be
-    fitted), and per family why its constants are not determined (a family not in `undetermined` is drawn)."""
-
-    report: UnifiedReport | None
-    why_none: str = ""
-    undetermined: dict[str, str] = field(default_factory=dict)
-
-    def determined(self) -> list[str]:
-        return [] if self.report is None else [f for f in self.report.law.family if f not in self.undetermined]
-
-
-def family_gmses(report: UnifiedReport) -> dict[str, list[float]]:
-    """The GMSEs each family's constants were fitted on (every part of every format)."""
-    out: dict[str, list[float]] = {fam: [] for fam in report.law.family}
-    for row in report.rows:
-        for fam, g in row.components:
-            out[fam].append(g)
-    return out
-
-
-def fit_rho(records: Sequence[Any], fixed: dict[str, float], reference: str = "dense", k: int = 0,
-            seed: int = 0) -> RhoFit:
-    """The unified fit over `records` and which of its families are determined; a fit the runs cannot
-    support (too few GMSEs for the free constants, ...) becomes a reason to show, not an error."""
-    try:
-        report = build_unified(records, fixed, reference=reference, k=k, seed=seed)
-    except FitError as err:
-        return RhoFit(None, why_none=first_sentence(str(err)))
-    return RhoFit(report, undetermined=undetermined(report.law, report.intervals, report.fixed, family_gmses(report)))
 
 
 def _equivalent_gmse(row: Row) -> float | None:

@@ -37,9 +37,9 @@ from cslaws.bench.store import RunRecord
 from cslaws.laws import leaderboard as lb
 from cslaws.laws import plot
 from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression
-from cslaws.laws.heldout import Prediction, format_parts, held_out_predictions
+from cslaws.laws.heldout import Prediction, RhoFit, fit_rho, held_out_predictions
 from cslaws.laws.plan import Choice, extrapolation_note, plan
-from cslaws.laws.unified import describe_parts, family_rows
+from cslaws.laws.unified import describe_parts, family_rows, format_parts
 
 
 @dataclass
@@ -181,7 +181,7 @@ def _leaderboard_section(board: lb.Leaderboard) -> str:
                    para(lb.law_summary(board.law), "note"))
 
 
-def _unified_section(board: lb.Leaderboard, fit: plot.RhoFit, predictions: Sequence[Prediction],
+def _unified_section(board: lb.Leaderboard, fit: RhoFit, predictions: Sequence[Prediction],
                      parts_of: dict[str, list[tuple[str, float]]], fixed: dict[str, float],
                      fit_on: Sequence[str] | None) -> str:
     pins = ", ".join(f"{k}={v:g}" for k, v in fixed.items()) or "nothing"
@@ -265,7 +265,7 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
     """The report page of the selected `records` (the fit's runs) among `all_runs` (the store's)."""
     board = lb.build(records, reference=options.reference, k=options.k, seed=options.seed)
     runs = lb.runs_of(records)
-    fit = plot.fit_rho(records, options.fixed, reference=options.reference, k=options.k, seed=options.seed)
+    fit = fit_rho(records, options.fixed, reference=options.reference, k=options.k, seed=options.seed)
     parts_of = format_parts(records)
     predictions = held_out_predictions(records, board, parts_of, options.fixed, options.k, options.seed, options.fit_on)
     head = ["<h1>Compression scaling report</h1>",

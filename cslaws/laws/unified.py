@@ -66,16 +66,23 @@ def parse_fixed(items: Sequence[str]) -> dict[str, float]:
     return fixed
 
 
-def build_unified(
-    records: Sequence[Any], fixed: dict[str, float] | None = None, reference: str = "dense", k: int = 0, seed: int = 0
-) -> UnifiedReport:
-    """Fit the unified form over `records` (finished RunRecords); `k` > 0 adds bootstrap intervals."""
-    runs = runs_of(records)
+def format_parts(records: Sequence[Any]) -> dict[str, list[tuple[str, float]]]:
+    """Per label, its compressed parts as (family, GMSE): weights' then activations'."""
     weights, activations = one_per_label(records, "weight"), one_per_label(records, "activation")
-    parts = {label: components_of_spec(weights[label]) + components_of_spec(activations[label]) for label in weights}
+    return {label: components_of_spec(weights[label]) + components_of_spec(activations[label]) for label in weights}
+
+
+def build_unified(
+    records: Sequence[Any], fixed: dict[str, float] | None = None, reference: str = "dense", k: int = 0, seed: int = 0,
+    holdout: bool = True,
+) -> UnifiedReport:
+    """Fit the unified form over `records` (finished RunRecords); `k` > 0 adds bootstrap intervals, `holdout`
+    the leave-largest-size-out check."""
+    runs = runs_of(records)
+    parts = format_parts(records)
     if parts.get(reference, []) != []:
         raise FitError(f"the reference label {reference!r} has compressed parts {parts[reference]}; it must be dense")
-    law = fit_unified(runs, [parts[s] for s in runs.label], fixed=fixed)
+    law = fit_unified(runs, [parts[s] for s in runs.label], fixed=fixed, holdout=holdout)
     free = fit_compression(runs, reference, holdout=False)
     intervals = bootstrap(law, runs, k=k, seed=seed) if k else None
     rows = [UnifiedRow(label, parts[label], free.eff[label], law.family_eff(parts[label]),

@@ -14,7 +14,8 @@ from cslaws.bench.cli import main as bench
 from cslaws.bench.store import ResultsStore
 from cslaws.laws import leaderboard as lb
 from cslaws.laws.fit import rho
-from cslaws.laws.heldout import format_parts, held_out_predictions
+from cslaws.laws.heldout import held_out_predictions
+from cslaws.laws.unified import format_parts
 
 from conftest import int_gmse, int_store
 

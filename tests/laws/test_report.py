@@ -16,6 +16,7 @@ from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.laws import plot
 from cslaws.laws import leaderboard as lb
 from cslaws.laws.fit import rho
+from cslaws.laws.heldout import fit_rho
 
 from conftest import STORE_BUDGETS, STORE_SIZES, int_gmse, int_store
 
@@ -198,7 +199,7 @@ def test_undetermined_fit_draws_no_curve_and_says_why(capsys, lossless, tmp_path
 def test_plot_applies_the_same_rule(lossless):
     records = ResultsStore(lossless, create=False).runs()
     board = lb.build(records, k=K)
-    fit = plot.fit_rho(records, plot.DEFAULT_FIXED, k=K)
+    fit = fit_rho(records, plot.DEFAULT_FIXED, k=K)
     assert fit.determined() == [] and "scalar" in fit.undetermined
     fig = plot.eff_vs_gmse_figure(board, fit)
     ax = fig.axes[0]
@@ -213,7 +214,7 @@ def test_plot_applies_the_same_rule(lossless):
 def test_unidentifiable_family_is_a_reason_not_an_error(lossless):
     # one quantized format: 1 GMSE for the 2 free constants F and C (Lsat pinned)
     records = [r for r in ResultsStore(lossless, create=False).runs() if r.label in ("dense", "int4")]
-    fit = plot.fit_rho(records, plot.DEFAULT_FIXED)
+    fit = fit_rho(records, plot.DEFAULT_FIXED)
     assert fit.report is None and "cannot determine them" in fit.why_none
 
 
