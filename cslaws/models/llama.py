@@ -34,9 +34,13 @@ class Size:
 
 
 # The paper family (QuEST / Panferov et al. 2025, 30M-800M non-embedding parameters) and CPU-sized models.
-# The learning rates of nano-159k come from pilot runs at 5 tokens per parameter (README, "The CPU study").
+# The learning rates of nano-159k come from pilot runs at 5 tokens per parameter (README, "The CPU study");
+# those of 14k, 23k and 44k are interpolated between them by width.
 SIZES: dict[str, Size] = {
+    "14k": Size(n_layer=2, d_model=24, n_head=2, lr=1.2e-2),
+    "23k": Size(n_layer=2, d_model=28, n_head=2, lr=1.1e-2),
     "nano": Size(n_layer=2, d_model=32, n_head=2, lr=1e-2),
+    "44k": Size(n_layer=2, d_model=40, n_head=2, lr=9e-3),
     "micro": Size(n_layer=2, d_model=48, n_head=2, lr=8e-3),
     "79k": Size(n_layer=2, d_model=56, n_head=2, lr=6e-3),
     "milli": Size(n_layer=2, d_model=64, n_head=2, lr=6e-3),
