@@ -35,7 +35,7 @@ class Size:
 
 # The paper family (QuEST / Panferov et al. 2025, 30M-800M non-embedding parameters) and CPU-sized models.
 # The learning rates of nano-159k come from pilot runs at 5 tokens per parameter (README, "The CPU study");
-# those of 14k, 23k and 44k are interpolated between them by width.
+# those of 14k, 23k and 44k follow their trend with width (not piloted).
 SIZES: dict[str, Size] = {
     "14k": Size(n_layer=2, d_model=24, n_head=2, lr=1.2e-2),
     "23k": Size(n_layer=2, d_model=28, n_head=2, lr=1.1e-2),

@@ -17,9 +17,9 @@ def runs():
 
 
 def test_every_run_finished_with_its_provenance(runs) -> None:
-    # the CPU study: 180 cells of `bench sweep --matrix matrix/cpu.yaml`, each once, none repeating the corpus
-    assert len(runs) == 180 and {r.status for r in runs} == {"finished"}
-    assert len({r.cell for r in runs}) == 180 and max(r.epochs for r in runs) < 1
+    # the CPU study: 140 cells of `bench sweep --matrix matrix/cpu.yaml`, each once, none repeating the corpus
+    assert len(runs) == 140 and {r.status for r in runs} == {"finished"}
+    assert len({r.cell for r in runs}) == 140 and max(r.epochs for r in runs) < 1
     for r in runs:
         assert r.n_params == non_embedding_params(SIZES[r.model])
         assert r.dataset and r.tokenizer and r.code_version.startswith("0.1.0") and r.cell
