@@ -253,4 +253,6 @@ def test_model_size_charges_bits_on_that_models_rows(capsys):
     assert main(["capacity", "formats/int4.yaml", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["bits"] == 4 + 16 / 1024
     assert bench(["capacity", "formats/int4.yaml", "--model-size", "huge"]) == 2
-    assert "--model-size 'huge' is not a model size; allowed: nano" in capsys.readouterr().err
+    from cslaws.models.llama import SIZES
+
+    assert f"--model-size 'huge' is not a model size; allowed: {', '.join(SIZES)}" in capsys.readouterr().err
