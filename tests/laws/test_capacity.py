@@ -18,6 +18,7 @@ from cslaws.formats import Format, register_format
 from cslaws.laws.capacity import gaussian_mse_of_levels, gaussian_mse_sampled
 from cslaws.laws.cli import main
 from cslaws.laws.fit import rho, rho_inverse
+from cslaws.models.llama import SIZES
 
 
 @register_format("toy_levels")
@@ -253,6 +254,4 @@ def test_model_size_charges_bits_on_that_models_rows(capsys):
     assert main(["capacity", "formats/int4.yaml", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["bits"] == 4 + 16 / 1024
     assert bench(["capacity", "formats/int4.yaml", "--model-size", "huge"]) == 2
-    from cslaws.models.llama import SIZES
-
     assert f"--model-size 'huge' is not a model size; allowed: {', '.join(SIZES)}" in capsys.readouterr().err
