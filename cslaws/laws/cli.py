@@ -4,6 +4,7 @@
                   [--exclude-top K] [--format-col COL [--dense LABEL]] [--bootstrap K] [--format text|json]
     bench law unified [STORE OPTIONS] [--fix [FAMILY.]NAME=VALUE ...] [--fit-on LABEL ...] [--bootstrap K]
                       [--format text|json]
+    bench law gaps [STORE OPTIONS] [--format text|json]
     bench capacity [NAME_OR_CONFIG ...] [--model-size SIZE] [--format text|json]
     bench leaderboard [STORE OPTIONS] [--format text|md|csv|json]
     bench plot [STORE OPTIONS] [--fix NAME=VALUE ...] --out DIR
@@ -91,7 +92,8 @@ def _out(text: Any) -> None:
 
 def _law(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bench law", description="Fit scaling laws: to runs in a CSV file (fit), or "
-                                "the unified form over a results store (unified).")
+                                "the unified form over a results store (unified); check the compression law's "
+                                "D-independent gap on a store's runs (gaps).")
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fit", help="fit the Chinchilla form, or the compression form with --format-col")
     f.add_argument("--runs", required=True, type=Path, help="CSV file, one run per row")
@@ -117,8 +119,27 @@ def _law(argv: list[str]) -> int:
                    help="K bootstrap resamples for intervals (default: none; 100 with --fit-on)")
     u.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     u.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    g = sub.add_parser("gaps", help="each format's loss gap to the reference and its change per doubling of D at "
+                       "fixed N, measured run against run (the law says 0)")
+    _common_store_args(g)
+    g.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     args = p.parse_args(argv)
-    return _law_fit(args) if args.action == "fit" else _law_unified(args)
+    return {"fit": _law_fit, "unified": _law_unified, "gaps": _law_gaps}[args.action](args)
+
+
+def _law_gaps(args: argparse.Namespace) -> int:
+    from cslaws.laws.gaps import gap_growth, render_growth
+
+    records = _store_records(args)
+    rows = gap_growth(lb.runs_of(records), args.dense)
+    if not rows:
+        raise BenchError(f"no format has runs at a size and token budget where the reference {args.dense!r} has "
+                         "runs; a gap compares runs of the same N and budget")
+    if args.format == "json":
+        print(json.dumps({"reference": args.dense, "level": 0.95, "rows": [r.to_dict() for r in rows]}))
+    else:
+        _out(render_growth(rows, args.dense))
+    return 0
 
 
 def _law_unified(args: argparse.Namespace) -> int:

@@ -509,13 +509,11 @@ def _holdout(runs: Runs, refit, eff_of) -> tuple[Holdout | None, str]:
     return Holdout(float(largest), int(scored.sum()), float(np.sqrt(np.mean(err_log**2))), float(rel.max())), ""
 
 
-def _check_reference(runs: Runs, reference: str) -> None:
+def check_reference(runs: Runs, reference: str, why: str = "the multipliers are relative to it, so the "
+                    "compression form needs at least one reference run") -> None:
     if not np.any(runs.label == reference):
         have = ", ".join(sorted(set(runs.label)))
-        raise FitError(
-            f"no runs have the reference label {reference!r} (labels present: {have}); the multipliers are "
-            "relative to it, so the compression form needs at least one reference run"
-        )
+        raise FitError(f"no runs have the reference label {reference!r} (labels present: {have}); {why}")
 
 
 def fit_chinchilla(runs: Runs, *, holdout: bool = True) -> LawFit:
@@ -531,7 +529,7 @@ def fit_chinchilla(runs: Runs, *, holdout: bool = True) -> LawFit:
 
 def fit_compression(runs: Runs, reference: str = "dense", *, holdout: bool = True) -> LawFit:
     """Fit L = A (N eff_f)^-alpha + B D^-beta + E jointly over all labels, eff_reference = 1."""
-    _check_reference(runs, reference)
+    check_reference(runs, reference)
     model = _PerFormat(runs, reference)
     _check_runs(runs, 5 + model.n_extra, f"compression form with {model.n_extra} non-reference label(s)")
     problem = _Problem(runs, model)

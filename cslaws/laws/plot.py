@@ -8,6 +8,8 @@ embeds the same figures in its page as SVG.
   averaged). Curve: the fitted law's difference A N^-alpha (eff^-alpha - 1), which does not depend on D,
   with its bootstrap band. At small scale the formats' loss-vs-N curves lie on top of each other; their
   differences to dense are what tells formats apart.
+- gap_vs_d: one panel per format, the same measured differences against D, one line per model size joining
+  its token budgets, beside the law's difference at that size, which is the same at every D (`gaps`).
 - eff_vs_gmse: fitted eff (bootstrap interval as error bars) against GMSE, with the published rho curve
   and the unified law's rho per family (`heldout.fit_rho`) drawn only where its constants are determined by the
   runs, with a bootstrap band; otherwise the legend says why there is no curve. A format of several parts
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,10 +40,10 @@ from cslaws.laws.fit import (  # noqa: E402
     RHO_F,
     RHO_LSAT,
     Runs,
-    budget_clusters,
     rho,
     rho_inverse,
 )
+from cslaws.laws.gaps import measured_gaps  # noqa: E402
 from cslaws.laws.heldout import Prediction, RhoFit  # noqa: E402
 from cslaws.laws.leaderboard import Leaderboard, Row  # noqa: E402
 
@@ -95,30 +96,6 @@ def loss_vs_n_figure(board: Leaderboard, runs: Runs) -> Figure:
     return fig
 
 
-@dataclass
-class Gap:
-    """Measured loss differences of one format to the reference: per (N, budget) cell, seeds averaged."""
-
-    n: np.ndarray
-    tokens_per_param: np.ndarray
-    diff: np.ndarray
-
-
-def measured_gaps(runs: Runs, reference: str) -> dict[str, Gap]:
-    """Each format's mean loss minus the reference's mean loss at the same size and token budget."""
-    budget = budget_clusters(runs.n, runs.d)
-    cells: dict[tuple[str, float, int], list[float]] = {}
-    for label, n, b, loss in zip(runs.label, runs.n, budget, runs.loss):
-        cells.setdefault((str(label), float(n), int(b)), []).append(float(loss))
-    ratio = {int(b): float(np.median(runs.d[budget == b] / runs.n[budget == b])) for b in np.unique(budget)}
-    out: dict[str, list[tuple[float, float, float]]] = {}
-    for (label, n, b), losses in cells.items():
-        ref = cells.get((reference, n, b))
-        if label != reference and ref is not None:
-            out.setdefault(label, []).append((n, ratio[b], float(np.mean(losses) - np.mean(ref))))
-    return {label: Gap(*(np.array(col) for col in zip(*sorted(pts)))) for label, pts in out.items()}
-
-
 def gap_band(board: Leaderboard, label: str, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fitted loss difference to the reference A N^-alpha (eff^-alpha - 1) at `n`, and its bootstrap
     interval (the same resamples as the leaderboard's eff intervals)."""
@@ -131,41 +108,83 @@ def gap_band(board: Leaderboard, label: str, n: np.ndarray) -> tuple[np.ndarray,
     return central, lo, hi
 
 
+def _format_panels(count: int) -> tuple[Figure, list]:
+    """A grid of one panel per format, up to 3 columns, sharing their axes; the spare panels hidden."""
+    cols = min(3, max(1, count))
+    nrows = max(1, math.ceil(count / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.7 * nrows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    panels = list(axes.flat)
+    for ax in panels[count:]:
+        ax.set_visible(False)
+    return fig, panels[:count]
+
+
+def _label_panel(ax, label: str) -> None:
+    ax.axhline(0.0, color="k", lw=0.6)
+    ax.set_title(label, fontsize=9)
+    _log_x(ax)
+    ax.tick_params(labelsize=7)
+
+
+def _finish_panels(fig: Figure, handles: list, xlabel: str, reference: str, title: str) -> None:
+    """The shared legend below the panels, the axis labels and the title."""
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.supxlabel(xlabel, fontsize=8, y=0.06)
+    fig.supylabel(f"loss - loss of {reference}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+
+
 def loss_gap_figure(board: Leaderboard, runs: Runs) -> Figure:
     reference = board.law.reference
     labels = [r.label for r in board.rows if r.label != reference]
     gaps = measured_gaps(runs, reference)
-    cols = min(3, max(1, len(labels)))
-    nrows = max(1, math.ceil(len(labels) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.7 * nrows + 0.6), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, panels = _format_panels(len(labels))
     n = np.geomspace(runs.n.min() / 1.3, runs.n.max() * 1.3, 100)
     colour = colours(board)
     markers = {}
-    for ax, label in zip(axes.flat, labels):
+    for ax, label in zip(panels, labels):
         central, lo, hi = gap_band(board, label, n)
         ax.fill_between(n, lo, hi, color=colour[label], alpha=0.2, lw=0)
         ax.plot(n, central, color=colour[label], lw=1.2)
-        ax.axhline(0.0, color="k", lw=0.6)
         gap = gaps.get(label)
         if gap is not None:
             for ratio in _budgets(gap.tokens_per_param):
                 rows = np.isclose([float(f"{r:.2g}") for r in gap.tokens_per_param], ratio)
                 marker = markers.setdefault(ratio, "osD^v"[len(markers) % 5])
                 ax.scatter(gap.n[rows], gap.diff[rows], color=colour[label], marker=marker, s=16)
-        ax.set_title(label, fontsize=9)
-        _log_x(ax)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(labels):]:
-        ax.set_visible(False)
+        _label_panel(ax, label)
     handles = [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"measured, D/N = {r:g}") for r, m in markers.items()]
     handles.append(plt.Line2D([], [], color="grey", lw=1.2, label=f"fitted law, {100 * board.intervals.level:.0f}% "
                               "bootstrap band"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
-    fig.supxlabel("non-embedding parameters N", fontsize=8, y=0.06)
-    fig.supylabel(f"loss - loss of {reference}", fontsize=8)
-    fig.suptitle(f"Loss difference to {reference} vs N (above 0: worse than {reference})", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _finish_panels(fig, handles, "non-embedding parameters N", reference,
+                   f"Loss difference to {reference} vs N (above 0: worse than {reference})")
+    return fig
+
+
+def gap_vs_d_figure(board: Leaderboard, runs: Runs) -> Figure:
+    """One panel per format: its measured gap to the reference against D, one line per model size joining its
+    token budgets, beside the law's gap at that size (dashed), which is the same at every D."""
+    law = board.law
+    labels = [r.label for r in board.rows if r.label != law.reference]
+    gaps = measured_gaps(runs, law.reference)
+    sizes = np.unique(runs.n)
+    shade = {n: plt.cm.viridis(i / max(1, len(sizes) - 1) * 0.9) for i, n in enumerate(sizes)}
+    fig, panels = _format_panels(len(labels))
+    for ax, label in zip(panels, labels):
+        gap = gaps.get(label)
+        for n in [] if gap is None else np.unique(gap.n):
+            rows = gap.n == n
+            d = n * gap.tokens_per_param[rows]
+            ax.plot(d, gap.diff[rows], color=shade[n], marker="o", ms=3, lw=1.2)
+            predicted = law.A * n ** -law.alpha * (law.eff[label] ** -law.alpha - 1.0)
+            ax.plot([d.min(), d.max()], [predicted] * 2, color=shade[n], ls="--", lw=0.9)
+        _label_panel(ax, label)
+    handles = [plt.Line2D([], [], color=shade[n], marker="o", ms=3, label=f"N = {n:,.0f}") for n in sizes]
+    handles.append(plt.Line2D([], [], color="grey", ls="--", lw=0.9, label="fitted law (the same at every D)"))
+    _finish_panels(fig, handles, "training tokens D", law.reference,
+                   f"Loss difference to {law.reference} vs D at fixed N (solid: measured, seeds averaged)")
     return fig
 
 
@@ -245,6 +264,7 @@ def figures(board: Leaderboard, runs: Runs, fit: RhoFit) -> dict[str, Callable[[
     return {
         "loss_vs_n": lambda: loss_vs_n_figure(board, runs),
         "loss_gap": lambda: loss_gap_figure(board, runs),
+        "gap_vs_d": lambda: gap_vs_d_figure(board, runs),
         "eff_vs_gmse": lambda: eff_vs_gmse_figure(board, fit),
         "iso_memory": lambda: iso_memory_figure(board, runs),
     }

@@ -8,7 +8,8 @@ Sections:
 
 1. the leaderboard with its intervals and the law's summary;
 2. loss vs N with the fitted curves per format;
-3. the loss difference to the reference (dense) per format against N, with the law's bootstrap band;
+3. the loss difference to the reference (dense) per format against N, with the law's bootstrap band, and
+   the measured change of that difference per doubling of D at fixed N (`gaps`), which the law says is 0;
 4. eff vs GMSE with the unified law's rho where its constants are determined, the family constants, and
    held-out predictions (`heldout`): each compressed format's eff predicted from its GMSE alone by a unified
    fit without its runs (or, with `--fit-on`, by one fit on the formats named), beside the eff measured with
@@ -36,7 +37,8 @@ from matplotlib.figure import Figure
 from cslaws.bench.store import RunRecord
 from cslaws.laws import leaderboard as lb
 from cslaws.laws import plot
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, Runs, fit_compression
+from cslaws.laws.gaps import GROWTH_COLUMNS, gap_growth, growth_caption, growth_cells
 from cslaws.laws.heldout import Prediction, RhoFit, fit_rho, held_out_predictions
 from cslaws.laws.plan import Choice, extrapolation_note, plan
 from cslaws.laws.unified import describe_parts, family_rows, format_parts
@@ -169,6 +171,7 @@ def page(title: str, body: str) -> str:
 
 
 SECTIONS = (("leaderboard", "Leaderboard"), ("loss-vs-n", "Loss vs N"), ("loss-gap", "Loss difference to the reference"),
+            ("gap-growth", "Does the difference depend on D?"),
             ("unified", "Multiplier vs GMSE and held-out predictions"), ("iso-memory", "Iso-memory and the planner"),
             ("holdout", "Held-out check: largest model size"), ("runs", "Runs"))
 
@@ -179,6 +182,21 @@ def _leaderboard_section(board: lb.Leaderboard) -> str:
                         f"from {len(board.intervals.samples['A'])} resamples of the runs. Ranked by eff x 16 / bits."),
                    f'<div class="scroll">{table("leaderboard", lb.COLUMNS, (lb._cells(r) for r in board.rows))}</div>',
                    para(lb.law_summary(board.law), "note"))
+
+
+def _gap_growth_section(board: lb.Leaderboard, runs: Runs) -> str:
+    reference = board.law.reference
+    rows = gap_growth(runs, reference)
+    return section("gap-growth", "Does the difference depend on D?",
+                   para("Per format: its mean loss difference to the reference over all (N, budget) cells, and the "
+                        "slope of that difference against log2 of the tokens per parameter at each size trained at two "
+                        "or more budgets, averaged over the sizes with a Student-t interval across them. Measured run "
+                        "against run; no fitted constant enters. `bench law gaps` prints the same table."),
+                   figure(plot.gap_vs_d_figure(board, runs), "gap-vs-d",
+                          f"Each format's loss minus {reference}'s against D: one line per model size joining its "
+                          "token budgets (seeds averaged); dashed: the fitted law's difference at that size."),
+                   f'<div class="scroll">{table("gap-growth", GROWTH_COLUMNS, (growth_cells(r) for r in rows), text=(0, 4))}</div>',
+                   para(growth_caption(reference), "note"))
 
 
 def _unified_section(board: lb.Leaderboard, fit: RhoFit, predictions: Sequence[Prediction],
@@ -281,6 +299,7 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
                 figure(plot.loss_gap_figure(board, runs), "loss-gap",
                        f"Each format's loss minus {board.law.reference}'s at the same N and token budget (points, "
                        "seeds averaged), and the law's A N^-alpha (eff^-alpha - 1) with its 95% bootstrap band.")),
+        _gap_growth_section(board, runs),
         _unified_section(board, fit, predictions, parts_of, options.fixed, options.fit_on),
         _plan_section(board, runs, records),
         _holdout_section(records, board.law),

@@ -55,7 +55,7 @@ def test_every_run_has_its_loss_curve(runs) -> None:
 
 
 def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
-    """leaderboard, law unified, plot and plan read the store that `bench sweep` wrote with real training."""
+    """leaderboard, law unified, law gaps, plot and plan read the store that `bench sweep` wrote with real training."""
     import json
 
     import matplotlib.image
@@ -88,12 +88,26 @@ def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
     assert set(unified["law"]["family"]) == {"scalar", "sparse"}
     assert {r["label"] for r in unified["rows"]} == labels
 
+    # The gaps to dense, redone here by grouping the records by (format, size, tokens): two budgets per size,
+    # so each size's change per doubling of D is a difference quotient.
+    gaps = run_json(["law", "gaps"])
+    cell: dict[tuple[str, int, int], list[float]] = {}
+    for r in records:
+        cell.setdefault((r.label, r.n_params, r.tokens), []).append(r.final_val_loss)
+    for row in gaps["rows"]:
+        diffs = {(n, d): np.mean(v) - np.mean(cell[("dense", n, d)]) for (lab, n, d), v in cell.items() if lab == row["label"]}
+        assert row["mean_gap"] == pytest.approx(np.mean(list(diffs.values())), abs=1e-12)
+        for n, change in row["per_size"]:
+            (d_lo, g_lo), (d_hi, g_hi) = sorted((d, g) for (m, d), g in diffs.items() if m == n)
+            assert change == pytest.approx((g_hi - g_lo) / np.log2(d_hi / d_lo), rel=1e-3)
+    assert {r["label"] for r in gaps["rows"]} == labels - {"dense"}
+
     choices = run_json(["plan", "--memory-bits", "4e6", "--flops", "1e15"])
     assert {c["label"] for c in choices} == labels
     assert np.all(np.diff([c["loss"] for c in choices]) >= 0)
 
     assert main(["plot", "--store", str(STORE), "--out", str(tmp_path), "--bootstrap", "5"]) == 0
     paths = capsys.readouterr().out.split()
-    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["eff_vs_gmse.png", "iso_memory.png", "loss_gap.png", "loss_vs_n.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["eff_vs_gmse.png", "gap_vs_d.png", "iso_memory.png", "loss_gap.png", "loss_vs_n.png"]
     for path in paths:
         assert matplotlib.image.imread(path).std() > 0

@@ -92,7 +92,7 @@ def test_plot_writes_four_figures(capsys, store_path, tmp_path):
     assert main(["plot", "--store", str(store_path), "--out", str(tmp_path / "figs"), "--bootstrap", "5"]) == 0
     printed = capsys.readouterr().out.split()
     names = sorted(p.rsplit("/", 1)[1] for p in printed)
-    assert names == ["eff_vs_gmse.png", "iso_memory.png", "loss_gap.png", "loss_vs_n.png"]
+    assert names == ["eff_vs_gmse.png", "gap_vs_d.png", "iso_memory.png", "loss_gap.png", "loss_vs_n.png"]
     for p in printed:
         img = matplotlib.image.imread(p)
         assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0

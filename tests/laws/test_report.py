@@ -16,6 +16,7 @@ from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.laws import plot
 from cslaws.laws import leaderboard as lb
 from cslaws.laws.fit import rho
+from cslaws.laws.gaps import measured_gaps
 from cslaws.laws.heldout import fit_rho
 
 from conftest import STORE_BUDGETS, STORE_SIZES, int_gmse, int_store
@@ -111,7 +112,7 @@ def test_page_is_self_contained(page):
         for name in ("src", "href", "xlink:href"):
             value = attrs.get(name) or ""
             assert not value.startswith(("http:", "https:", "//")), (tag, name, value)
-    assert set(page.figures) == {"fig-loss-vs-n", "fig-loss-gap", "fig-eff-vs-gmse", "fig-iso-memory"}
+    assert set(page.figures) == {"fig-loss-vs-n", "fig-loss-gap", "fig-gap-vs-d", "fig-eff-vs-gmse", "fig-iso-memory"}
     svgs = sum(tag == "svg" for tag, _ in page.tags)
     assert svgs == len(page.figures)
     # every in-page reference (nav links, SVG clip paths and markers) points at an id the page defines
@@ -136,6 +137,35 @@ def test_leaderboard_matches_bench_leaderboard_json(page, determined, capsys):
     holdout = board["law"]["holdout"]
     assert len(page.body("holdout")) == holdout["runs"]
     assert f"RMSE(log L) = {holdout['rmse_log']:.4f}" in page.text
+
+
+def test_gap_table_matches_bench_law_gaps_json(page, determined, capsys):
+    assert bench(["law", "gaps", "--store", str(determined), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    cells = page.body("gap-growth")
+    assert [c[0] for c in cells] == [r["label"] for r in rows] == ["int2", "int3", "int4", "w4a4"]
+    for c, r in zip(cells, rows):
+        assert c[1:4] == [f"{r['mean_gap']:+.4f}", f"{r['growth']:+.4f}", f"[{r['lo']:+.4f}, {r['hi']:+.4f}]"]
+        assert c[5] == str(len(STORE_SIZES))
+
+
+def test_gap_vs_d_draws_the_measured_gaps_and_the_laws(determined):
+    records = ResultsStore(determined, create=False).runs()
+    board = lb.build(records, k=K)
+    runs = lb.runs_of(records)
+    fig = plot.gap_vs_d_figure(board, runs)
+    panel = next(ax for ax in fig.axes if ax.get_title() == "int2")
+    gaps = measured_gaps(runs, "dense")["int2"]
+    solid = [line for line in panel.get_lines() if line.get_marker() == "o"]
+    dashed = [line for line in panel.get_lines() if line.get_linestyle() == "--"]
+    assert len(solid) == len(dashed) == len(STORE_SIZES)
+    law = board.law
+    for line, flat, n in zip(solid, dashed, STORE_SIZES):
+        rows = gaps.n == n
+        assert list(line.get_xdata()) == pytest.approx(list(n * gaps.tokens_per_param[rows]))
+        assert list(line.get_ydata()) == pytest.approx(list(gaps.diff[rows]))
+        expected = law.A * n ** -law.alpha * (law.eff["int2"] ** -law.alpha - 1.0)
+        assert list(flat.get_ydata()) == pytest.approx([expected, expected])
 
 
 def test_run_table_lists_every_run_with_its_settings(page, determined):

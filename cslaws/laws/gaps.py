@@ -1,0 +1,115 @@
+"""Each format's loss gap to the reference, measured run against run, and whether it depends on D.
+
+The compression law L = A (N eff)^-alpha + B D^-beta + E gives a format the gap to the reference
+A N^-alpha (eff^-alpha - 1): a constant multiplier makes the gap the same at every token budget. The fit
+cannot see a gap that changes with D (it averages it into one eff, and the bootstrap turns the spread into a
+wide interval), so `gap_growth` measures it directly, without any fitted constant: at each model size trained
+at two or more budgets, the slope of the format's gap (seeds averaged, paired with the reference's runs of the
+same size and budget) against log2 of the tokens per parameter, that is the gap's change per doubling of D at
+fixed N. The law says 0. Its mean over the sizes gets a Student-t interval across the sizes: it covers
+seed noise and the spread between sizes (a trend with N widens it, so it is conservative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from cslaws.laws.fit import Runs, budget_clusters, check_reference
+
+
+@dataclass
+class Gap:
+    """Measured loss differences of one format to the reference: per (N, budget) cell, seeds averaged."""
+
+    n: np.ndarray
+    tokens_per_param: np.ndarray
+    diff: np.ndarray
+
+
+def measured_gaps(runs: Runs, reference: str) -> dict[str, Gap]:
+    """Each format's mean loss minus the reference's mean loss at the same size and token budget, with the
+    cell's own tokens per parameter (its runs' mean D / N)."""
+    check_reference(runs, reference, "the gaps are measured against its runs")
+    budget = budget_clusters(runs.n, runs.d)
+    cells: dict[tuple[str, float, int], list[tuple[float, float]]] = {}
+    for label, n, d, b, loss in zip(runs.label, runs.n, runs.d, budget, runs.loss):
+        cells.setdefault((str(label), float(n), int(b)), []).append((float(loss), float(d)))
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for (label, n, b), losses in cells.items():
+        ref = cells.get((reference, n, b))
+        if label != reference and ref is not None:
+            loss, d = np.mean(losses, axis=0)
+            out.setdefault(label, []).append((n, d / n, float(loss - np.mean([l for l, _ in ref]))))
+    return {label: Gap(*(np.array(col) for col in zip(*sorted(pts)))) for label, pts in out.items()}
+
+
+@dataclass
+class GapGrowth:
+    """One format: its mean gap over all cells, and the gap's change per doubling of D at fixed N, per size
+    (N -> nats) and averaged over the sizes with its interval (None with fewer than two sizes)."""
+
+    label: str
+    mean_gap: float
+    per_size: dict[float, float]
+    growth: float | None
+    lo: float | None
+    hi: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"per_size": [[n, g] for n, g in self.per_size.items()]}
+
+
+def gap_growth(runs: Runs, reference: str, level: float = 0.95) -> list[GapGrowth]:
+    """Per format (sorted by label): the gap's least-squares slope against log2(D/N) at each size with two or
+    more budgets, and the mean of those slopes with its Student-t interval at `level`."""
+    out = []
+    for label, gap in sorted(measured_gaps(runs, reference).items()):
+        per_size = {}
+        for n in np.unique(gap.n):
+            rows = gap.n == n
+            x = np.log2(gap.tokens_per_param[rows])
+            if len(x) >= 2:
+                per_size[float(n)] = float(np.polyfit(x, gap.diff[rows], 1)[0])
+        slopes = np.array(list(per_size.values()))
+        growth = lo = hi = None
+        if len(slopes):
+            growth = float(slopes.mean())
+        if len(slopes) >= 2:
+            half = stats.t.ppf(0.5 + level / 2, len(slopes) - 1) * slopes.std(ddof=1) / np.sqrt(len(slopes))
+            lo, hi = growth - float(half), growth + float(half)
+        out.append(GapGrowth(label, float(gap.diff.mean()), per_size, growth, lo, hi))
+    return out
+
+
+GROWTH_COLUMNS = ("format", "mean gap", "gap change per doubling of D", "95% CI", "per size (N: change)", "sizes")
+
+
+def growth_cells(row: GapGrowth) -> list[str]:
+    """One table row, the same in the terminal and in the report page."""
+    signed = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
+    interval = "-" if row.lo is None else f"[{row.lo:+.4f}, {row.hi:+.4f}]"
+    per_size = ", ".join(f"{n:,.0f}: {g:+.4f}" for n, g in row.per_size.items()) or "-"
+    return [row.label, signed(row.mean_gap), signed(row.growth), interval, per_size, str(len(row.per_size))]
+
+
+def growth_caption(reference: str) -> str:
+    return (f"Loss minus {reference}'s loss at the same N and token budget (nats, seeds averaged). The compression "
+            "law's gap does not depend on D (change 0); an interval that excludes 0 marks a format whose gap the "
+            "law's constant eff does not describe.")
+
+
+def render_growth(rows: list[GapGrowth], reference: str):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"Loss gap to {reference} and its change per doubling of D at fixed N",
+                  caption=escape(growth_caption(reference)))
+    for name in GROWTH_COLUMNS:
+        table.add_column(name, justify="left" if name in ("format", "per size (N: change)") else "right")
+    for r in rows:
+        table.add_row(*(escape(c) for c in growth_cells(r)))
+    return table

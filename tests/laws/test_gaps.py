@@ -1,0 +1,123 @@
+"""`gaps`: measured loss gaps to the reference and their change per doubling of D, checked against closed
+forms (a law whose gap does not depend on D, gaps built with known slopes, Student-t quantiles from a table),
+and `bench law gaps` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cslaws.bench.cli import main as bench
+from cslaws.laws.fit import Runs
+from cslaws.laws.gaps import gap_growth, measured_gaps
+
+from conftest import SIZES, int_store, law_loss, synthetic
+
+#: Student-t 97.5% quantiles (a printed table, not scipy): degrees of freedom -> t.
+T975 = {3: 3.182446305284263, 4: 2.7764451051977987}
+
+
+def _runs(cells: list[tuple[str, float, float, float]]) -> Runs:
+    """Runs from (label, N, tokens per parameter, loss) cells."""
+    label, n, tpp, loss = zip(*cells)
+    return Runs.of(n, np.array(n) * np.array(tpp), loss, label)
+
+
+def test_a_constant_multiplier_has_a_gap_that_does_not_change_with_d():
+    n, d, loss, label = synthetic(noise=0.0, effs={"dense": 1.0, "int4": 0.7, "int2": 0.4})
+    rows = {r.label: r for r in gap_growth(Runs.of(n, d, loss, label), "dense")}
+    assert set(rows) == {"int4", "int2"}
+    for r in rows.values():
+        assert len(r.per_size) == len(SIZES)
+        assert max(abs(g) for g in r.per_size.values()) < 1e-12
+        assert abs(r.growth) < 1e-12 and r.hi - r.lo < 1e-12
+    # and the gaps are the law's A N^-alpha (eff^-alpha - 1) at every budget
+    gaps = measured_gaps(Runs.of(n, d, loss, label), "dense")["int2"]
+    expected = law_loss(gaps.n, gaps.n, 0.4) - law_loss(gaps.n, gaps.n, 1.0)
+    np.testing.assert_allclose(gaps.diff, expected, rtol=1e-9)
+
+
+def test_slopes_per_size_and_their_t_interval():
+    # four sizes, two budgets (10 and 40 tokens per parameter: two doublings); the gap at each size grows by a
+    # known amount per doubling on top of a size-dependent offset
+    slope = {1e6: 0.01, 2e6: 0.02, 4e6: 0.03, 8e6: 0.06}
+    cells = []
+    for n, s in slope.items():
+        for tpp in (10, 40):
+            dense = 3.0 + 1e-7 * n / tpp
+            cells += [("dense", n, tpp, dense), ("q", n, tpp, dense + 0.05 * math.log10(n) + s * math.log2(tpp))]
+    (row,) = gap_growth(_runs(cells), "dense")
+    assert row.per_size == pytest.approx(slope, abs=1e-12)
+    values = np.array(list(slope.values()))
+    mean, sd = values.mean(), values.std(ddof=1)
+    assert row.growth == pytest.approx(mean, abs=1e-12)
+    half = T975[3] * sd / 2.0
+    assert (row.lo, row.hi) == pytest.approx((mean - half, mean + half), abs=1e-9)
+
+
+def test_three_budgets_give_the_least_squares_slope_and_seeds_are_averaged():
+    # gaps 0.00, 0.01, 0.04 at 10, 20, 40 tokens per parameter: log2 steps of 1, centred at -1, 0, 1, so the
+    # least-squares slope is (0.04 - 0.00) / 2 = 0.02. The format's two seeds at 20 average to the gap 0.01.
+    cells = [("dense", 1e6, 10, 3.0), ("dense", 1e6, 20, 2.9), ("dense", 1e6, 40, 2.8),
+             ("q", 1e6, 10, 3.0), ("q", 1e6, 20, 2.905), ("q", 1e6, 20, 2.915), ("q", 1e6, 40, 2.84)]
+    (row,) = gap_growth(_runs(cells), "dense")
+    assert row.per_size == pytest.approx({1e6: 0.02}, abs=1e-12)
+    assert row.mean_gap == pytest.approx((0.0 + 0.01 + 0.04) / 3, abs=1e-12)
+    # one size: a mean but no interval across sizes
+    assert row.growth == pytest.approx(0.02, abs=1e-12) and row.lo is None and row.hi is None
+
+
+def test_cells_without_a_reference_or_a_second_budget_are_left_out():
+    cells = [("dense", 1e6, 10, 3.0), ("dense", 1e6, 40, 2.8), ("dense", 2e6, 10, 2.9),
+             ("q", 1e6, 10, 3.1), ("q", 1e6, 40, 3.0),   # slope (0.2 - 0.1) / 2 = 0.05
+             ("q", 2e6, 10, 3.0),                         # one budget: a gap, no slope
+             ("q", 4e6, 10, 2.5), ("q", 4e6, 40, 2.4)]    # no reference at this size: nothing
+    (row,) = gap_growth(_runs(cells), "dense")
+    assert row.per_size == pytest.approx({1e6: 0.05}, abs=1e-12)
+    assert row.mean_gap == pytest.approx((0.1 + 0.2 + 0.1) / 3, abs=1e-12)
+    assert gap_growth(_runs([("dense", 1e6, 10, 3.0), ("q", 2e6, 10, 3.1)]), "dense") == []
+
+
+def test_bench_law_gaps_with_no_comparable_cells_is_a_clear_error(capsys, tmp_path):
+    from cslaws.bench.store import ResultsStore, RunRecord
+
+    store = ResultsStore(tmp_path / "r.db")
+    for label, n in (("dense", 10**6), ("int4", 2 * 10**6)):
+        store.add_finished(RunRecord(label=label, model="m", n_params=n, tokens=10 * n, bits_per_value=16.0, seed=0,
+                                     dataset="s", tokenizer="t", code_version="c", final_val_loss=3.0))
+    assert bench(["law", "gaps", "--store", str(tmp_path / "r.db")]) == 2
+    assert "a gap compares runs of the same N and budget" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gaps") / "runs.db"
+    int_store(path, lambda b: {2: 0.4, 3: 0.6, 4: 0.8}[b])
+    return path
+
+
+def test_bench_law_gaps_prints_the_measured_table(capsys, store):
+    from cslaws.bench.store import ResultsStore
+    from cslaws.laws.leaderboard import runs_of
+
+    assert bench(["law", "gaps", "--store", str(store), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = gap_growth(runs_of(ResultsStore(store, create=False).runs()), "dense")
+    assert out["reference"] == "dense" and [r["label"] for r in out["rows"]] == [r.label for r in expected]
+    for got, want in zip(out["rows"], expected):
+        assert got["growth"] == pytest.approx(want.growth, abs=1e-12)
+        assert [n for n, _ in got["per_size"]] == list(want.per_size)
+    # the store's losses follow the law with a constant multiplier (plus 0.2% noise): no change with D to speak of
+    assert all(abs(r["growth"]) < 0.02 for r in out["rows"])
+    assert bench(["law", "gaps", "--store", str(store)]) == 0
+    text = capsys.readouterr().out
+    assert "per doubling of D" in text and "w4a4" in text
+
+
+def test_bench_law_gaps_without_reference_runs_is_a_clear_error(capsys, store):
+    assert bench(["law", "gaps", "--store", str(store), "--dense", "int9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error:") and "reference label 'int9'" in err and "labels present: dense" in err
