@@ -113,14 +113,18 @@ def settings_summary(config: str) -> str:
 
 
 def svg(fig: Figure, name: str) -> str:
-    """The figure as an inline <svg> element. Text stays text (smaller, sharp at any zoom), and ids are salted
-    by `name` so that the clip paths and markers of several figures in one page cannot collide."""
+    """The figure as an inline <svg> element. Text stays text (smaller, sharp at any zoom), and every id and
+    every reference to one is prefixed with `name`: matplotlib numbers its groups from 1 in every figure
+    (figure_1, axes_1, ...), and several figures share one page, where ids must be unique."""
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    text = text[text.index("<svg"):]
+    for before in ('id="', 'url(#', 'href="#'):
+        text = text.replace(before, f"{before}{name}-")
+    return text
 
 
 def _num(value: float | None, fmt: str = "{:.4g}") -> str:
@@ -142,7 +146,8 @@ def figure(fig: Figure, name: str, caption: str) -> str:
 
 
 def section(anchor: str, title: str, *parts: str) -> str:
-    return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n' + "\n".join(parts) + "\n</section>"
+    # "sec-": a section's table may carry the section's own name as its id, and ids must be unique in a page
+    return f'<section id="sec-{anchor}">\n<h2>{html.escape(title)}</h2>\n' + "\n".join(parts) + "\n</section>"
 
 
 def para(text: str, cls: str = "") -> str:
@@ -289,7 +294,7 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
     head = ["<h1>Compression scaling report</h1>",
             para(f"Store {options.store}; {len(records)} runs fitted ({options.selection}); reference "
                  f"{options.reference}; {options.k} bootstrap resamples, seed {options.seed}."),
-            "<nav>" + "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in SECTIONS) + "</nav>"]
+            "<nav>" + "".join(f'<a href="#sec-{a}">{html.escape(t)}</a>' for a, t in SECTIONS) + "</nav>"]
     head += [para(f"note: {n}", "warn") for n in notices]
     body = [
         _leaderboard_section(board),

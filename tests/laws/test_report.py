@@ -116,7 +116,9 @@ def test_page_is_self_contained(page):
     svgs = sum(tag == "svg" for tag, _ in page.tags)
     assert svgs == len(page.figures)
     # every in-page reference (nav links, SVG clip paths and markers) points at an id the page defines
-    ids = {attrs["id"] for _, attrs in page.tags if attrs.get("id")}
+    all_ids = [attrs["id"] for _, attrs in page.tags if attrs.get("id")]
+    assert len(all_ids) == len(set(all_ids)), "ids must be unique in a page"
+    ids = set(all_ids)
     refs = [v for _, a in page.tags for k, v in a.items() if k in ("href", "xlink:href") and v]
     assert refs and all(ref.startswith("#") and ref[1:] in ids for ref in refs)
 
