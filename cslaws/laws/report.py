@@ -117,7 +117,8 @@ def svg(fig: Figure, name: str) -> str:
     every reference to one is prefixed with `name`: matplotlib numbers its groups from 1 in every figure
     (figure_1, axes_1, ...), and several figures share one page, where ids must be unique."""
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
+    # a fixed salt for matplotlib's hashed ids (else a random one): the same store gives the same page
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     plt.close(fig)
     text = buf.getvalue()
