@@ -258,3 +258,9 @@ def test_out_must_be_a_file(capsys, lossless, tmp_path):
 def test_bad_fix_is_a_bench_error(capsys, lossless, tmp_path):
     assert bench(["report", "--store", str(lossless), "--out", str(tmp_path / "r.html"), "--fix", "Q=1"]) == 2
     assert "--fix takes NAME=VALUE" in capsys.readouterr().err
+
+
+def test_the_same_store_gives_the_same_page(page, determined, capsys, tmp_path):
+    # figure ids are hashed by matplotlib with a salt that is random unless fixed: a page must be reproducible
+    again = _report(capsys, determined, tmp_path / "again.html")
+    assert again.text == page.text
