@@ -18,7 +18,7 @@ Why this way:
   number, before anything is tokenized: the same documents for every run, whatever its seq_len or
   batch_size, and the tokenizer is trained on a bounded sample of the training documents only.
 - Documents are encoded by `wordcache.encoder`: a cache of words' ids for byte-level BPE tokenizers (exact,
-  about 3x faster than the library on one core), the `tokenizers` library for any other.
+  4-5x faster than the library on one core), the `tokenizers` library for any other.
 - Memory is bounded whatever the corpus size: documents stream from the `datasets` source (Arrow files are
   memory-mapped; `--streaming` never materialises the source) in batches of a few MB, at most two batches per
   worker in flight, and the ids are appended to the output files as they come back, in source order.
