@@ -47,6 +47,12 @@ def measured_gaps(runs: Runs, reference: str) -> dict[str, Gap]:
     return {label: Gap(*(np.array(col) for col in zip(*sorted(pts)))) for label, pts in out.items()}
 
 
+def law_gap(A, alpha, eff, n):
+    """The compression law's loss gap to the reference, A N^-alpha (eff^-alpha - 1): the same at every D.
+    Broadcasts, so bootstrap samples of A, alpha and eff give one curve each."""
+    return A * n ** -alpha * (eff ** -alpha - 1.0)
+
+
 @dataclass
 class GapGrowth:
     """One format: its mean gap over all cells, and the gap's change per doubling of D at fixed N, per size

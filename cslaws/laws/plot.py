@@ -43,7 +43,7 @@ from cslaws.laws.fit import (  # noqa: E402
     rho,
     rho_inverse,
 )
-from cslaws.laws.gaps import measured_gaps  # noqa: E402
+from cslaws.laws.gaps import law_gap, measured_gaps  # noqa: E402
 from cslaws.laws.heldout import Prediction, RhoFit  # noqa: E402
 from cslaws.laws.leaderboard import Leaderboard, Row  # noqa: E402
 
@@ -100,9 +100,9 @@ def gap_band(board: Leaderboard, label: str, n: np.ndarray) -> tuple[np.ndarray,
     """The fitted loss difference to the reference A N^-alpha (eff^-alpha - 1) at `n`, and its bootstrap
     interval (the same resamples as the leaderboard's eff intervals)."""
     law, boot = board.law, board.intervals
-    central = law.A * n ** -law.alpha * (law.eff[label] ** -law.alpha - 1.0)
-    A, alpha, eff = (boot.samples["A"][:, None], boot.samples["alpha"][:, None], boot.eff_samples[label][:, None])
-    draws = A * n[None, :] ** -alpha * (eff ** -alpha - 1.0)
+    central = law_gap(law.A, law.alpha, law.eff[label], n)
+    draws = law_gap(boot.samples["A"][:, None], boot.samples["alpha"][:, None], boot.eff_samples[label][:, None],
+                    n[None, :])
     tail = 50.0 * (1.0 - boot.level)
     lo, hi = np.percentile(draws, [tail, 100.0 - tail], axis=0)
     return central, lo, hi
@@ -178,8 +178,8 @@ def gap_vs_d_figure(board: Leaderboard, runs: Runs) -> Figure:
             rows = gap.n == n
             d = n * gap.tokens_per_param[rows]
             ax.plot(d, gap.diff[rows], color=shade[n], marker="o", ms=3, lw=1.2)
-            predicted = law.A * n ** -law.alpha * (law.eff[label] ** -law.alpha - 1.0)
-            ax.plot([d.min(), d.max()], [predicted] * 2, color=shade[n], ls="--", lw=0.9)
+            flat = law_gap(law.A, law.alpha, law.eff[label], n)
+            ax.plot([d.min(), d.max()], [flat, flat], color=shade[n], ls="--", lw=0.9)
         _label_panel(ax, label)
     handles = [plt.Line2D([], [], color=shade[n], marker="o", ms=3, label=f"N = {n:,.0f}") for n in sizes]
     handles.append(plt.Line2D([], [], color="grey", ls="--", lw=0.9, label="fitted law (the same at every D)"))
