@@ -8,6 +8,7 @@ import itertools
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
@@ -18,6 +19,11 @@ from cslaws.bench.wordcache import WordCache, applies, encoder
 
 def library(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [enc.ids for enc in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def ids(encoded: list[bytes], dtype=np.uint16) -> list[list[int]]:
+    """The encoders' raw bytes of `dtype` per document, as ids."""
+    return [np.frombuffer(b, dtype).tolist() for b in encoded]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,8 @@ def tok(prose) -> Tokenizer:
 
 def test_prose_gives_the_librarys_ids(tok, prose):
     assert applies(tok)
-    cache = WordCache(tok)
-    assert cache(prose) == library(tok, prose)
+    cache = WordCache(tok, np.uint16)
+    assert ids(cache(prose)) == library(tok, prose)
     assert len(cache.words) > 1000  # the words were cached, not each sent to the library
 
 
@@ -45,7 +51,7 @@ def test_random_ascii_with_every_control_character_gives_the_librarys_ids(tok):
     rng = random.Random(0)
     pieces = [chr(i) for i in range(128)] + ["'s", "'ll", "'S", "  ", " \n", "\t\t", "12", " x", "\x1c ", "\r\n"]
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 120))) for _ in range(3000)]
-    assert WordCache(tok)(texts) == library(tok, texts)
+    assert ids(WordCache(tok, np.uint16)(texts)) == library(tok, texts)
 
 
 def test_documents_with_unicode_are_cut_at_newlines_and_stay_exact(tok):
@@ -57,17 +63,17 @@ def test_documents_with_unicode_are_cut_at_newlines_and_stay_exact(tok):
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 80))) for _ in range(3000)]
     # a BPE trained on these texts has merges of white space runs with newlines: a wrong cut changes its ids
     for t in (tok, train_bpe(iter(texts), 400)):
-        assert WordCache(t)(texts) == library(t, texts)
-    cache = WordCache(tok)
+        assert ids(WordCache(t, np.uint16)(texts)) == library(t, texts)
+    cache = WordCache(tok, np.uint16)
     text = "na\u00efve\nplain words here\nthen \u00e9t\u00e9 again\nmore"
-    assert cache([text]) == library(tok, [text])
+    assert ids(cache([text])) == library(tok, [text])
     assert {"plain", " words", "more"} <= set(cache.words) and " again" not in cache.words
 
 
 def test_non_ascii_and_added_tokens_go_to_the_library_whole(tok):
     texts = ["caf\u00e9 and na\u00efve", "one<|endoftext|>two", "<|endoftext|>", "a < b and c > d", "<|endof", ""]
-    cache = WordCache(tok)
-    got = cache(texts)
+    cache = WordCache(tok, np.uint16)
+    got = ids(cache(texts))
     assert got == library(tok, texts)
     assert tok.token_to_id("<|endoftext|>") in got[1]  # the special token, not its characters
     assert "caf" not in cache.words and "one" not in cache.words  # those documents never reached the cache
@@ -75,8 +81,8 @@ def test_non_ascii_and_added_tokens_go_to_the_library_whole(tok):
 
 
 def test_the_cache_stops_growing_at_its_limit_and_stays_exact(tok, prose):
-    cache = WordCache(tok, max_words=50)
-    assert cache(prose[:400]) == library(tok, prose[:400])
+    cache = WordCache(tok, np.uint32, max_words=50)
+    assert ids(cache(prose[:400]), np.uint32) == library(tok, prose[:400])
     assert len(cache.words) == 50
 
 
@@ -100,8 +106,8 @@ def _bpe(normalizer=None, pre_tokenizer=None, dropout=None) -> Tokenizer:
 ], ids=["byte-level", "normalizer", "prefix-space", "no-regex", "whitespace", "dropout"])
 def test_only_tokenizers_that_encode_words_alone_use_the_cache(tok, uses_cache):
     assert applies(tok) == uses_cache
-    encode = encoder(tok)
+    encode = encoder(tok, np.uint16)
     assert isinstance(encode, WordCache) == uses_cache
     texts = ["abc def", "Hello World", "ab  cd"]
     if tok.model.dropout is None:
-        assert encode(texts) == library(tok, texts)
+        assert ids(encode(texts)) == library(tok, texts)
