@@ -77,8 +77,8 @@ class WordCache:
     encoding a short one)."""
 
     def __init__(self, tok, dtype: np.dtype, max_words: int = MAX_WORDS) -> None:
-        self.tok, self.dtype = tok, np.dtype(dtype)
-        self.words = _Words(tok, self.dtype, max_words)
+        self.words = _Words(tok, np.dtype(dtype), max_words)
+        self.library = library_encoder(tok, dtype)
         # the library splits added tokens out before anything else: a document holding one goes to it whole
         added = sorted((t.content for t in tok.get_added_tokens_decoder().values() if t.content), key=len, reverse=True)
         self.added = re.compile("|".join(map(re.escape, added))) if added else None
@@ -109,7 +109,7 @@ class WordCache:
                     plan.append(None)
                     library.append(piece)
             plans.append(plan)
-        encoded = iter(library_encoder(self.tok, self.dtype)(library))
+        encoded = iter(self.library(library))
         return [b"".join(next(encoded) if part is None else part for part in plan) for plan in plans]
 
 
