@@ -4,7 +4,7 @@
                   [--exclude-top K] [--format-col COL [--dense LABEL]] [--bootstrap K] [--format text|json]
     bench law unified [STORE OPTIONS] [--fix [FAMILY.]NAME=VALUE ...] [--fit-on LABEL ...] [--bootstrap K]
                       [--format text|json]
-    bench law gaps [STORE OPTIONS] [--format text|json]
+    bench law gaps [STORE OPTIONS] [--cells] [--format text|json]
     bench capacity [NAME_OR_CONFIG ...] [--model-size SIZE] [--format text|json]
     bench leaderboard [STORE OPTIONS] [--format text|md|csv|json]
     bench plot [STORE OPTIONS] [--fix NAME=VALUE ...] --out DIR
@@ -122,23 +122,34 @@ def _law(argv: list[str]) -> int:
     g = sub.add_parser("gaps", help="each format's loss gap to the reference and its change per doubling of D at "
                        "fixed N, measured run against run (the law says 0)")
     _common_store_args(g)
+    g.add_argument("--cells", action="store_true",
+                   help="also fit the compression law and list each cell's gap with the eff it implies")
     g.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     args = p.parse_args(argv)
     return {"fit": _law_fit, "unified": _law_unified, "gaps": _law_gaps}[args.action](args)
 
 
 def _law_gaps(args: argparse.Namespace) -> int:
-    from cslaws.laws.gaps import gap_growth, render_growth
+    from dataclasses import asdict
 
-    records = _store_records(args)
-    rows = gap_growth(lb.runs_of(records), args.dense)
+    from cslaws.laws.gaps import cell_effs, gap_growth, render_cells, render_growth
+
+    runs = lb.runs_of(_store_records(args))
+    rows = gap_growth(runs, args.dense)
     if not rows:
         raise BenchError(f"no format has runs at a size and token budget where the reference {args.dense!r} has "
                          "runs; a gap compares runs of the same N and budget")
+    law = fit_compression(runs, args.dense, holdout=False) if args.cells else None
+    cells = [] if law is None else cell_effs(runs, law)
     if args.format == "json":
-        print(json.dumps({"reference": args.dense, "level": 0.95, "rows": [r.to_dict() for r in rows]}))
+        out: dict[str, Any] = {"reference": args.dense, "level": 0.95, "rows": [r.to_dict() for r in rows]}
+        if law is not None:
+            out |= {"law": law.to_dict(), "cells": [asdict(c) for c in cells]}
+        print(json.dumps(out))
     else:
         _out(render_growth(rows, args.dense))
+        if law is not None:
+            _out(render_cells(cells, law))
     return 0
 
 

@@ -8,6 +8,10 @@ at two or more budgets, the slope of the format's gap (seeds averaged, paired wi
 same size and budget) against log2 of the tokens per parameter, that is the gap's change per doubling of D at
 fixed N. The law says 0. Its mean over the sizes gets a Student-t interval across the sizes: it covers
 seed noise and the spread between sizes (a trend with N widens it, so it is conservative).
+
+`cell_effs` turns each cell's measured gap into the multiplier it implies under a fitted law: the eff whose law
+gap at that N equals the measured one. A constant multiplier makes them all equal; a gap that grows with D makes
+them fall with D, and their spread is what a fit averages into one eff.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from cslaws.laws.fit import Runs, budget_clusters, check_reference
+from cslaws.laws.fit import LawFit, Runs, budget_clusters, check_reference
 
 
 @dataclass
@@ -51,6 +55,39 @@ def law_gap(A, alpha, eff, n):
     """The compression law's loss gap to the reference, A N^-alpha (eff^-alpha - 1): the same at every D.
     Broadcasts, so bootstrap samples of A, alpha and eff give one curve each."""
     return A * n ** -alpha * (eff ** -alpha - 1.0)
+
+
+def implied_eff(A, alpha, n, gap):
+    """The multiplier whose law gap at size `n` is `gap` (`law_gap` solved for eff):
+    (1 + gap / (A n^-alpha))^(-1 / alpha). NaN where no multiplier gives that gap (gap <= -A n^-alpha: the
+    format would beat the reference by more than the whole N term)."""
+    ratio = 1.0 + np.asarray(gap, dtype=np.float64) / (A * np.asarray(n, dtype=np.float64) ** -alpha)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ratio > 0.0, ratio ** (-1.0 / alpha), np.nan)
+
+
+@dataclass
+class CellEff:
+    """One format at one (N, budget) cell: its measured gap (seeds averaged) and the multiplier it implies."""
+
+    label: str
+    n: float
+    tokens_per_param: float
+    tokens: float
+    gap: float
+    implied_eff: float | None
+
+
+def cell_effs(runs: Runs, law: LawFit) -> list[CellEff]:
+    """Every cell's measured gap to the law's reference and the eff it implies under `law` (sorted by label,
+    then N, then D)."""
+    out = []
+    for label, gap in sorted(measured_gaps(runs, law.reference).items()):
+        effs = implied_eff(law.A, law.alpha, gap.n, gap.diff)
+        for n, tpp, diff, eff in zip(gap.n, gap.tokens_per_param, gap.diff, effs):
+            out.append(CellEff(label, float(n), float(tpp), float(n * tpp), float(diff),
+                               None if np.isnan(eff) else float(eff)))
+    return out
 
 
 @dataclass
@@ -118,4 +155,24 @@ def render_growth(rows: list[GapGrowth], reference: str):
         table.add_column(name, justify="left" if name in ("format", "per size (N: change)") else "right")
     for r in rows:
         table.add_row(*(escape(c) for c in growth_cells(r)))
+    return table
+
+
+CELL_COLUMNS = ("format", "N", "D/N", "D", "gap", "implied eff")
+
+
+def render_cells(rows: list[CellEff], law: LawFit):
+    from rich.markup import escape
+    from rich.table import Table
+
+    caption = (f"Each cell's loss minus {law.reference}'s (nats, seeds averaged) and the eff whose law gap "
+               f"A N^-alpha (eff^-alpha - 1) equals it, with the compression fit's A = {law.A:.4g}, alpha = "
+               f"{law.alpha:.4g}. A constant multiplier gives every cell of a format the same eff.")
+    table = Table(title="The multiplier each cell implies", caption=escape(caption))
+    for name in CELL_COLUMNS:
+        table.add_column(name, justify="left" if name == "format" else "right")
+    for r in rows:
+        eff = "-" if r.implied_eff is None else f"{r.implied_eff:.3f}"
+        table.add_row(escape(r.label), f"{r.n:,.0f}", f"{r.tokens_per_param:.3g}", f"{r.tokens:,.0f}",
+                      f"{r.gap:+.4f}", eff)
     return table

@@ -1,6 +1,7 @@
 """`gaps`: measured loss gaps to the reference and their change per doubling of D, checked against closed
 forms (a law whose gap does not depend on D, gaps built with known slopes, Student-t quantiles from a table),
-and `bench law gaps` end to end."""
+the multiplier each cell implies (the inverse of the law's gap, runs made from the law itself), and `bench law
+gaps` end to end."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 
 from cslaws.bench.cli import main as bench
-from cslaws.laws.fit import Runs
-from cslaws.laws.gaps import gap_growth, measured_gaps
+from cslaws.laws.fit import Runs, fit_compression
+from cslaws.laws.gaps import cell_effs, gap_growth, implied_eff, law_gap, measured_gaps
 
-from conftest import SIZES, int_store, law_loss, synthetic
+from conftest import SIZES, TOKENS_PER_PARAM, TRUE, int_store, law_loss, synthetic
 
 #: Student-t 97.5% quantiles (a printed table, not scipy): degrees of freedom -> t.
 T975 = {3: 3.182446305284263, 4: 2.7764451051977987}
@@ -81,6 +82,43 @@ def test_cells_without_a_reference_or_a_second_budget_are_left_out():
     assert gap_growth(_runs([("dense", 1e6, 10, 3.0), ("q", 2e6, 10, 3.1)]), "dense") == []
 
 
+def test_implied_eff_inverts_the_law_gap():
+    rng = np.random.default_rng(3)
+    A, alpha = rng.uniform(1.0, 500.0, 50), rng.uniform(0.05, 0.6, 50)
+    n, eff = 10 ** rng.uniform(4.0, 9.0, 50), rng.uniform(0.05, 1.5, 50)
+    np.testing.assert_allclose(implied_eff(A, alpha, n, law_gap(A, alpha, eff, n)), eff, rtol=1e-9)
+    # a format that beats the reference by the whole N term A N^-alpha or more has no multiplier
+    whole = 400.0 * 1e6 ** -0.34
+    assert np.isnan(implied_eff(400.0, 0.34, 1e6, -whole)) and np.isnan(implied_eff(400.0, 0.34, 1e6, -2 * whole))
+    assert implied_eff(400.0, 0.34, 1e6, -0.5 * whole) == pytest.approx(0.5 ** (-1 / 0.34), rel=1e-12)
+
+
+def test_cells_of_a_constant_multiplier_all_imply_it():
+    n, d, loss, label = synthetic(noise=0.0)
+    law = fit_compression(Runs.of(n, d, loss, label), holdout=False)
+    assert (law.A, law.alpha) == pytest.approx((TRUE["A"], TRUE["alpha"]), rel=1e-3)
+    cells = cell_effs(Runs.of(n, d, loss, label), law)
+    assert {c.label for c in cells} == {"int4", "int2"} and len(cells) == 2 * len(SIZES) * len(TOKENS_PER_PARAM)
+    for c in cells:
+        assert c.implied_eff == pytest.approx({"int4": 0.7, "int2": 0.4}[c.label], rel=2e-3)
+        assert c.tokens == pytest.approx(c.n * c.tokens_per_param, rel=1e-12)
+
+
+def test_a_gap_that_grows_with_d_implies_a_multiplier_that_falls_with_d():
+    n, d, loss, label = synthetic(noise=0.0)
+    grows = label == "int2"
+    loss = loss + np.where(grows, 0.01 * np.log2(d / n), 0.0)   # +0.01 nats per doubling of D at fixed N
+    runs = Runs.of(n, d, loss, label)
+    law = fit_compression(runs, holdout=False)
+    cells = [c for c in cell_effs(runs, law) if c.label == "int2"]
+    for size in SIZES:
+        row = sorted((c.tokens, c.implied_eff, c.gap) for c in cells if c.n == size)
+        effs = [e for _, e, _ in row]
+        assert all(a > b for a, b in zip(effs, effs[1:]))
+        # each eff puts the law's gap exactly on the measured one
+        np.testing.assert_allclose(law_gap(law.A, law.alpha, np.array(effs), size), [g for _, _, g in row], rtol=1e-9)
+
+
 def test_bench_law_gaps_with_no_comparable_cells_is_a_clear_error(capsys, tmp_path):
     from cslaws.bench.store import ResultsStore, RunRecord
 
@@ -114,7 +152,27 @@ def test_bench_law_gaps_prints_the_measured_table(capsys, store):
     assert all(abs(r["growth"]) < 0.02 for r in out["rows"])
     assert bench(["law", "gaps", "--store", str(store)]) == 0
     text = capsys.readouterr().out
-    assert "per doubling of D" in text and "w4a4" in text
+    assert "per doubling of D" in text and "w4a4" in text and "implied eff" not in text
+
+
+def test_bench_law_gaps_cells_lists_every_cell_with_the_eff_it_implies(capsys, store):
+    from cslaws.bench.store import ResultsStore
+    from cslaws.laws.leaderboard import runs_of
+
+    assert bench(["law", "gaps", "--store", str(store), "--cells", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    runs = runs_of(ResultsStore(store, create=False).runs())
+    law = fit_compression(runs, holdout=False)
+    expected = cell_effs(runs, law)
+    assert out["law"]["alpha"] == pytest.approx(law.alpha, rel=1e-9)
+    assert [(c["label"], c["n"], c["tokens"]) for c in out["cells"]] == [(c.label, c.n, c.tokens) for c in expected]
+    assert [c["implied_eff"] for c in out["cells"]] == pytest.approx([c.implied_eff for c in expected], rel=1e-9)
+    # the store's multipliers are 0.4 (int2), 0.6 (int3), 0.8 (int4) and 0.64 (w4a4), with 0.2% noise on the loss
+    true = {"int2": 0.4, "int3": 0.6, "int4": 0.8, "w4a4": 0.64}
+    assert all(abs(c["implied_eff"] / true[c["label"]] - 1) < 0.08 for c in out["cells"])
+    assert bench(["law", "gaps", "--store", str(store), "--cells"]) == 0
+    text = capsys.readouterr().out
+    assert "The multiplier each cell implies" in text and "implied eff" in text
 
 
 def test_bench_law_gaps_without_reference_runs_is_a_clear_error(capsys, store):
