@@ -20,7 +20,8 @@ A matrix file:
 
     models: [nano, micro]              # names from cslaws.models.llama.SIZES
     formats: [formats/dense.yaml, formats/int4.yaml]   # format configs (shipped or paths)
-    tokens_per_param: [10, 20]         # token budgets, as tokens per non-embedding parameter
+    tokens_per_param: [10, 20]         # token budgets, as tokens per non-embedding parameter; or
+                                       # tokens: [1000000, 2000000], the same D for every size
     seeds: [0]
     model_seeds: {nano: [0, 1, 2]}     # optional: these models' cells run with these seeds instead (repeat
                                        # the cheapest cells, so that the fit's intervals include seed noise)
@@ -60,16 +61,20 @@ from cslaws.bench.store import ResultsStore, RunRecord, default_store_path
 from cslaws.console import console as rich_console
 from cslaws.errors import BenchError
 from cslaws.laws.capacity import check_fits, load_format_config
-from cslaws.models.llama import SIZES, get_size, non_embedding_params
+from cslaws.models.llama import get_size, non_embedding_params
 
 
 @dataclass(frozen=True)
 class Cell:
+    """One run of the matrix. Its budget is `tokens_per_param` (D grows with N) or `tokens` (the same D
+    at every size), never both."""
+
     model: str
     format_config: str
-    tokens_per_param: float
     seed: int
     fit: str  # the shared fit settings as canonical JSON
+    tokens_per_param: float | None = None
+    tokens: int | None = None
 
     @property
     def label(self) -> str:
@@ -79,8 +84,12 @@ class Cell:
     def key(self) -> str:
         """Names the cell in the store: readable, plus a hash of everything that defines the run."""
         fmt_text = Path(resolve_config(self.format_config)).read_text()
-        digest = hashlib.sha256(json.dumps([self.model, fmt_text, self.tokens_per_param, self.seed, self.fit]).encode()).hexdigest()[:10]
-        return f"{self.model}/{self.label}/tpp{self.tokens_per_param:g}/s{self.seed}/{digest}"
+        # a tokens-per-parameter budget hashes as a bare number, as before absolute budgets existed, so
+        # the cells of stores written then keep their keys
+        budget = self.tokens_per_param if self.tokens is None else {"tokens": self.tokens}
+        digest = hashlib.sha256(json.dumps([self.model, fmt_text, budget, self.seed, self.fit]).encode()).hexdigest()[:10]
+        name = f"tpp{self.tokens_per_param:g}" if self.tokens is None else f"D{self.tokens}"
+        return f"{self.model}/{self.label}/{name}/s{self.seed}/{digest}"
 
     @property
     def part_name(self) -> str:
@@ -88,10 +97,24 @@ class Cell:
         return hashlib.sha256(self.key.encode()).hexdigest()[:16] + ".db"
 
     @property
+    def n_params(self) -> int:
+        return non_embedding_params(get_size(self.model))
+
+    @property
+    def requested_tokens(self) -> int:
+        """D asked for (the run rounds it to whole optimizer steps and stores what it trained)."""
+        return self.tokens if self.tokens is not None else round(self.n_params * self.tokens_per_param)
+
+    @property
     def flops(self) -> float:
         """Training compute 6 N D (Kaplan et al. 2020), N non-embedding."""
-        n = non_embedding_params(get_size(self.model))
-        return 6.0 * n * n * self.tokens_per_param
+        return 6.0 * self.n_params * self.requested_tokens
+
+    @property
+    def budget_args(self) -> list[str]:
+        if self.tokens is not None:
+            return ["--model.tokens", str(self.tokens)]
+        return ["--model.tokens_per_param", f"{self.tokens_per_param:g}"]
 
     def command(
         self, store: Path, fit_config: Path, program: tuple[str, ...] = ("bench",), *, resume: bool = False,
@@ -103,7 +126,7 @@ class Cell:
             "--config", str(fit_config),
             "--config", resolve_config(self.format_config),
             "--model.size", self.model,
-            "--model.tokens_per_param", f"{self.tokens_per_param:g}",
+            *self.budget_args,
             "--seed_everything", str(self.seed),
             "--store.path", str(store),
             "--store.cell", self.key,
@@ -119,7 +142,10 @@ def matrix_parser() -> ArgumentParser:
     parser.add_argument("--matrix", action="config", help="matrix YAML (shipped, e.g. matrix/cpu.yaml, or a path)")
     parser.add_argument("--models", type=list[str], required=True, help="model sizes")
     parser.add_argument("--formats", type=list[str], required=True, help="format configs")
-    parser.add_argument("--tokens_per_param", type=list[float], required=True, help="token budgets per parameter")
+    parser.add_argument("--tokens_per_param", type=list[float] | None, default=None,
+                        help="token budgets per non-embedding parameter (or --tokens)")
+    parser.add_argument("--tokens", type=list[int] | None, default=None,
+                        help="token budgets D, the same for every size (or --tokens_per_param)")
     parser.add_argument("--seeds", type=list[int], default=[0])
     parser.add_argument("--model_seeds", type=dict[str, list[int]], default={},
                         help="per model size, the seeds its cells run with instead of --seeds")
@@ -161,8 +187,14 @@ def parse(argv: list[str]) -> Any:
                 check_fits(weight, activation, name)
             except BenchError as err:
                 raise BenchError(f"the matrix pairs {f} with {name}: {err}") from None
-    if not cfg.tokens_per_param or any(t <= 0 for t in cfg.tokens_per_param):
-        raise BenchError(f"tokens_per_param must be positive numbers; got {cfg.tokens_per_param}")
+    if (cfg.tokens_per_param is None) == (cfg.tokens is None):
+        raise BenchError("the matrix must give its token budgets as exactly one of tokens_per_param (D grows with "
+                         f"N) and tokens (one D for every size); got tokens_per_param={cfg.tokens_per_param}, "
+                         f"tokens={cfg.tokens}")
+    for name in ("tokens_per_param", "tokens"):
+        budgets = getattr(cfg, name)
+        if budgets is not None and (not budgets or any(t <= 0 for t in budgets)):
+            raise BenchError(f"{name} must be positive numbers; got {budgets}")
     if cfg.jobs < 1:
         raise BenchError(f"--jobs {cfg.jobs} is not allowed; it must be at least 1")
     if cfg.emit not in (None, "lines", "slurm"):
@@ -172,11 +204,13 @@ def parse(argv: list[str]) -> Any:
 
 def cells(cfg: Any) -> list[Cell]:
     fit = json.dumps(cfg.fit, sort_keys=True)
+    budgets = ([{"tokens_per_param": t} for t in cfg.tokens_per_param] if cfg.tokens is None
+               else [{"tokens": t} for t in cfg.tokens])
     return [
-        Cell(m, f, t, s, fit)
+        Cell(m, f, s, fit, **b)
         for m in cfg.models
         for f in cfg.formats
-        for t in cfg.tokens_per_param
+        for b in budgets
         for s in cfg.model_seeds.get(m, cfg.seeds)
     ]
 
@@ -304,10 +338,9 @@ def main(argv: list[str]) -> int:
             table.add_column(col)
         live = {c.key for c, _ in plan.live}
         for c in all_cells:
-            n = non_embedding_params(SIZES[c.model])
             status = ("done" if c.key in plan.done else "resume" if c.key in resume
                       else "running (live)" if c.key in live else "to run")
-            table.add_row(c.key, f"{n:,}", f"{round(n * c.tokens_per_param):,}", f"{c.flops:.3g}", status)
+            table.add_row(c.key, f"{c.n_params:,}", f"{c.requested_tokens:,}", f"{c.flops:.3g}", status)
         console.print(table)
         console.print(f"total to run: {sum(c.flops for c in todo):.3g} FLOPs")
         return 0

@@ -51,6 +51,10 @@ _SCREEN_ITERS = 200
 _LBFGS = {"maxiter": 5000, "maxfun": 20000, "ftol": 1e-15, "gtol": 1e-11}
 _E_FLOOR = 5.0
 _EXP_MIN = 1e-3
+#: Above every exponent published for these laws (0.07-0.7) and the start grid. Without a cap, runs that
+#: share two values of D (a matrix of `tokens`) leave B, beta and E a flat valley along which beta runs to
+#: infinity and B = e^b overflows; capped, that is a boundary solution reported in `LawFit.at_bound`.
+_EXP_MAX = 3.0
 #: Token budgets whose tokens per parameter D/N differ by less than this (relative) are one budget:
 #: training whole optimizer steps moves D off the asked-for ratio by up to a few tenths of a percent (more
 #: on the smallest models), which must not pass for a second budget.
@@ -334,7 +338,7 @@ class _Problem:
 
     Centring log N and log D (a' = a - alpha mean(log N), likewise b) removes the near-collinearity of
     a and alpha that otherwise makes L-BFGS crawl. E is bounded below by min(loss) e^-5 and the exponents
-    by 1e-3: where the runs cannot separate E from a small alpha the optimum runs off to E -> 0, and
+    to [1e-3, 3]: where the runs cannot separate E from a small alpha the optimum runs off to E -> 0, and
     the bound turns that into a reported boundary solution (`LawFit.at_bound`) instead of an endless
     search.
     """
@@ -346,7 +350,8 @@ class _Problem:
         self.model = model
         self.e_min = math.log(float(runs.loss.min())) - _E_FLOOR
         extra = extra_bounds if extra_bounds is not None else [(None, None)] * model.n_extra
-        self.bounds = [(None, None), (None, None), (self.e_min, None), (_EXP_MIN, None), (_EXP_MIN, None), *extra]
+        self.bounds = [(None, None), (None, None), (self.e_min, None), (_EXP_MIN, _EXP_MAX), (_EXP_MIN, _EXP_MAX),
+                       *extra]
 
     def centre(self, theta: np.ndarray) -> np.ndarray:
         t = np.array(theta, dtype=np.float64)
@@ -383,8 +388,11 @@ class _Problem:
         return _Solution(full[0][0], full[0][1], np.stack([t for t, _ in full]))
 
     def at_bound(self, theta: np.ndarray) -> list[str]:
-        names = ["E" if theta[2] <= self.e_min + 1e-6 else "", "alpha" if theta[3] <= _EXP_MIN + 1e-9 else "",
-                 "beta" if theta[4] <= _EXP_MIN + 1e-9 else ""]
+        def pinned(x: float) -> bool:
+            return x <= _EXP_MIN + 1e-9 or x >= _EXP_MAX - 1e-9
+
+        names = ["E" if theta[2] <= self.e_min + 1e-6 else "", "alpha" if pinned(theta[3]) else "",
+                 "beta" if pinned(theta[4]) else ""]
         return [n for n in names if n]
 
 

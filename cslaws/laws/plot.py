@@ -2,7 +2,7 @@
 embeds the same figures in its page as SVG.
 
 - loss_vs_n: final loss against N per format, runs as points, the fitted law as curves, one per token
-  budget (tokens per parameter, rounded to 2 significant digits) that the format's runs were trained at.
+  budget that the format's runs were trained at: a D shared by the sizes, or else a D/N (`_budgets`).
 - loss_gap: one panel per format, its loss minus the reference's (dense) against N. Points: measured
   differences, each format's runs paired with the reference runs of the same size and token budget (seeds
   averaged). Curve: the fitted law's difference A N^-alpha (eff^-alpha - 1), which does not depend on D,
@@ -59,9 +59,28 @@ def _equivalent_gmse(row: Row) -> float | None:
     return float(rho_inverse(row.rho))
 
 
-def _budgets(tokens_per_param: np.ndarray) -> list[float]:
-    """The distinct token budgets, to 2 significant digits (D is whole steps, so D/N is never exact)."""
-    return sorted({float(f"{r:.2g}") for r in tokens_per_param})
+def _round2(values: np.ndarray) -> np.ndarray:
+    """To 2 significant digits: D is whole steps, so neither D nor D/N is ever exactly the budget asked for."""
+    return np.array([float(f"{v:.2g}") for v in np.asarray(values, dtype=np.float64)])
+
+
+def _budgets(n: np.ndarray, d: np.ndarray) -> tuple[bool, np.ndarray]:
+    """How the runs' token budgets were set, so that a curve or marker stands for one budget: True and each
+    run's D when the sizes share a few D (a matrix of `tokens`), else False and each run's D/N (a matrix
+    of `tokens_per_param`), both to 2 significant digits. Whichever has fewer distinct values is the one
+    the runs were given."""
+    per_d, per_ratio = _round2(d), _round2(np.asarray(d, dtype=np.float64) / n)
+    fixed_d = len(np.unique(per_d)) < len(np.unique(per_ratio))
+    return fixed_d, per_d if fixed_d else per_ratio
+
+
+def _budget_d(fixed_d: bool, budget: float, n: np.ndarray) -> np.ndarray:
+    """D along a law curve drawn at one budget."""
+    return np.full_like(n, budget) if fixed_d else budget * n
+
+
+def _budget_text(fixed_d: bool, budget: float) -> str:
+    return f"D = {budget:,.0f}" if fixed_d else f"D/N = {budget:g}"
 
 
 def _log_x(ax) -> None:
@@ -82,15 +101,16 @@ def colours(board: Leaderboard) -> dict[str, Any]:
 def loss_vs_n_figure(board: Leaderboard, runs: Runs) -> Figure:
     law = board.law
     fig, ax = plt.subplots(figsize=(7, 5))
+    fixed_d, budgets = _budgets(runs.n, runs.d)
     for label, colour in colours(board).items():
         rows = runs.label == label
         ax.scatter(runs.n[rows], runs.loss[rows], color=colour, s=18, label=label)
         n = np.geomspace(runs.n.min() / 1.5, runs.n.max() * 1.5, 100)
-        for ratio in _budgets(runs.d[rows] / runs.n[rows]):
-            ax.plot(n, law.predict(n, ratio * n, law.eff[label]), color=colour, lw=1)
+        for budget in np.unique(budgets[rows]):
+            ax.plot(n, law.predict(n, _budget_d(fixed_d, budget, n), law.eff[label]), color=colour, lw=1)
     _log_x(ax)
     ax.set(xlabel="non-embedding parameters N", ylabel="final validation loss",
-           title="Loss vs N (curves: fitted law at each token budget D/N)")
+           title=f"Loss vs N (curves: fitted law at each token budget {'D' if fixed_d else 'D/N'})")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
@@ -140,6 +160,7 @@ def loss_gap_figure(board: Leaderboard, runs: Runs) -> Figure:
     reference = board.law.reference
     labels = [r.label for r in board.rows if r.label != reference]
     gaps = measured_gaps(runs, reference)
+    fixed_d = _budgets(runs.n, runs.d)[0]
     fig, panels = _format_panels(len(labels))
     n = np.geomspace(runs.n.min() / 1.3, runs.n.max() * 1.3, 100)
     colour = colours(board)
@@ -150,12 +171,14 @@ def loss_gap_figure(board: Leaderboard, runs: Runs) -> Figure:
         ax.plot(n, central, color=colour[label], lw=1.2)
         gap = gaps.get(label)
         if gap is not None:
-            for ratio in _budgets(gap.tokens_per_param):
-                rows = np.isclose([float(f"{r:.2g}") for r in gap.tokens_per_param], ratio)
-                marker = markers.setdefault(ratio, "osD^v"[len(markers) % 5])
+            budgets = _round2(gap.n * gap.tokens_per_param if fixed_d else gap.tokens_per_param)
+            for budget in np.unique(budgets):
+                rows = budgets == budget
+                marker = markers.setdefault(budget, "osD^v"[len(markers) % 5])
                 ax.scatter(gap.n[rows], gap.diff[rows], color=colour[label], marker=marker, s=16)
         _label_panel(ax, label)
-    handles = [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"measured, D/N = {r:g}") for r, m in markers.items()]
+    handles = [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"measured, {_budget_text(fixed_d, b)}")
+               for b, m in markers.items()]
     handles.append(plt.Line2D([], [], color="grey", lw=1.2, label=f"fitted law, {100 * board.intervals.level:.0f}% "
                               "bootstrap band"))
     _finish_panels(fig, handles, "non-embedding parameters N", reference,

@@ -103,8 +103,8 @@ def settings_summary(config: str) -> str:
         return "-"
     model, data = fit.get("model") or {}, fit.get("data") or {}
     keys = [("lr", model, "lr"), ("warmup", model, "warmup"), ("wd", model, "weight_decay"),
-            ("D/N", model, "tokens_per_param"), ("batch", data, "batch_size"), ("seq", data, "seq_len"),
-            ("vocab", data, "vocab_size")]
+            ("D", model, "tokens"), ("D/N", model, "tokens_per_param"), ("batch", data, "batch_size"),
+            ("seq", data, "seq_len"), ("vocab", data, "vocab_size")]
     return " ".join(f"{name}={src[key]}" for name, src, key in keys if src.get(key) is not None) or "-"
 
 

@@ -20,7 +20,8 @@ def test_shipped_matrix_parses_through_the_sweep_parser(path: Path) -> None:
     cfg = parse(["--matrix", f"matrix/{path.name}"])
     grid = cells(cfg)
     seeds = sum(len(cfg.model_seeds.get(m, cfg.seeds)) for m in cfg.models)
-    assert len(grid) == seeds * len(cfg.formats) * len(cfg.tokens_per_param)
+    budgets = cfg.tokens_per_param if cfg.tokens is None else cfg.tokens
+    assert len(grid) == seeds * len(cfg.formats) * len(budgets)
     assert len({c.key for c in grid}) == len(grid), "every cell has its own key"
 
 
@@ -53,6 +54,34 @@ def test_cell_flops_are_6nd() -> None:
     (cell,) = cells(cfg)
     n = non_embedding_params(SIZES["micro"])
     assert cell.flops == 6 * n * (10 * n)
+
+
+def test_absolute_budgets_give_every_size_the_same_d(tmp_path) -> None:
+    cfg = parse(["--models", "[nano, micro]", "--formats", "[formats/dense.yaml]", "--tokens", "[700000, 1400000]"])
+    grid = cells(cfg)
+    assert sorted((c.model, c.requested_tokens) for c in grid) == [
+        ("micro", 700000), ("micro", 1400000), ("nano", 700000), ("nano", 1400000)]
+    micro = next(c for c in grid if c.model == "micro" and c.tokens == 700000)
+    assert micro.flops == 6 * non_embedding_params(SIZES["micro"]) * 700000
+    assert micro.key.startswith("micro/dense/D700000/s0/")
+    command = micro.command(tmp_path / "s.db", tmp_path / "f.yaml")
+    i = command.index("--model.tokens")
+    assert command[i + 1] == "700000" and "--model.tokens_per_param" not in command
+
+
+def test_a_budget_in_tokens_and_one_per_parameter_are_different_cells() -> None:
+    """1,339,200 tokens is exactly 50 per parameter on nano, and still another cell: the matrix asked for
+    another design, and its key says which."""
+    base = ["--models", "[nano]", "--formats", "[formats/dense.yaml]"]
+    (per_param,) = cells(parse(base + ["--tokens_per_param", "[50]"]))
+    (absolute,) = cells(parse(base + ["--tokens", f"[{50 * non_embedding_params(SIZES['nano'])}]"]))
+    assert per_param.requested_tokens == absolute.requested_tokens and per_param.key != absolute.key
+
+
+@pytest.mark.parametrize("budgets", [[], ["--tokens_per_param", "[10]", "--tokens", "[100000]"]])
+def test_a_matrix_gives_its_budgets_one_way(budgets) -> None:
+    with pytest.raises(ValueError, match="exactly one of tokens_per_param .* and tokens"):
+        parse(["--models", "[nano]", "--formats", "[formats/dense.yaml]", *budgets])
 
 
 def test_cell_key_changes_with_shared_settings() -> None:
@@ -127,6 +156,7 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> No
         (["--models", "[giant]"], "unknown model size 'giant'"),
         (["--formats", "[formats/nope.yaml]"], "config 'formats/nope.yaml' is neither"),
         (["--tokens_per_param", "[0]"], "tokens_per_param must be positive"),
+        (["--tokens_per_param", "[]"], "tokens_per_param must be positive"),
         (["--models", "[micro]", "--formats", "[formats/fp4.yaml]"], "pairs formats/fp4.yaml with micro: .* 'micro': "
          "group_size 32 does not divide the row length 48 .*; sizes they fit: nano, milli"),
         (["--jobs", "0"], "--jobs 0 is not allowed"),

@@ -287,3 +287,18 @@ def test_each_size_at_its_own_budget_is_rejected():
     loss = 2.0 + 400 * n**-0.3 + np.tile([0.0, 0.01, 0.02], 4)
     with pytest.raises(FitError, match=r"no model size was trained at two token budgets \(N=1e\+06: D/N 5, N=2e\+06: D/N 10"):
         fit_chinchilla(Runs.of(n, d, loss))
+
+
+def test_two_shared_token_budgets_recover_the_multipliers():
+    """Every size at the same two D (a matrix of `tokens`): B, beta and E are then one flat valley (two
+    levels of the D term for three constants), which once ran beta off until B = e^b overflowed. The
+    multipliers, which compare sizes at equal D, do not depend on where in the valley the fit stops."""
+    sizes = np.array([1e7, 2e7, 5e7, 1e8, 2e8])
+    n, d, lab = (np.array(v) for v in zip(*[(s, t, f) for f in TRUE_EFF for s in sizes for t in (2e9, 4e9)]))
+    loss = np.array([float(v) for v in (TRUE["A"] * (n * np.array([TRUE_EFF[f] for f in lab])) ** -TRUE["alpha"]
+                                        + TRUE["B"] * d ** -TRUE["beta"] + TRUE["E"])])
+    law = fit_compression(Runs.of(n, d, loss, lab.astype(object)), holdout=False)
+    assert math.isfinite(law.B) and law.beta <= 3.0
+    assert law.eff["int4"] == pytest.approx(TRUE_EFF["int4"], rel=1e-3)
+    assert law.eff["int2"] == pytest.approx(TRUE_EFF["int2"], rel=1e-3)
+    assert law.alpha == pytest.approx(TRUE["alpha"], rel=1e-3)
