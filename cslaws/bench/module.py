@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from cslaws.bench.budget import requested_tokens
 from cslaws.errors import BenchError
 from cslaws.formats.base import Format
 from cslaws.formats.linear import LinearFactory
@@ -112,7 +113,7 @@ class LanguageModel(L.LightningModule):
         check_fits(self.factory.weight, self.factory.activation, size)
         self.model = Llama(self.size, vocab_size, self.factory)
         self.lr = lr if lr is not None else self.size.lr
-        self.requested_tokens = tokens if tokens is not None else round(tokens_per_param * self.model.n_params)
+        self.requested_tokens = requested_tokens(self.model.n_params, tokens, tokens_per_param)
         self.total_steps = 0
         self.val_loss = MeanMetric()
         self._micro_losses: list[Tensor] = []

@@ -56,6 +56,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cslaws.bench.budget import requested_tokens
 from cslaws.bench.cli import resolve_config
 from cslaws.bench.store import ResultsStore, RunRecord, default_store_path
 from cslaws.console import console as rich_console
@@ -103,7 +104,7 @@ class Cell:
     @property
     def requested_tokens(self) -> int:
         """D asked for (the run rounds it to whole optimizer steps and stores what it trained)."""
-        return self.tokens if self.tokens is not None else round(self.n_params * self.tokens_per_param)
+        return requested_tokens(self.n_params, self.tokens, self.tokens_per_param)
 
     @property
     def flops(self) -> float:
