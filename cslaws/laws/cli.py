@@ -5,6 +5,7 @@
     bench law unified [STORE OPTIONS] [--fix [FAMILY.]NAME=VALUE ...] [--fit-on LABEL ...] [--bootstrap K]
                       [--format text|json]
     bench law gaps [STORE OPTIONS] [--cells] [--format text|json]
+    bench law penalty [STORE OPTIONS] [--bootstrap K] [--format text|json]
     bench capacity [NAME_OR_CONFIG ...] [--model-size SIZE] [--format text|json]
     bench leaderboard [STORE OPTIONS] [--format text|md|csv|json]
     bench plot [STORE OPTIONS] [--fix NAME=VALUE ...] --out DIR
@@ -93,7 +94,8 @@ def _out(text: Any) -> None:
 def _law(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bench law", description="Fit scaling laws: to runs in a CSV file (fit), or "
                                 "the unified form over a results store (unified); check the compression law's "
-                                "D-independent gap on a store's runs (gaps).")
+                                "D-independent gap on a store's runs (gaps); fit a penalty that may grow with D "
+                                "beside it (penalty).")
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fit", help="fit the Chinchilla form, or the compression form with --format-col")
     f.add_argument("--runs", required=True, type=Path, help="CSV file, one run per row")
@@ -125,8 +127,35 @@ def _law(argv: list[str]) -> int:
     g.add_argument("--cells", action="store_true",
                    help="also fit the compression law and list each cell's gap with the eff it implies")
     g.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    pe = sub.add_parser("penalty", help="fit the penalty form of Chen et al. (2025), a format's loss penalty k_f "
+                        "(D/D0)^gamma_D (N/N0)^-gamma_N, beside the compression form on the same runs")
+    _common_store_args(pe)
+    pe.add_argument("--bootstrap", type=int, default=100, metavar="K",
+                    help="bootstrap resamples for intervals, of both forms (default 100; 0: none)")
+    pe.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pe.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     args = p.parse_args(argv)
-    return {"fit": _law_fit, "unified": _law_unified, "gaps": _law_gaps}[args.action](args)
+    return {"fit": _law_fit, "unified": _law_unified, "gaps": _law_gaps, "penalty": _law_penalty}[args.action](args)
+
+
+def _law_penalty(args: argparse.Namespace) -> int:
+    from cslaws.laws.penalty import bootstrap_penalty, fit_penalty, render_penalty
+
+    if args.bootstrap == 1 or args.bootstrap < 0:
+        raise BenchError(f"--bootstrap must be 0 (no intervals) or at least 2 resamples, got {args.bootstrap}")
+    runs = lb.runs_of(_store_records(args))
+    law = fit_penalty(runs, args.dense)
+    compression = fit_compression(runs, args.dense)
+    intervals = bootstrap_penalty(law, runs, k=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    compression_ci = bootstrap(compression, runs, k=args.bootstrap, seed=args.seed).eff_ci if args.bootstrap else {}
+    if args.format == "json":
+        out = {"penalty": law.to_dict(), "compression": compression.to_dict() | {"eff_ci": compression_ci}}
+        if intervals is not None:
+            out["penalty"]["bootstrap"] = intervals.to_dict()
+        print(json.dumps(out))
+    else:
+        _out(render_penalty(law, intervals, compression, compression_ci))
+    return 0
 
 
 def _law_gaps(args: argparse.Namespace) -> int:

@@ -185,7 +185,33 @@ class LawFit:
 # Parametrisations of log eff. theta = [a, b, e, alpha, beta, *extra].
 
 
-class _PerFormat:
+def label_index(runs: Runs, reference: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The non-reference labels (sorted), each run's index among them (-1: the reference), and the one-hot
+    (runs, labels) matrix that maps per-label parameters onto runs."""
+    names = sorted({str(s) for s in runs.label} - {reference})
+    index = {name: j for j, name in enumerate(names)}
+    idx = np.array([index.get(str(s), -1) for s in runs.label])
+    onehot = np.zeros((len(runs), len(names)))
+    rows = np.flatnonzero(idx >= 0)
+    onehot[rows, idx[rows]] = 1.0
+    return names, idx, onehot
+
+
+class _Model:
+    """What a parametrisation adds to the shared law: an offset on the N term (`shift`, `shift_grad`) and,
+    for forms with one (`penalty.py`), a fourth additive term in log space (`term`, `term_grad`)."""
+
+    def term(self, theta: np.ndarray, logn: np.ndarray, logd: np.ndarray) -> np.ndarray | None:
+        """(P, runs) log of the form's own additive term (-inf where a run has none); None: no such term."""
+        return None
+
+    def term_grad(self, psi: np.ndarray, log_pred: np.ndarray, theta: np.ndarray, logn: np.ndarray,
+                  logd: np.ndarray) -> np.ndarray:
+        """(P, 5 + n_extra) gradient of sum psi x log-prediction through `term` (log_pred: the prediction)."""
+        raise NotImplementedError  # only called where `term` returned an array
+
+
+class _PerFormat(_Model):
     """One free parameter per non-reference label: its offset k_f = alpha log eff_f on the N term.
 
     The offset is what the runs pin down (A eff_f^-alpha); parametrising by log eff_f directly couples
@@ -193,12 +219,7 @@ class _PerFormat:
     """
 
     def __init__(self, runs: Runs, reference: str) -> None:
-        self.names = sorted({str(s) for s in runs.label} - {reference})
-        index = {name: j for j, name in enumerate(self.names)}
-        self.idx = np.array([index.get(str(s), -1) for s in runs.label])
-        self.onehot = np.zeros((len(runs), len(self.names)))
-        rows = np.flatnonzero(self.idx >= 0)
-        self.onehot[rows, self.idx[rows]] = 1.0
+        self.names, self.idx, self.onehot = label_index(runs, reference)
 
     @property
     def n_extra(self) -> int:
@@ -214,7 +235,7 @@ class _PerFormat:
         return theta[:, 5:] / theta[:, 3:4]
 
 
-class _Unified:
+class _Unified(_Model):
     """log eff of a run = sum over its compressed tensors c of log Lsat_f + C_f log tanh(F_f u_c),
     u_c = log4(1 / GMSE_c); extra = [log F, log C, log Lsat] per family; shift = alpha log eff."""
 
@@ -273,7 +294,8 @@ def _objective(
     """Weighted sum of Huber(log-sum-exp prediction - log L) and its gradient, for each row of theta."""
     a, b, e, alpha, beta = (theta[:, k : k + 1] for k in range(5))
     t1 = a - alpha * logn - model.shift(theta)
-    terms = np.stack([t1, b - beta * logd, np.broadcast_to(e, t1.shape)])
+    t4 = model.term(theta, logn, logd)
+    terms = np.stack([t1, b - beta * logd, np.broadcast_to(e, t1.shape), *([] if t4 is None else [t4])])
     # log-sum-exp and its softmax weights from one exponential (scipy's versions cost more per call).
     top = terms.max(axis=0)
     ex = np.exp(terms - top)
@@ -290,6 +312,8 @@ def _objective(
     )
     grad = model.shift_grad(-g1, theta)
     grad[:, :5] += shared
+    if t4 is not None:
+        grad += model.term_grad(psi, r + logl, theta, logn, logd)
     return f, grad
 
 
@@ -497,8 +521,9 @@ def _law_from_solution(form: str, sol: _Solution, runs: Runs, problem: _Problem,
     )
 
 
-def _holdout(runs: Runs, refit, eff_of) -> tuple[Holdout | None, str]:
-    """Fit on all but the largest model size and score the prediction of the largest size's runs."""
+def holdout_check(runs: Runs, refit, predict_of) -> tuple[Holdout | None, str]:
+    """Fit on all but the largest model size (`refit(train)`) and score the prediction of the largest size's
+    runs (`predict_of(law, test)`: a loss per run, NaN for a run the refit cannot predict)."""
     largest = runs.n.max()
     train, test = runs.subset(runs.n < largest), runs.subset(runs.n == largest)
     try:
@@ -507,13 +532,12 @@ def _holdout(runs: Runs, refit, eff_of) -> tuple[Holdout | None, str]:
         return None, f"no leave-largest-size-out check: without N={largest:.4g} {err}"
     # A label (or family) seen only at the largest size has no multiplier in the refit: those runs are
     # not scored, and the count says how many were.
-    eff = np.broadcast_to(np.asarray(eff_of(law, test), dtype=np.float64), test.n.shape)
-    scored = np.isfinite(eff)
+    pred = np.asarray(predict_of(law, test), dtype=np.float64)
+    scored = np.isfinite(pred)
     if not scored.any():
         return None, f"no leave-largest-size-out check: no format has runs both below and at N={largest:.4g}"
-    pred = law.predict(test.n[scored], test.d[scored], eff[scored])
-    err_log = np.log(pred) - np.log(test.loss[scored])
-    rel = np.abs(pred / test.loss[scored] - 1.0)
+    err_log = np.log(pred[scored]) - np.log(test.loss[scored])
+    rel = np.abs(pred[scored] / test.loss[scored] - 1.0)
     return Holdout(float(largest), int(scored.sum()), float(np.sqrt(np.mean(err_log**2))), float(rel.max())), ""
 
 
@@ -531,7 +555,8 @@ def fit_chinchilla(runs: Runs, *, holdout: bool = True) -> LawFit:
     problem = _Problem(plain, _PerFormat(plain, "dense"))
     law = _law_from_solution("chinchilla", _solve_per_format(problem, plain), plain, problem, "dense")
     if holdout:
-        law.holdout, law.holdout_note = _holdout(plain, lambda r: fit_chinchilla(r, holdout=False), lambda l, t: 1.0)
+        law.holdout, law.holdout_note = holdout_check(plain, lambda r: fit_chinchilla(r, holdout=False),
+                                                      lambda l, t: l.predict(t.n, t.d))
     return law
 
 
@@ -543,10 +568,10 @@ def fit_compression(runs: Runs, reference: str = "dense", *, holdout: bool = Tru
     problem = _Problem(runs, model)
     law = _law_from_solution("compression", _solve_per_format(problem, runs), runs, problem, reference)
     if holdout:
-        law.holdout, law.holdout_note = _holdout(
+        law.holdout, law.holdout_note = holdout_check(
             runs,
             lambda r: fit_compression(r, reference, holdout=False),
-            lambda l, t: np.array([l.eff.get(s, np.nan) for s in t.label]),
+            lambda l, t: l.predict(t.n, t.d, np.array([l.eff.get(s, np.nan) for s in t.label])),
         )
     return law
 
@@ -660,8 +685,8 @@ def fit_unified(
         def refit(r: Runs) -> LawFit:
             return fit_unified(r, [c for c, k in zip(components, keep) if k], fixed=fixed, holdout=False)
 
-        def eff_of(l: LawFit, t: Runs) -> np.ndarray:
-            return np.array([unified_eff(c, l.family) for c, k in zip(components, keep) if not k])
+        def predict_of(l: LawFit, t: Runs) -> np.ndarray:
+            return l.predict(t.n, t.d, np.array([unified_eff(c, l.family) for c, k in zip(components, keep) if not k]))
 
-        law.holdout, law.holdout_note = _holdout(runs, refit, eff_of)
+        law.holdout, law.holdout_note = holdout_check(runs, refit, predict_of)
     return law

@@ -9,7 +9,8 @@ embeds the same figures in its page as SVG.
   with its bootstrap band. At small scale the formats' loss-vs-N curves lie on top of each other; their
   differences to dense are what tells formats apart.
 - gap_vs_d: one panel per format, the same measured differences against D, one line per model size joining
-  its token budgets, beside the law's difference at that size, which is the same at every D (`gaps`).
+  its token budgets, beside the law's difference at that size, which is the same at every D (`gaps`), and
+  the penalty form's, which may change with D (`penalty`; drawn where that form can be fitted).
 - eff_vs_gmse: fitted eff (bootstrap interval as error bars) against GMSE, with the published rho curve
   and the unified law's rho per family (`heldout.fit_rho`) drawn only where its constants are determined by the
   runs, with a bootstrap band; otherwise the legend says why there is no curve. A format of several parts
@@ -46,6 +47,7 @@ from cslaws.laws.fit import (  # noqa: E402
 from cslaws.laws.gaps import law_gap, measured_gaps  # noqa: E402
 from cslaws.laws.heldout import Prediction, RhoFit  # noqa: E402
 from cslaws.laws.leaderboard import Leaderboard, Row  # noqa: E402
+from cslaws.laws.penalty import PenaltyFit, try_fit_penalty  # noqa: E402
 
 #: What `bench plot` and `bench report` pin when the user pins nothing: three free constants pass exactly
 #: through three formats and extrapolate wildly; Lsat = 1 is the published value for scalar quantization.
@@ -186,9 +188,10 @@ def loss_gap_figure(board: Leaderboard, runs: Runs) -> Figure:
     return fig
 
 
-def gap_vs_d_figure(board: Leaderboard, runs: Runs) -> Figure:
+def gap_vs_d_figure(board: Leaderboard, runs: Runs, penalty: PenaltyFit | None = None) -> Figure:
     """One panel per format: its measured gap to the reference against D, one line per model size joining its
-    token budgets, beside the law's gap at that size (dashed), which is the same at every D."""
+    token budgets, beside the law's gap at that size (dashed), which is the same at every D, and the penalty
+    form's (dotted; `penalty.py`), which may change with D."""
     law = board.law
     labels = [r.label for r in board.rows if r.label != law.reference]
     gaps = measured_gaps(runs, law.reference)
@@ -203,9 +206,14 @@ def gap_vs_d_figure(board: Leaderboard, runs: Runs) -> Figure:
             ax.plot(d, gap.diff[rows], color=shade[n], marker="o", ms=3, lw=1.2)
             flat = law_gap(law.A, law.alpha, law.eff[label], n)
             ax.plot([d.min(), d.max()], [flat, flat], color=shade[n], ls="--", lw=0.9)
+            if penalty is not None and label in penalty.k:
+                curve = np.geomspace(d.min(), d.max(), 20)
+                ax.plot(curve, penalty.penalty(label, n, curve), color=shade[n], ls=":", lw=1.2)
         _label_panel(ax, label)
     handles = [plt.Line2D([], [], color=shade[n], marker="o", ms=3, label=f"N = {n:,.0f}") for n in sizes]
     handles.append(plt.Line2D([], [], color="grey", ls="--", lw=0.9, label="fitted law (the same at every D)"))
+    if penalty is not None:
+        handles.append(plt.Line2D([], [], color="grey", ls=":", lw=1.2, label="penalty form (Chen et al. 2025)"))
     _finish_panels(fig, handles, "training tokens D", law.reference,
                    f"Loss difference to {law.reference} vs D at fixed N (solid: measured, seeds averaged)")
     return fig
@@ -287,7 +295,7 @@ def figures(board: Leaderboard, runs: Runs, fit: RhoFit) -> dict[str, Callable[[
     return {
         "loss_vs_n": lambda: loss_vs_n_figure(board, runs),
         "loss_gap": lambda: loss_gap_figure(board, runs),
-        "gap_vs_d": lambda: gap_vs_d_figure(board, runs),
+        "gap_vs_d": lambda: gap_vs_d_figure(board, runs, try_fit_penalty(runs, board.law.reference, holdout=False)[0]),
         "eff_vs_gmse": lambda: eff_vs_gmse_figure(board, fit),
         "iso_memory": lambda: iso_memory_figure(board, runs),
     }

@@ -9,7 +9,8 @@ Sections:
 1. the leaderboard with its intervals and the law's summary;
 2. loss vs N with the fitted curves per format;
 3. the loss difference to the reference (dense) per format against N, with the law's bootstrap band, and
-   the measured change of that difference per doubling of D at fixed N (`gaps`), which the law says is 0;
+   the measured change of that difference per doubling of D at fixed N (`gaps`), which the law says is 0,
+   beside the penalty form fitted to the same runs (`penalty`: a difference that may grow with D);
 4. eff vs GMSE with the unified law's rho where its constants are determined, the family constants, and
    held-out predictions (`heldout`): each compressed format's eff predicted from its GMSE alone by a unified
    fit without its runs (or, with `--fit-on`, by one fit on the formats named), beside the eff measured with
@@ -40,6 +41,7 @@ from cslaws.laws import plot
 from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, Runs, fit_compression
 from cslaws.laws.gaps import GROWTH_COLUMNS, gap_growth, growth_caption, growth_cells
 from cslaws.laws.heldout import Prediction, RhoFit, fit_rho, held_out_predictions
+from cslaws.laws.penalty import PENALTY_COLUMNS, bootstrap_penalty, penalty_rows, penalty_summary, try_fit_penalty
 from cslaws.laws.plan import Choice, extrapolation_note, plan
 from cslaws.laws.unified import describe_parts, family_rows, format_parts
 
@@ -190,19 +192,35 @@ def _leaderboard_section(board: lb.Leaderboard) -> str:
                    para(lb.law_summary(board.law), "note"))
 
 
-def _gap_growth_section(board: lb.Leaderboard, runs: Runs) -> str:
+def _gap_growth_section(board: lb.Leaderboard, runs: Runs, k: int, seed: int) -> str:
     reference = board.law.reference
     rows = gap_growth(runs, reference)
+    penalty, why = try_fit_penalty(runs, reference)
+    if penalty is None:
+        fitted = [para(f"No penalty-form fit: {why}.", "warn")]
+    else:
+        intervals = bootstrap_penalty(penalty, runs, k=k, seed=seed)
+        fitted = [
+            para("The penalty form of Chen et al. (2025), L = A N^-alpha + B D^-beta + E + k_f (D / D0)^gamma_D "
+                 "(N / N0)^-gamma_N, fitted to the same runs (`bench law penalty`): each format's penalty k_f at "
+                 "the runs' geometric-mean N0 and D0, with exponents shared by the formats, which may make the "
+                 "difference grow with D; the compression form is its case gamma_D = 0, gamma_N = alpha. eff at "
+                 "(N0, D0) is the multiplier whose difference A N0^-alpha (eff^-alpha - 1), with this fit's A and "
+                 f"alpha, equals k_f; beside it the compression fit's constant eff. {100 * intervals.level:.0f}% bootstrap intervals, {k} resamples."),
+            f'<div class="scroll">{table("penalty", PENALTY_COLUMNS, penalty_rows(penalty, intervals, board.law, board.intervals.eff_ci))}</div>',
+            para(". ".join(penalty_summary(penalty, intervals, board.law)) + ".", "note"),
+        ]
     return section("gap-growth", "Does the difference depend on D?",
                    para("Per format: its mean loss difference to the reference over all (N, budget) cells, and the "
                         "slope of that difference against log2 of the tokens per parameter at each size trained at two "
                         "or more budgets, averaged over the sizes with a Student-t interval across them. Measured run "
                         "against run; no fitted constant enters. `bench law gaps` prints the same table."),
-                   figure(plot.gap_vs_d_figure(board, runs), "gap-vs-d",
+                   figure(plot.gap_vs_d_figure(board, runs, penalty), "gap-vs-d",
                           f"Each format's loss minus {reference}'s against D: one line per model size joining its "
-                          "token budgets (seeds averaged); dashed: the fitted law's difference at that size."),
+                          "token budgets (seeds averaged); dashed: the fitted law's difference at that size; dotted: "
+                          "the penalty form's."),
                    f'<div class="scroll">{table("gap-growth", GROWTH_COLUMNS, (growth_cells(r) for r in rows), text=(0, 4))}</div>',
-                   para(growth_caption(reference), "note"))
+                   para(growth_caption(reference), "note"), *fitted)
 
 
 def _unified_section(board: lb.Leaderboard, fit: RhoFit, predictions: Sequence[Prediction],
@@ -305,7 +323,7 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
                 figure(plot.loss_gap_figure(board, runs), "loss-gap",
                        f"Each format's loss minus {board.law.reference}'s at the same N and token budget (points, "
                        "seeds averaged), and the law's A N^-alpha (eff^-alpha - 1) with its 95% bootstrap band.")),
-        _gap_growth_section(board, runs),
+        _gap_growth_section(board, runs, options.k, options.seed),
         _unified_section(board, fit, predictions, parts_of, options.fixed, options.fit_on),
         _plan_section(board, runs, records),
         _holdout_section(records, board.law),

@@ -25,18 +25,13 @@ class Bootstrap:
     eff_samples: dict[str, np.ndarray]
     level: float
 
-    def _interval(self, x: np.ndarray) -> tuple[float, float]:
-        tail = 50.0 * (1.0 - self.level)
-        lo, hi = np.percentile(x, [tail, 100.0 - tail])
-        return float(lo), float(hi)
-
     @property
     def ci(self) -> dict[str, tuple[float, float]]:
-        return {k: self._interval(v) for k, v in self.samples.items()}
+        return {k: percentile_interval(v, self.level) for k, v in self.samples.items()}
 
     @property
     def eff_ci(self) -> dict[str, tuple[float, float]]:
-        return {k: self._interval(v) for k, v in self.eff_samples.items()}
+        return {k: percentile_interval(v, self.level) for k, v in self.eff_samples.items()}
 
     def to_dict(self) -> dict:
         return {
@@ -47,8 +42,17 @@ class Bootstrap:
         }
 
 
+def percentile_interval(x: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap samples `x`."""
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(x, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
 def resample_weights(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """(k, runs) counts: each label's runs drawn with replacement, as many as the label has."""
+    if k < 2:
+        raise FitError(f"bootstrap needs at least 2 resamples, got k={k}")
     rng = np.random.default_rng(seed)
     w = np.zeros((k, len(labels)))
     for label in np.unique(labels):
@@ -61,8 +65,6 @@ def resample_weights(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def bootstrap(law: LawFit, runs: Runs, k: int = 100, seed: int = 0, level: float = 0.95) -> Bootstrap:
     """Refit `law` (from `fit_chinchilla`, `fit_compression` or `fit_unified` on `runs`) on k resamples."""
-    if k < 2:
-        raise FitError(f"bootstrap needs at least 2 resamples, got k={k}")
     if not 0.0 < level < 1.0:
         raise FitError(f"interval level must be in (0, 1), got {level}")
     problem = law.problem

@@ -55,7 +55,7 @@ def test_every_run_has_its_loss_curve(runs) -> None:
 
 
 def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
-    """leaderboard, law unified, law gaps, plot and plan read the store that `bench sweep` wrote with real training."""
+    """leaderboard, law unified, law gaps, law penalty, plot and plan read the store that `bench sweep` wrote with real training."""
     import json
 
     import matplotlib.image
@@ -101,6 +101,13 @@ def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:
             (d_lo, g_lo), (d_hi, g_hi) = sorted((d, g) for (m, d), g in diffs.items() if m == n)
             assert change == pytest.approx((g_hi - g_lo) / np.log2(d_hi / d_lo), rel=1e-3)
     assert {r["label"] for r in gaps["rows"]} == labels - {"dense"}
+
+    # The penalty form nests the compression form (gamma_D = 0, gamma_N = alpha), so it fits these runs at least
+    # as closely; its compression side is the same fit as the leaderboard's.
+    penalty = run_json(["law", "penalty", "--bootstrap", "0"])
+    assert set(penalty["penalty"]["k"]) == labels - {"dense"}
+    assert penalty["penalty"]["rmse_log"] < penalty["compression"]["rmse_log"]
+    assert penalty["compression"]["eff"] == pytest.approx(law.eff, rel=1e-9)
 
     choices = run_json(["plan", "--memory-bits", "4e6", "--flops", "1e15"])
     assert {c["label"] for c in choices} == labels

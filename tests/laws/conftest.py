@@ -75,6 +75,14 @@ def int_store(path, effs_of_bits, noise: float = 0.002, w4a4: bool = True) -> Re
 
 
 @pytest.fixture(scope="session")
+def constant_eff_store(tmp_path_factory) -> Path:
+    """`int_store` with constant multipliers int2 0.4, int3 0.6, int4 0.8 (w4a4 0.64) and 0.2% noise."""
+    path = tmp_path_factory.mktemp("constant-eff") / "runs.db"
+    int_store(path, lambda b: {2: 0.4, 3: 0.6, 4: 0.8}[b])
+    return path
+
+
+@pytest.fixture(scope="session")
 def chinchilla_csv() -> Path:
     return DATA / "chinchilla" / "svg_extracted_data.csv"
 

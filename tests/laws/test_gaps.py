@@ -15,7 +15,7 @@ from cslaws.bench.cli import main as bench
 from cslaws.laws.fit import Runs, fit_compression
 from cslaws.laws.gaps import cell_effs, gap_growth, implied_eff, law_gap, measured_gaps
 
-from conftest import SIZES, TOKENS_PER_PARAM, TRUE, int_store, law_loss, synthetic
+from conftest import SIZES, TOKENS_PER_PARAM, TRUE, law_loss, synthetic
 
 #: Student-t 97.5% quantiles (a printed table, not scipy): degrees of freedom -> t.
 T975 = {3: 3.182446305284263, 4: 2.7764451051977987}
@@ -130,38 +130,31 @@ def test_bench_law_gaps_with_no_comparable_cells_is_a_clear_error(capsys, tmp_pa
     assert "a gap compares runs of the same N and budget" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gaps") / "runs.db"
-    int_store(path, lambda b: {2: 0.4, 3: 0.6, 4: 0.8}[b])
-    return path
-
-
-def test_bench_law_gaps_prints_the_measured_table(capsys, store):
+def test_bench_law_gaps_prints_the_measured_table(capsys, constant_eff_store):
     from cslaws.bench.store import ResultsStore
     from cslaws.laws.leaderboard import runs_of
 
-    assert bench(["law", "gaps", "--store", str(store), "--format", "json"]) == 0
+    assert bench(["law", "gaps", "--store", str(constant_eff_store), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    expected = gap_growth(runs_of(ResultsStore(store, create=False).runs()), "dense")
+    expected = gap_growth(runs_of(ResultsStore(constant_eff_store, create=False).runs()), "dense")
     assert out["reference"] == "dense" and [r["label"] for r in out["rows"]] == [r.label for r in expected]
     for got, want in zip(out["rows"], expected):
         assert got["growth"] == pytest.approx(want.growth, abs=1e-12)
         assert [n for n, _ in got["per_size"]] == list(want.per_size)
     # the store's losses follow the law with a constant multiplier (plus 0.2% noise): no change with D to speak of
     assert all(abs(r["growth"]) < 0.02 for r in out["rows"])
-    assert bench(["law", "gaps", "--store", str(store)]) == 0
+    assert bench(["law", "gaps", "--store", str(constant_eff_store)]) == 0
     text = capsys.readouterr().out
     assert "per doubling of D" in text and "w4a4" in text and "implied eff" not in text
 
 
-def test_bench_law_gaps_cells_lists_every_cell_with_the_eff_it_implies(capsys, store):
+def test_bench_law_gaps_cells_lists_every_cell_with_the_eff_it_implies(capsys, constant_eff_store):
     from cslaws.bench.store import ResultsStore
     from cslaws.laws.leaderboard import runs_of
 
-    assert bench(["law", "gaps", "--store", str(store), "--cells", "--format", "json"]) == 0
+    assert bench(["law", "gaps", "--store", str(constant_eff_store), "--cells", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    runs = runs_of(ResultsStore(store, create=False).runs())
+    runs = runs_of(ResultsStore(constant_eff_store, create=False).runs())
     law = fit_compression(runs, holdout=False)
     expected = cell_effs(runs, law)
     assert out["law"]["alpha"] == pytest.approx(law.alpha, rel=1e-9)
@@ -170,12 +163,12 @@ def test_bench_law_gaps_cells_lists_every_cell_with_the_eff_it_implies(capsys, s
     # the store's multipliers are 0.4 (int2), 0.6 (int3), 0.8 (int4) and 0.64 (w4a4), with 0.2% noise on the loss
     true = {"int2": 0.4, "int3": 0.6, "int4": 0.8, "w4a4": 0.64}
     assert all(abs(c["implied_eff"] / true[c["label"]] - 1) < 0.08 for c in out["cells"])
-    assert bench(["law", "gaps", "--store", str(store), "--cells"]) == 0
+    assert bench(["law", "gaps", "--store", str(constant_eff_store), "--cells"]) == 0
     text = capsys.readouterr().out
     assert "The multiplier each cell implies" in text and "implied eff" in text
 
 
-def test_bench_law_gaps_without_reference_runs_is_a_clear_error(capsys, store):
-    assert bench(["law", "gaps", "--store", str(store), "--dense", "int9"]) == 2
+def test_bench_law_gaps_without_reference_runs_is_a_clear_error(capsys, constant_eff_store):
+    assert bench(["law", "gaps", "--store", str(constant_eff_store), "--dense", "int9"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench: error:") and "reference label 'int9'" in err and "labels present: dense" in err

@@ -170,6 +170,40 @@ def test_gap_vs_d_draws_the_measured_gaps_and_the_laws(determined):
         assert list(flat.get_ydata()) == pytest.approx([expected, expected])
 
 
+def test_penalty_table_matches_bench_law_penalty_json(page, determined, capsys):
+    assert bench(["law", "penalty", "--store", str(determined), "--format", "json", "--bootstrap", str(K)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    penalty, boot = out["penalty"], out["penalty"]["bootstrap"]
+    cells = page.body("penalty")
+    assert sorted(c[0] for c in cells) == sorted(penalty["k"]) == ["int2", "int3", "int4", "w4a4"]
+    for c in cells:
+        label = c[0]
+        lo, hi = boot["eff_ci"][label]
+        assert c[1] == f"{penalty['k'][label]:.4f}" and c[3] == f"{penalty['eff_at_centre'][label]:.3f}"
+        assert c[4] == f"[{lo:.3f}, {hi:.3f}]"
+        assert c[5] == f"{out['compression']['eff'][label]:.3f}"
+    lo, hi = boot["ci"]["gamma_D"]
+    assert f"gamma_D = {penalty['gamma_D']:.3f} [{lo:.3f}, {hi:.3f}]" in page.text
+
+
+def test_gap_vs_d_draws_the_penalty_form_where_given(determined):
+    from cslaws.laws.penalty import fit_penalty
+
+    records = ResultsStore(determined, create=False).runs()
+    board = lb.build(records, k=K)
+    runs = lb.runs_of(records)
+    penalty = fit_penalty(runs, holdout=False)
+    panel = next(ax for ax in plot.gap_vs_d_figure(board, runs, penalty).axes if ax.get_title() == "int3")
+    dotted = [line for line in panel.get_lines() if line.get_linestyle() == ":"]
+    assert len(dotted) == len(STORE_SIZES)
+    for line, n in zip(dotted, STORE_SIZES):
+        d = line.get_xdata()
+        assert d[0] == pytest.approx(n * min(STORE_BUDGETS)) and d[-1] == pytest.approx(n * max(STORE_BUDGETS))
+        assert list(line.get_ydata()) == pytest.approx(list(penalty.penalty("int3", n, d)))
+    bare = next(ax for ax in plot.gap_vs_d_figure(board, runs).axes if ax.get_title() == "int3")
+    assert not [line for line in bare.get_lines() if line.get_linestyle() == ":"]
+
+
 def test_run_table_lists_every_run_with_its_settings(page, determined):
     records = ResultsStore(determined, create=False).runs(status=None)
     rows = page.body("runs")
