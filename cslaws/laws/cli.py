@@ -144,8 +144,8 @@ def _law_penalty(args: argparse.Namespace) -> int:
     if args.bootstrap == 1 or args.bootstrap < 0:
         raise BenchError(f"--bootstrap must be 0 (no intervals) or at least 2 resamples, got {args.bootstrap}")
     runs = lb.runs_of(_store_records(args))
-    law = fit_penalty(runs, args.dense)
     compression = fit_compression(runs, args.dense)
+    law = fit_penalty(runs, args.dense, start=compression)
     intervals = bootstrap_penalty(law, runs, k=args.bootstrap, seed=args.seed) if args.bootstrap else None
     compression_ci = bootstrap(compression, runs, k=args.bootstrap, seed=args.seed).eff_ci if args.bootstrap else {}
     if args.format == "json":

@@ -135,8 +135,11 @@ class PenaltyFit:
         }
 
 
-def fit_penalty(runs: Runs, reference: str = "dense", *, holdout: bool = True) -> PenaltyFit:
-    """Fit the penalty form jointly over all labels (the reference's runs carry no penalty)."""
+def fit_penalty(runs: Runs, reference: str = "dense", *, holdout: bool = True,
+                start: LawFit | None = None) -> PenaltyFit:
+    """Fit the penalty form jointly over all labels (the reference's runs carry no penalty). `start`: the
+    compression fit of the same runs, whose shared constants seed the search (fitted here when not given;
+    a caller that shows both forms has it already)."""
     check_reference(runs, reference, "the penalties are relative to it, so the penalty form needs reference runs")
     model = _Penalty(runs, reference)
     if not model.names:
@@ -144,7 +147,12 @@ def fit_penalty(runs: Runs, reference: str = "dense", *, holdout: bool = True) -
     _check_runs(runs, 5 + model.n_extra, f"penalty form with {len(model.names)} non-reference label(s)")
     bounds = [(-_GAMMA_BOUND, _GAMMA_BOUND)] * 2 + [(0.0, _K_MAX)] * len(model.names)
     problem = _Problem(runs, model, bounds)
-    sol = problem.solve(_starts(problem, fit_compression(runs, reference, holdout=False)))
+    if start is None:
+        start = fit_compression(runs, reference, holdout=False)
+    elif start.n_runs != len(runs) or start.reference != reference:
+        raise FitError(f"the starting compression fit has {start.n_runs} runs and reference {start.reference!r}; "
+                       f"the penalty form is fitted to {len(runs)} runs with reference {reference!r}")
+    sol = problem.solve(_starts(problem, start))
     law = _law(sol.theta, sol.optima, problem, runs, reference)
     if holdout:
         law.holdout, law.holdout_note = holdout_check(runs, lambda r: fit_penalty(r, reference, holdout=False),
@@ -152,10 +160,11 @@ def fit_penalty(runs: Runs, reference: str = "dense", *, holdout: bool = True) -
     return law
 
 
-def try_fit_penalty(runs: Runs, reference: str = "dense", *, holdout: bool = True) -> tuple[PenaltyFit | None, str]:
+def try_fit_penalty(runs: Runs, reference: str = "dense", *, holdout: bool = True,
+                    start: LawFit | None = None) -> tuple[PenaltyFit | None, str]:
     """`fit_penalty`, or None and why not: a page that shows the form beside another reports the reason."""
     try:
-        return fit_penalty(runs, reference, holdout=holdout), ""
+        return fit_penalty(runs, reference, holdout=holdout, start=start), ""
     except FitError as err:
         return None, str(err)
 

@@ -295,7 +295,8 @@ def figures(board: Leaderboard, runs: Runs, fit: RhoFit) -> dict[str, Callable[[
     return {
         "loss_vs_n": lambda: loss_vs_n_figure(board, runs),
         "loss_gap": lambda: loss_gap_figure(board, runs),
-        "gap_vs_d": lambda: gap_vs_d_figure(board, runs, try_fit_penalty(runs, board.law.reference, holdout=False)[0]),
+        "gap_vs_d": lambda: gap_vs_d_figure(
+            board, runs, try_fit_penalty(runs, board.law.reference, holdout=False, start=board.law)[0]),
         "eff_vs_gmse": lambda: eff_vs_gmse_figure(board, fit),
         "iso_memory": lambda: iso_memory_figure(board, runs),
     }

@@ -195,7 +195,7 @@ def _leaderboard_section(board: lb.Leaderboard) -> str:
 def _gap_growth_section(board: lb.Leaderboard, runs: Runs, k: int, seed: int) -> str:
     reference = board.law.reference
     rows = gap_growth(runs, reference)
-    penalty, why = try_fit_penalty(runs, reference)
+    penalty, why = try_fit_penalty(runs, reference, start=board.law)
     if penalty is None:
         fitted = [para(f"No penalty-form fit: {why}.", "warn")]
     else:

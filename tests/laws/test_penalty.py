@@ -96,6 +96,16 @@ def test_a_format_as_good_as_the_reference_has_no_penalty_and_its_interval_can_l
     assert set(intervals.to_dict()["eff_ci"]) == {"int8", "int2"}
 
 
+def test_a_given_compression_fit_seeds_the_same_search_and_must_be_of_the_same_runs():
+    runs = _penalty_runs(noise=0.003, seed=2)
+    compression = fit_compression(runs, holdout=False)
+    seeded, own = fit_penalty(runs, holdout=False, start=compression), fit_penalty(runs, holdout=False)
+    np.testing.assert_array_equal(seeded.theta, own.theta)
+    other = fit_compression(runs.subset(runs.n > min(SIZES)), holdout=False)
+    with pytest.raises(FitError, match="the starting compression fit has 72 runs"):
+        fit_penalty(runs, start=other)
+
+
 def test_reference_only_runs_and_too_few_resamples_are_fit_errors():
     runs = _penalty_runs(k={})
     with pytest.raises(FitError, match="every run has the reference label 'dense'"):
