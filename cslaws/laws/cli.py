@@ -125,7 +125,8 @@ def _law(argv: list[str]) -> int:
                        "fixed N, measured run against run (the law says 0)")
     _common_store_args(g)
     g.add_argument("--cells", action="store_true",
-                   help="also fit the compression law and list each cell's gap with the eff it implies")
+                   help="also fit the compression law and list each cell's gap with the eff it implies, and the "
+                        "law's misfit at each cell")
     g.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     pe = sub.add_parser("penalty", help="fit the penalty form of Chen et al. (2025), a format's loss penalty k_f "
                         "(D/D0)^gamma_D (N/N0)^-gamma_N, beside the compression form on the same runs")
@@ -161,7 +162,7 @@ def _law_penalty(args: argparse.Namespace) -> int:
 def _law_gaps(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from cslaws.laws.gaps import cell_effs, gap_growth, render_cells, render_growth
+    from cslaws.laws.gaps import cell_effs, cell_residuals, gap_growth, render_cells, render_growth, render_residuals
 
     runs = lb.runs_of(_store_records(args))
     rows = gap_growth(runs, args.dense)
@@ -170,15 +171,18 @@ def _law_gaps(args: argparse.Namespace) -> int:
                          "runs; a gap compares runs of the same N and budget")
     law = fit_compression(runs, args.dense, holdout=False) if args.cells else None
     cells = [] if law is None else cell_effs(runs, law)
+    residuals = [] if law is None else cell_residuals(runs, law)
     if args.format == "json":
         out: dict[str, Any] = {"reference": args.dense, "level": 0.95, "rows": [r.to_dict() for r in rows]}
         if law is not None:
-            out |= {"law": law.to_dict(), "cells": [asdict(c) for c in cells]}
+            out |= {"law": law.to_dict(), "cells": [asdict(c) for c in cells],
+                    "residuals": [asdict(r) for r in residuals]}
         print(json.dumps(out))
     else:
         _out(render_growth(rows, args.dense))
         if law is not None:
             _out(render_cells(cells, law))
+            _out(render_residuals(residuals, law))
     return 0
 
 

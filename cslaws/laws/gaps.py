@@ -12,6 +12,11 @@ seed noise and the spread between sizes (a trend with N widens it, so it is cons
 `cell_effs` turns each cell's measured gap into the multiplier it implies under a fitted law: the eff whose law
 gap at that N equals the measured one. A constant multiplier makes them all equal; a gap that grows with D makes
 them fall with D, and their spread is what a fit averages into one eff.
+
+`cell_residuals` is the other half of a fit's misfit: at each cell, how far the reference's own loss lies from the
+law, and the same averaged over every label trained there (each at its fitted eff). That part is shared by all the
+formats of a cell (same size, budget, seeds); it cancels in a cell's gap but not in a bootstrap resample that
+draws a format's runs from other cells than the reference's, so a large shared misfit widens every interval.
 """
 
 from __future__ import annotations
@@ -88,6 +93,37 @@ def cell_effs(runs: Runs, law: LawFit) -> list[CellEff]:
             out.append(CellEff(label, float(n), float(tpp), float(n * tpp), float(diff),
                                None if np.isnan(eff) else float(eff)))
     return out
+
+
+@dataclass
+class CellResidual:
+    """The fitted law's misfit at one (N, budget) cell, in nats: the reference's loss minus the law (seeds
+    averaged), and the mean of that over every label trained at the cell, each at its fitted eff."""
+
+    n: float
+    tokens_per_param: float
+    tokens: float
+    reference: float
+    mean: float
+    labels: int
+
+
+def cell_residuals(runs: Runs, law: LawFit) -> list[CellResidual]:
+    """Every (N, budget) cell where the law's reference has runs, sorted by N then D (`law` fitted on `runs`)."""
+    eff = np.array([law.eff[str(s)] for s in runs.label])
+    residual = runs.loss - law.predict(runs.n, runs.d, eff)
+    budget = budget_clusters(runs.n, runs.d)
+    cells: dict[tuple[float, int], dict[str, list[tuple[float, float]]]] = {}
+    for label, n, d, b, r in zip(runs.label, runs.n, runs.d, budget, residual):
+        cells.setdefault((float(n), int(b)), {}).setdefault(str(label), []).append((float(r), float(d)))
+    out = []
+    for (n, _), by_label in cells.items():
+        if law.reference in by_label:
+            means = {label: np.mean(rows, axis=0) for label, rows in by_label.items()}
+            d = float(np.mean([rd[1] for rd in means.values()]))
+            out.append(CellResidual(n, d / n, d, float(means[law.reference][0]),
+                                    float(np.mean([rd[0] for rd in means.values()])), len(means)))
+    return sorted(out, key=lambda c: (c.n, c.tokens))
 
 
 @dataclass
@@ -175,4 +211,23 @@ def render_cells(rows: list[CellEff], law: LawFit):
         eff = "-" if r.implied_eff is None else f"{r.implied_eff:.3f}"
         table.add_row(escape(r.label), f"{r.n:,.0f}", f"{r.tokens_per_param:.3g}", f"{r.tokens:,.0f}",
                       f"{r.gap:+.4f}", eff)
+    return table
+
+
+RESIDUAL_COLUMNS = ("N", "D/N", "D", "reference", "mean over labels", "labels")
+
+
+def render_residuals(rows: list[CellResidual], law: LawFit):
+    from rich.markup import escape
+    from rich.table import Table
+
+    caption = (f"Loss minus the compression fit's prediction (nats, seeds averaged): {law.reference}'s, and the mean "
+               "over the labels trained at the cell, each at its fitted eff. The formats of a cell share this misfit; "
+               "it cancels in their gaps to the reference, not in a resample that draws their runs from other cells.")
+    table = Table(title="The law's misfit at each cell", caption=escape(caption))
+    for name in RESIDUAL_COLUMNS:
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(f"{r.n:,.0f}", f"{r.tokens_per_param:.3g}", f"{r.tokens:,.0f}", f"{r.reference:+.4f}",
+                      f"{r.mean:+.4f}", str(r.labels))
     return table

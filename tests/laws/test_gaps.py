@@ -1,7 +1,7 @@
 """`gaps`: measured loss gaps to the reference and their change per doubling of D, checked against closed
 forms (a law whose gap does not depend on D, gaps built with known slopes, Student-t quantiles from a table),
-the multiplier each cell implies (the inverse of the law's gap, runs made from the law itself), and `bench law
-gaps` end to end."""
+the multiplier each cell implies (the inverse of the law's gap, runs made from the law itself), the law's misfit
+per cell (offsets added to the law by hand), and `bench law gaps` end to end."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cslaws.bench.cli import main as bench
-from cslaws.laws.fit import Runs, fit_compression
-from cslaws.laws.gaps import cell_effs, gap_growth, implied_eff, law_gap, measured_gaps
+from cslaws.laws.fit import LawFit, Runs, fit_compression
+from cslaws.laws.gaps import cell_effs, cell_residuals, gap_growth, implied_eff, law_gap, measured_gaps
 
 from conftest import SIZES, TOKENS_PER_PARAM, TRUE, law_loss, synthetic
 
@@ -119,6 +119,33 @@ def test_a_gap_that_grows_with_d_implies_a_multiplier_that_falls_with_d():
         np.testing.assert_allclose(law_gap(law.A, law.alpha, np.array(effs), size), [g for _, _, g in row], rtol=1e-9)
 
 
+def test_cell_residuals_are_the_offsets_added_to_the_law():
+    # losses = the law TRUE at each label's eff + a known offset per (N, budget) cell and per label, two seeds
+    # whose noise cancels in their mean; a cell without reference runs is left out
+    law = LawFit("compression", TRUE["A"], TRUE["B"], TRUE["E"], TRUE["alpha"], TRUE["beta"],
+                 {"dense": 1.0, "int4": 0.7, "int2": 0.4}, 0.0, 0.0, 0, "dense")
+    rng = np.random.default_rng(1)
+    offset = {(n, t): float(rng.normal(0, 0.02)) for n in SIZES[:3] for t in TOKENS_PER_PARAM[:2]}
+    extra = {"dense": 0.0, "int4": 0.01, "int2": -0.004}
+    n, d, loss, label = [], [], [], []
+    for (size, tpp), off in offset.items():
+        for name, eff in law.eff.items():
+            if name == "dense" and size == SIZES[2] and tpp == TOKENS_PER_PARAM[1]:
+                continue
+            for seed_noise in (0.003, -0.003):
+                tokens = size * tpp * (1 + 1e-4 * seed_noise)   # whole-step rounding: D differs a little
+                n.append(size), d.append(tokens), label.append(name)
+                loss.append(law_loss(size, tokens, eff) + off + extra[name] + seed_noise)
+    rows = cell_residuals(Runs.of(n, d, loss, label), law)
+    expected = sorted(k for k in offset if k != (SIZES[2], TOKENS_PER_PARAM[1]))
+    assert [(r.n, round(r.tokens_per_param)) for r in rows] == expected
+    for r in rows:
+        off = offset[(r.n, round(r.tokens_per_param))]
+        assert r.reference == pytest.approx(off, abs=1e-12)
+        assert r.mean == pytest.approx(off + np.mean(list(extra.values())), abs=1e-12)
+        assert r.labels == 3 and r.tokens == pytest.approx(r.n * r.tokens_per_param, rel=1e-12)
+
+
 def test_bench_law_gaps_with_no_comparable_cells_is_a_clear_error(capsys, tmp_path):
     from cslaws.bench.store import ResultsStore, RunRecord
 
@@ -163,9 +190,17 @@ def test_bench_law_gaps_cells_lists_every_cell_with_the_eff_it_implies(capsys, c
     # the store's multipliers are 0.4 (int2), 0.6 (int3), 0.8 (int4) and 0.64 (w4a4), with 0.2% noise on the loss
     true = {"int2": 0.4, "int3": 0.6, "int4": 0.8, "w4a4": 0.64}
     assert all(abs(c["implied_eff"] / true[c["label"]] - 1) < 0.08 for c in out["cells"])
+    # the misfit per cell: the reference's loss minus the law, recomputed here from the stored runs
+    dense = [(n, d, loss) for n, d, loss, s in zip(runs.n, runs.d, runs.loss, runs.label) if s == "dense"]
+    assert len(out["residuals"]) == len(dense) and all(r["labels"] == 5 for r in out["residuals"])
+    for r, (n, d, loss) in zip(out["residuals"], sorted(dense)):
+        assert (r["n"], r["tokens"]) == pytest.approx((n, d), rel=1e-12)
+        assert r["reference"] == pytest.approx(loss - law.predict(n, d), abs=1e-12)
+    assert max(abs(r["mean"]) for r in out["residuals"]) < 0.02   # 0.2% noise on losses near 3-4 nats
     assert bench(["law", "gaps", "--store", str(constant_eff_store), "--cells"]) == 0
     text = capsys.readouterr().out
     assert "The multiplier each cell implies" in text and "implied eff" in text
+    assert "The law's misfit at each cell" in text and "mean over labels" in text
 
 
 def test_bench_law_gaps_without_reference_runs_is_a_clear_error(capsys, constant_eff_store):
