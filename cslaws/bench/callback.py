@@ -13,6 +13,7 @@ past the checkpoint's step are dropped (the resumed run logs them again).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import cslaws
 from cslaws.bench.module import Diverged
-from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.bench.store import ResultsStore, RunRecord, process_gone
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.formats.linear import storage_bits
@@ -145,8 +146,10 @@ class StreamToStore(L.Callback):
         self.store = ResultsStore(self.path)
         resume = self._resume
         if resume and resume["run_id"] is not None and resume["store"] == str(self.store.path.resolve()):
+            # the row is this run's only once the store reopens it: a refused resume (a finished run) must not
+            # let `on_exception` write over it
+            self.store.resume_run(resume["run_id"], self._resume_step, host=socket.gethostname(), pid=os.getpid())
             self.run_id = resume["run_id"]
-            self.store.resume_run(self.run_id, self._resume_step, host=socket.gethostname(), pid=os.getpid())
             self._last_step = self._resume_step
             return
         factory, dm = pl_module.factory, trainer.datamodule
@@ -176,6 +179,17 @@ class StreamToStore(L.Callback):
             pid=os.getpid(),
         )
         self.run_id = self.store.start_run(record)
+        if self.cell is not None:
+            self._supersede_dead_rows()
+
+    def _supersede_dead_rows(self) -> None:
+        """A cell that starts again from scratch (its process died before its first checkpoint, so `--ckpt_path
+        last` found none) leaves the dead process's row `running`; it is failed here, naming the new row."""
+        host = socket.gethostname()
+        for row in self.store.runs(status="running"):
+            if row.cell == self.cell and row.run_id != self.run_id and process_gone(row, host):
+                self.store.fail(row.run_id, f"superseded by run {self.run_id}: its process ended before a "
+                                            "checkpoint, and the cell started again from scratch")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -200,6 +214,9 @@ class StreamToStore(L.Callback):
         self._pending.clear()
 
     def _record_trained(self, pl_module: L.LightningModule) -> None:
+        # Before the loops restore a resumed run's step, the steps done are unknown here: the row keeps its own.
+        if pl_module.trained_steps < self._resume_step:
+            return
         self.store.set_trained(self.run_id, pl_module.trained_steps, pl_module.trained_tokens, pl_module.trained_epochs)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -234,10 +251,14 @@ class StreamToStore(L.Callback):
 
 
 def stop_reason(trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-    """Why a run ended before its budget (None when it trained it all and validated at its last step)."""
+    """Why a run is not finished: it stopped before its budget or ran past it, or its last validation loss is
+    not a number (None when it trained exactly its budget and validated at its last step)."""
     step, total = trainer.global_step, pl_module.total_steps
-    if step >= total and "val_loss" in trainer.callback_metrics:
-        return None
+    if step > total:
+        return f"trained past its budget: {step} steps of {total}"
+    if step == total and "val_loss" in trainer.callback_metrics:
+        val = float(trainer.callback_metrics["val_loss"])
+        return None if math.isfinite(val) else f"diverged: non-finite validation loss {val} at step {step}"
     if 0 < trainer.max_steps <= step:
         cause = f"trainer.max_steps={trainer.max_steps}"
     elif trainer.interrupted:

@@ -21,6 +21,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from cslaws.bench.budget import check_trainer_settings
 from cslaws.bench.callback import RunCheckpoint, StreamToStore, checkpoint_dir, stop_reason
 from cslaws.bench.data import TextDataModule
 from cslaws.bench.module import Diverged, LanguageModel
@@ -80,9 +81,12 @@ class BenchCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer, whose refusals (an accelerator this machine lacks, a bad precision) are the user's."""
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:
             raise BenchError(f"trainer: {err}") from err
+        loop = trainer.fit_loop
+        check_trainer_settings({"max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps})
+        return trainer
 
     def before_fit(self) -> None:
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))

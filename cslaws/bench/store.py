@@ -154,6 +154,22 @@ def _from_row(row: sqlite3.Row) -> RunRecord:
     return RunRecord(**{f.name: data.get(f.name) for f in fields(RunRecord) if f.name in data or f.name in ADDED_COLUMNS})
 
 
+def process_gone(record: RunRecord, host: str) -> bool:
+    """Whether a `running` row's process is known to be dead: same host and its pid is not alive, or no
+    host/pid recorded. A process of another host cannot be checked and counts as alive."""
+    if record.host is None or record.pid is None:
+        return True
+    if record.host != host:
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
 def check_loss(loss: float | None, what: str) -> None:
     """A finished run's loss is a finite number; anything else is a failed run, never a finished one."""
     if loss is None or not math.isfinite(loss):

@@ -56,9 +56,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cslaws.bench.budget import requested_tokens
+from cslaws.bench.budget import check_trainer_settings, requested_tokens
 from cslaws.bench.cli import resolve_config
-from cslaws.bench.store import ResultsStore, RunRecord, default_store_path
+from cslaws.bench.store import ResultsStore, RunRecord, default_store_path, process_gone
 from cslaws.console import console as rich_console
 from cslaws.errors import BenchError
 from cslaws.laws.capacity import check_fits, load_format_config
@@ -196,6 +196,10 @@ def parse(argv: list[str]) -> Any:
         budgets = getattr(cfg, name)
         if budgets is not None and (not budgets or any(t <= 0 for t in budgets)):
             raise BenchError(f"{name} must be positive numbers; got {budgets}")
+    try:
+        check_trainer_settings(cfg.fit.get("trainer") or {})
+    except BenchError as err:
+        raise BenchError(f"the matrix's fit settings: {err}") from None
     if cfg.jobs < 1:
         raise BenchError(f"--jobs {cfg.jobs} is not allowed; it must be at least 1")
     if cfg.emit not in (None, "lines", "slurm"):
@@ -228,22 +232,6 @@ def write_fit_config(cfg: Any, directory: Path) -> Path:
 def parts_dir(store: Path) -> Path:
     """Where `--emit slurm` puts the array tasks' own stores: `<store stem>.parts/` beside the store."""
     return store.parent / f"{store.stem}.parts"
-
-
-def process_gone(record: RunRecord, host: str) -> bool:
-    """Whether a `running` row's process is known to be dead: same host and its pid is not alive, or no
-    host/pid recorded. A process of another host cannot be checked and counts as alive."""
-    if record.host is None or record.pid is None:
-        return True
-    if record.host != host:
-        return False
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
 
 
 @dataclass

@@ -123,7 +123,29 @@ def gaussian_mse(levels: np.ndarray) -> float:
     return float(np.sum(m2 - 2 * c * m1 + c**2 * m0))
 
 
-class ScalarQuantizer(Format):
+class ScaledStorage:
+    """The storage cost of a quantizer that keeps `element_bits` per value plus one SCALE_BITS scale per tensor,
+    row (of `row_length` at the reference row) or group (of `group_size`): scalar and vector quantizers alike."""
+
+    granularity: str
+    group_size: int
+    row_length: int
+
+    @property
+    def element_bits(self) -> float:
+        """Bits of one quantized value, without scales."""
+        raise NotImplementedError
+
+    @property
+    def bits_per_value(self) -> float:
+        per_scale = {"tensor": math.inf, "row": self.row_length, "group": self.group_size}[self.granularity]
+        return self.element_bits + SCALE_BITS / per_scale
+
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        return self.element_bits + scale_bits(self.granularity, self.group_size, shape)
+
+
+class ScalarQuantizer(ScaledStorage, Format):
     """Base of the scalar quantizers: groups `x`, calls `_quantize`, applies the backward rule.
 
     Subclasses set `granularity`, `group_size`, `backward`, `trust`, `row_length` and implement
@@ -154,19 +176,6 @@ class ScalarQuantizer(Format):
 
     def _group(self, x: Tensor) -> Tensor:
         return group_view(x, self.granularity, self.group_size)
-
-    @property
-    def element_bits(self) -> float:
-        """Bits of one quantized value, without scales."""
-        raise NotImplementedError
-
-    @property
-    def bits_per_value(self) -> float:
-        per_scale = {"tensor": math.inf, "row": self.row_length, "group": self.group_size}[self.granularity]
-        return self.element_bits + SCALE_BITS / per_scale
-
-    def storage_bits(self, shape: tuple[int, ...]) -> float:
-        return self.element_bits + scale_bits(self.granularity, self.group_size, shape)
 
     def _run(self, x: Tensor, keep: Tensor | None, need_mask: bool) -> tuple[Tensor, Tensor | None]:
         g = self._group(x.float())

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from cslaws.formats import ops
 from cslaws.formats.base import Format, register_format
-from cslaws.formats.quant import SCALE_BITS, TINY, Granularity, check_granularity, group_view, rms, scale_bits
+from cslaws.formats.quant import TINY, Granularity, ScaledStorage, check_granularity, group_view, rms
 
 VQBackward = Literal["ste", "trust"]
 VQ_BACKWARDS = ("ste", "trust")
@@ -180,7 +180,7 @@ def gaussian_codebook(
 
 
 @register_format("vq")
-class VQ(Format):
+class VQ(ScaledStorage, Format):
     """Vector quantization of `dim` consecutive values to a Gaussian-optimal codebook of `points` points."""
 
     family = "vq"
@@ -235,14 +235,6 @@ class VQ(Format):
     def element_bits(self) -> float:
         """Index bits per value, without scales."""
         return math.log2(self.points) / self.dim
-
-    @property
-    def bits_per_value(self) -> float:
-        per_scale = {"tensor": math.inf, "row": self.row_length, "group": self.group_size}[self.granularity]
-        return self.element_bits + SCALE_BITS / per_scale
-
-    def storage_bits(self, shape: tuple[int, ...]) -> float:
-        return self.element_bits + scale_bits(self.granularity, self.group_size, shape)
 
     @property
     def radius(self) -> float:

@@ -1,14 +1,17 @@
-"""What the store holds is what was trained: truncated, short, accumulated and diverged runs, and a finished run
-whose end-of-run report fails."""
+"""What the store holds is what was trained: truncated, short, accumulated and diverged runs, a run past its
+budget or with a non-finite last validation, trainer settings that would train past the budget, and a finished
+run whose end-of-run report fails."""
 
 import subprocess
 import sys
 
 import lightning as L
 import pytest
+import torch
 
 from cslaws.bench import callback
 from cslaws.bench.callback import StreamToStore
+from cslaws.bench.cli import main as bench
 from cslaws.bench.data import TextDataModule
 from cslaws.bench.module import Diverged, LanguageModel
 from cslaws.bench.store import ResultsStore
@@ -103,3 +106,40 @@ def test_a_finished_run_stays_finished_when_the_refit_raises(tmp_path, small_cor
     # Nothing later turns it into a failed run.
     store.fail(run.run_id, "late error")
     assert store.runs()[0].status == "finished" and store.runs()[0].error is None
+
+
+def test_a_run_past_its_budget_is_a_failed_run(tmp_path, small_corpus) -> None:
+    # a Trainer built by hand (bench fit refuses max_epochs != 1) trains the 10-step epoch twice
+    model = LanguageModel(size="nano", tokens=10 * BATCH * SEQ, vocab_size=300)
+    trainer, store = fit(tmp_path, small_corpus, model, max_epochs=2)
+    assert trainer.global_step == 20 and store.runs() == []
+    (run,) = store.runs("failed")
+    assert run.error == "trained past its budget: 20 steps of 10"
+    assert (run.steps, run.tokens) == (20, 20 * BATCH * SEQ)
+
+
+def test_a_non_finite_last_validation_is_a_failed_run(tmp_path, small_corpus) -> None:
+    model = LanguageModel(size="nano", tokens=10 * BATCH * SEQ, vocab_size=300)
+    model.validation_step = lambda batch, batch_idx: model.val_loss.update(torch.tensor(float("nan")), weight=1)
+    trainer, store = fit(tmp_path, small_corpus, model)
+    assert store.runs() == []
+    (run,) = store.runs("failed")
+    assert run.error == "diverged: non-finite validation loss nan at step 10" and run.steps == 10
+    assert run.final_val_loss is None
+
+
+@pytest.mark.parametrize(("flag", "value", "allowed"), [("max_epochs", "2", "1"), ("max_epochs", "null", "1"),
+                                                          ("min_epochs", "3", "unset, 0, 1"),
+                                                          ("min_steps", "5", "unset, 0")])
+def test_bench_fit_refuses_trainer_settings_that_train_past_the_budget(tmp_path, small_corpus, capsys, flag, value,
+                                                                       allowed) -> None:
+    argv = ["fit", "--model.size", "nano", "--model.tokens", str(10 * BATCH * SEQ), "--data.path", "text",
+            "--data.data_files", "[" + ",".join(small_corpus) + "]", "--data.vocab_size", "300",
+            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), "--store.path",
+            str(tmp_path / "s.db"), f"--trainer.{flag}", value]
+    assert bench(argv) == 2
+    shown = "None" if value == "null" else value
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"bench: error: trainer.{flag}={shown} is not allowed (allowed: {allowed}): the token budget (model.tokens or "
+        "model.tokens_per_param) sets the steps of the one epoch a run trains")
+    assert not (tmp_path / "s.db").exists()

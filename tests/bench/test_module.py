@@ -68,7 +68,7 @@ def test_final_validation_is_at_the_end_of_the_budget(small_corpus) -> None:
 
 def test_tokens_per_param_budget_counts_n(small_corpus) -> None:
     model = LanguageModel(size="nano", tokens_per_param=2.0, vocab_size=512)
-    assert model.requested_tokens == round(2.0 * model.n_params)
+    assert model.n_params == 26_784 and model.requested_tokens == 53_568   # nano's N without its embeddings
 
 
 def test_budget_below_one_step_is_an_error_before_training(small_corpus) -> None:

@@ -1,9 +1,11 @@
-"""Checkpoints and resume: a killed run resumes to the loss of an uninterrupted one, in one store row, and a
-checkpoint reloads as the same compressed model."""
+"""Checkpoints and resume: a killed run resumes to the loss of an uninterrupted one, in one store row; resuming a
+finished run is refused and leaves its row as it was; a cell that starts again from scratch fails the row its dead
+process left; and a checkpoint reloads as the same compressed model."""
 
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +18,8 @@ from cslaws.bench.callback import RunCheckpoint, StreamToStore
 from cslaws.bench.data import TextDataModule
 from cslaws.bench.lightning_cli import run_lightning_cli
 from cslaws.bench.module import LanguageModel
-from cslaws.bench.store import ResultsStore
+from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.errors import BenchError
 from cslaws.formats.hadamard import Hadamard
 from cslaws.formats.int import Int
 
@@ -59,6 +62,42 @@ def test_a_killed_run_resumes_to_the_loss_of_an_uninterrupted_one(tmp_path, smal
     assert train_steps == list(range(1, STEPS + 1))  # one point per step: none lost, none twice
     val = [(p[0], p[3]) for p in store.curve(run.run_id) if p[3] is not None]
     assert val[-1] == (STEPS, pytest.approx(whole.final_val_loss, abs=1e-5))
+
+
+def test_resuming_a_finished_run_is_refused_and_leaves_its_row_as_it_was(tmp_path, small_corpus) -> None:
+    args = fit_args(tmp_path, small_corpus, "done", "--model.tokens", str(8 * BATCH * SEQ))
+    run_lightning_cli(args)
+    store = ResultsStore(tmp_path / "done.db")
+    (before,) = store.runs(None)
+    assert before.status == "finished" and before.steps == 8 and glob.glob(str(tmp_path / "done" / "checkpoints" / "*" / "last.ckpt"))
+    with pytest.raises(BenchError, match=f"run {before.run_id} in .* is already finished; there is nothing to resume"):
+        run_lightning_cli([*args, "--ckpt_path", "last"])
+    assert store.runs(None) == [before]
+    assert store.curve(before.run_id)[-1][0] == 8
+
+
+def test_a_cell_started_again_from_scratch_fails_the_row_of_its_dead_process(tmp_path, small_corpus) -> None:
+    # a cell killed before its first checkpoint: the sweep relaunches it with --ckpt_path last, Lightning finds
+    # no checkpoint and the run starts again in a new row
+    store = ResultsStore(tmp_path / "cell.db")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+
+    def running(cell: str, host: str | None, pid: int | None) -> int:
+        return store.start_run(RunRecord(label="dense", model="nano", n_params=1, tokens=0, bits_per_value=16.0, seed=0,
+                                         dataset="d", tokenizer="t", code_version="v", cell=cell, host=host, pid=pid))
+
+    stale, elsewhere, other_cell = running("c", host, dead.pid), running("c", "elsewhere", 1), running("x", host, dead.pid)
+    run_lightning_cli(fit_args(tmp_path, small_corpus, "cell", "--model.tokens", str(8 * BATCH * SEQ),
+                               "--store.cell", "c", "--ckpt_path", "last"))
+    rows = {r.run_id: r for r in store.runs(None)}
+    (new,) = [r for r in rows.values() if r.status == "finished"]
+    assert new.cell == "c" and new.steps == 8
+    assert rows[stale].status == "failed" and rows[stale].error == (
+        f"superseded by run {new.run_id}: its process ended before a checkpoint, and the cell started again from scratch")
+    # a process on another host cannot be checked, and another cell is not this run's business
+    assert rows[elsewhere].status == "running" and rows[other_cell].status == "running"
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,19 @@ def test_every_run_finished_with_its_provenance(runs) -> None:
     # the CPU study: 140 cells of `bench sweep --matrix matrix/cpu.yaml`, each once, none repeating the corpus
     assert len(runs) == 140 and {r.status for r in runs} == {"finished"}
     assert len({r.cell for r in runs}) == 140 and max(r.epochs for r in runs) < 1
+    # one comparability key: the english corpus, one tokenizer, BPE 1024, sequences of 64, one validation set
+    assert len({r.comparability for r in runs}) == 1
+    assert (runs[0].dataset.startswith("english"), runs[0].vocab_size, runs[0].seq_len) == (True, 1024, 64)
+    assert runs[0].val_set and runs[0].tokenizer
     for r in runs:
         assert r.n_params == non_embedding_params(SIZES[r.model])
-        assert r.dataset and r.tokenizer and r.code_version.startswith("0.1.0") and r.cell
+        assert r.code_version.startswith("0.1.0") and r.cell
         assert "model:" in r.config and r.final_val_loss > 0
+        # D is what trained: whole steps of batch 16 x 64 tokens, a multiple of 4 (the four validations) at or
+        # below the cell's budget
+        assert r.tokens_per_step == 16 * 64 and r.tokens == r.steps * r.tokens_per_step and r.steps % 4 == 0
+        budget = (25 if "/tpp25/" in r.cell else 50) * r.n_params
+        assert 0 <= budget - r.tokens < 4 * r.tokens_per_step
 
 
 def test_the_store_holds_exactly_the_cells_of_the_cpu_matrix(runs) -> None:
@@ -51,7 +60,7 @@ def test_every_run_has_its_loss_curve(runs) -> None:
     for r in runs:
         vals = [p for p in store.curve(r.run_id) if p[3] is not None]
         assert len(vals) == 4 and vals[-1][3] == pytest.approx(r.final_val_loss)
-        assert vals[-1][1] == r.tokens
+        assert vals[-1][1] == r.tokens and vals[-1][0] == r.steps
 
 
 def test_law_commands_run_on_the_really_trained_store(tmp_path, capsys) -> None:

@@ -161,6 +161,8 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> No
          "group_size 32 does not divide the row length 48 .*; sizes they fit: nano, milli"),
         (["--jobs", "0"], "--jobs 0 is not allowed"),
         (["--emit", "pbs"], "--emit 'pbs' is not allowed"),
+        (["--fit", "{trainer: {max_epochs: 2}}"], "the matrix's fit settings: trainer.max_epochs=2 is not allowed "
+         r"\(allowed: 1\): the token budget"),
     ],
 )
 def test_bad_matrix_input(args, message) -> None:
@@ -187,7 +189,9 @@ def test_sweep_fills_the_store_and_resumes(tmp_path, capsys, small_corpus) -> No
     assert sorted(r.label for r in runs) == ["dense", "int4"]
     assert (tmp_path / "root" / "checkpoints").is_dir(), "the cells checkpointed"
     assert not list((tmp_path / "root" / "checkpoints").rglob("*.ckpt")), "finished cells' checkpoints are deleted"
-    assert all(r.cell and r.tokens > 0 and r.final_val_loss > 0 for r in runs)
+    # nano at 2 tokens per parameter asks for 53,568 tokens: 418 whole steps of 8 x 16 (even, for the two validations)
+    assert all(r.cell and r.status == "finished" and (r.steps, r.tokens_per_step, r.tokens) == (418, 128, 53_504)
+               and r.final_val_loss > 0 for r in runs)
     capsys.readouterr()
     assert main(["sweep", "--matrix", str(matrix), "--store", str(store_path), "--dry-run"]) == 0
     assert "2 cells, 0 to run" in capsys.readouterr().out

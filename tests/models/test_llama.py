@@ -23,8 +23,10 @@ def test_model_reports_n_equal_to_closed_form(name: str) -> None:
     assert sum(p.numel() for p in model.parameters()) == model.n_params + embedding
 
 
-def test_cpu_sizes_start_at_tens_of_thousands() -> None:
-    assert 10_000 <= non_embedding_params(SIZES["nano"]) < 100_000
+def test_cpu_sizes_have_the_parameter_counts_of_the_readme() -> None:
+    # README's size table; 2 layers x (4 d^2 attention + 3 x d x hidden SwiGLU) + norms, counted by hand for nano
+    assert non_embedding_params(SIZES["nano"]) == 26_784 == 2 * (4 * 32 * 32 + 3 * 32 * 96 + 2 * 32) + 32
+    assert [non_embedding_params(SIZES[s]) for s in ("14k", "23k", "44k", "micro")] == [13_944, 22_540, 43_720, 55_536]
 
 
 def test_unknown_size_lists_the_known_ones() -> None:
@@ -67,6 +69,9 @@ def test_rotary_makes_attention_scores_relative() -> None:
         return qi @ kj
 
     torch.testing.assert_close(score(5, 2), score(15, 12), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(score(5, 2), score(3, 0), rtol=1e-4, atol=1e-5)
+    # and it is the offset that matters: one position more changes the score (no rotation would not)
+    assert abs(score(5, 2) - score(5, 3)) > 1e-3
 
 
 def test_every_block_linear_comes_from_the_factory() -> None:
