@@ -19,17 +19,18 @@ import yaml
 
 from cslaws.errors import BenchError
 
-#: `bench <word> ...` hands the whole command line (the word first) to that module's `main(argv)`.
+#: `bench <word> ...` hands the whole command line (the word first) to that module's `main(argv)`; the text is
+#: the word's line in `bench --help`.
 ROUTES = {
-    "law": "cslaws.laws.cli",
-    "capacity": "cslaws.laws.cli",
-    "leaderboard": "cslaws.laws.cli",
-    "plot": "cslaws.laws.cli",
-    "plan": "cslaws.laws.cli",
-    "report": "cslaws.laws.cli",
-    "sweep": "cslaws.bench.sweep",
-    "data": "cslaws.bench.prepare",
-    "store": "cslaws.bench.store_cli",
+    "law": ("cslaws.laws.cli", "Fit scaling laws to runs in a CSV file or to a results store."),
+    "capacity": ("cslaws.laws.cli", "Gaussian MSE, bits and predicted capacity of formats."),
+    "leaderboard": ("cslaws.laws.cli", "Refit the compression law over a results store and rank formats."),
+    "plot": ("cslaws.laws.cli", "Figures of the leaderboard fit."),
+    "plan": ("cslaws.laws.cli", "Rank formats by predicted loss under a budget."),
+    "report": ("cslaws.laws.cli", "One HTML page of a results store's law fits."),
+    "sweep": ("cslaws.bench.sweep", "Run a benchmark matrix into a results store."),
+    "data": ("cslaws.bench.prepare", "Prepare a corpus as memory-mapped token files."),
+    "store": ("cslaws.bench.store_cli", "Merge results stores, or import runs into one."),
 }
 
 
@@ -79,10 +80,34 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     return out
 
 
+#: The commands of `bench fit`'s LightningCLI, and their lines in `bench --help`.
+LIGHTNING_COMMANDS = {
+    "fit": "Train a model over a format and store the run (the main job).",
+    "validate": "Score a model (a checkpoint) on the validation set.",
+    "test": "Score a model (a checkpoint) on the validation set, as Lightning's test loop.",
+    "predict": "Lightning's predict loop.",
+}
+
+
+def usage() -> str:
+    """`bench --help`: every command, its line, and where each one's options are listed."""
+    lines = [f"  {name:<12}{text}" for name, text in
+             [*LIGHTNING_COMMANDS.items(), *((name, text) for name, (_, text) in ROUTES.items())]]
+    return "usage: bench COMMAND [OPTIONS]   (bench COMMAND --help: its options)\n\ncommands:\n" + "\n".join(lines)
+
+
 def run(argv: list[str]) -> int:
     """Dispatch one `bench` command line; user errors propagate as BenchError."""
     if argv and argv[0] in ROUTES:
-        return importlib.import_module(ROUTES[argv[0]]).main(argv)
+        return importlib.import_module(ROUTES[argv[0]][0]).main(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage())
+        return 0
+    # options may come before a LightningCLI command (`bench --config c.yaml fit`); a first word that is
+    # neither an option nor a command is a typo
+    if not argv or not (argv[0].startswith("-") or argv[0] in LIGHTNING_COMMANDS):
+        given = f"unknown command {argv[0]!r}" if argv else "a command is needed"
+        raise BenchError(f"{given}; the commands: {', '.join([*LIGHTNING_COMMANDS, *ROUTES])} (bench --help)")
     from cslaws.bench.lightning_cli import run_lightning_cli
 
     run_lightning_cli(resolve_config_args(argv))

@@ -11,7 +11,9 @@ sizes (`cslaws.models.llama.SIZES`; QuEST's 30M-800M are), else at the formats' 
 Every run is marked `source = "imported: <file> row <k>"` (k counts data rows from 1) and gets the
 comparability fields given on the command line (`--dataset`, `--tokenizer`, `--val-set`) and the CSV's
 `vocab_size` / `sequence_length` columns when present, so the imported runs form one comparable group.
-A label without a config, or a row without a finite loss, is an error: nothing is written then.
+A label without a config, a row without a finite loss or whose N or D is not a positive whole number, or
+an `--exclude` label that no row has is an error: nothing is written then. A row the store already holds
+(same source row, label, N, D and loss: the file imported again) is skipped, never stored twice.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from cslaws.bench.store import ResultsStore, RunRecord, default_store_path
+from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, default_store_path
 from cslaws.errors import BenchError
 from cslaws.formats import Format
 from cslaws.formats.dense import Dense
@@ -96,18 +98,37 @@ def _number(row: dict[str, str], col: str, k: int, path: Path) -> float:
         raise BenchError(f"{path} row {k}: {col} = {row[col]!r} is not a number") from None
 
 
+def _count(row: dict[str, str], col: str, k: int, path: Path) -> int:
+    """A row's N or D: a positive whole number (a run of no parameters or no tokens did not happen)."""
+    value = _number(row, col, k, path)
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise BenchError(f"{path} row {k}: {col} = {row[col]!r} is not a positive whole number")
+    return int(value)
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise BenchError(f"cannot read --runs {path}: {err}; expected a CSV file of runs (a header row, then one run per row)") from err
+
+
 def records(args: argparse.Namespace) -> list[RunRecord]:
     """One finished RunRecord per CSV row (all rows checked before any is written)."""
     configs = configs_by_label(args.configs)
-    with open(args.runs, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _read_rows(args.runs)
     if not rows:
         raise BenchError(f"{args.runs} has no runs")
+    if args.label_col not in rows[0]:
+        raise BenchError(f"{args.runs} has no column {args.label_col!r}; columns: {', '.join(rows[0])}")
+    labels = {row[args.label_col] for row in rows} - {None}  # a short row's label is None: refused below
+    unknown = [x for x in args.exclude if x not in labels]
+    if unknown:
+        raise BenchError(f"--exclude {' '.join(unknown)}: no such label in {args.runs}; labels: {', '.join(sorted(labels))}")
     out = []
     for k, row in enumerate(rows, start=1):
-        label = row.get(args.label_col)
-        if label is None:
-            raise BenchError(f"{args.runs} has no column {args.label_col!r}; columns: {', '.join(row)}")
+        label = row[args.label_col]
         if label in args.exclude:
             continue
         if label not in configs:
@@ -116,12 +137,12 @@ def records(args: argparse.Namespace) -> list[RunRecord]:
         if not math.isfinite(loss):
             raise BenchError(f"{args.runs} row {k}: loss {loss!r} is not finite")
         weight, activation = configs[label]
-        n_params = int(_number(row, args.n_col, k, args.runs))
+        n_params = _count(row, args.n_col, k, args.runs)
         vocab = int(row["vocab_size"]) if row.get("vocab_size") else None
         size = size_of(n_params)
         w_bits, a_bits = bits_of(weight, activation, size)
         out.append(RunRecord(
-            label=label, model=size or "imported", n_params=n_params, tokens=int(_number(row, args.d_col, k, args.runs)),
+            label=label, model=size or "imported", n_params=n_params, tokens=_count(row, args.d_col, k, args.runs),
             bits_per_value=w_bits, activation_bits=a_bits, seed=0,
             dataset=args.dataset, tokenizer=args.tokenizer, val_set=args.val_set, vocab_size=vocab,
             seq_len=int(row["sequence_length"]) if row.get("sequence_length") else None,
@@ -137,12 +158,22 @@ def _row_text(row: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {v}" for k, v in row.items())
 
 
+def _identity(record: RunRecord) -> tuple[str | None, str, int, int, float | None]:
+    """An imported run as importing its row again would record it: a second import must not count it twice."""
+    return record.source, record.label, record.n_params, record.tokens, record.final_val_loss
+
+
 def main(argv: Sequence[str]) -> int:
     """`bench store import ...` (argv: the words after `import`)."""
     args = parser().parse_args(list(argv))
+    path = args.store if args.store is not None else default_store_path()
+    check_can_hold_store(path)  # before the rows' storage bits are measured, which takes seconds
     runs = records(args)
-    store = ResultsStore(args.store if args.store is not None else default_store_path())
-    for r in runs:
+    store = ResultsStore(path)
+    held = {_identity(r) for r in store.runs(None)}
+    new = [r for r in runs if _identity(r) not in held]
+    for r in new:
         store.add_finished(r)
-    print(f"imported {len(runs)} runs from {args.runs} into {store.path}")
+    print(f"imported {len(new)} runs from {args.runs} into {store.path}; "
+          f"{len(runs) - len(new)} already there (same source row, label, N, D and loss) skipped")
     return 0

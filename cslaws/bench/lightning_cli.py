@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import torch
 from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -27,6 +30,7 @@ from cslaws.bench.data import TextDataModule
 from cslaws.bench.module import Diverged, LanguageModel
 from cslaws.console import console
 from cslaws.errors import BenchError
+from cslaws.formats import FORMATS, Format
 
 
 class ProgressBar(RichProgressBar):
@@ -64,6 +68,10 @@ class BenchCLI(LightningCLI):
             self.config = parser.parse_args(args)
         except ArgumentError as err:  # the parser runs with exit_on_error=False: `bench` reports it
             raise BenchError(parse_message(err, args)) from err
+        command = self.config.get("subcommand")
+        config = self.config[command] if command else self.config
+        check_seed(config.seed_everything)
+        check_ckpt_path(config.get("ckpt_path"))
 
     def instantiate_classes(self) -> None:
         """Build the model, data module, formats and callbacks; a value they refuse is the user's input.
@@ -141,18 +149,61 @@ _PARSE_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes
                 "Expected a <class 'NoneType'>", "Problem with given class_path")
 
 
+def check_seed(seed: bool | int) -> None:
+    """Lightning seeds numpy, which takes only [0, 2**32 - 1]; refused here, before any work, not in its traceback."""
+    if not isinstance(seed, bool) and not min_seed_value <= seed <= max_seed_value:
+        raise BenchError(f"--seed_everything={seed} is not allowed; give an integer in [{min_seed_value}, {max_seed_value}], "
+                         "true (a random seed) or false (no seeding)")
+
+
+#: `ckpt_path` values that Lightning resolves itself (`last` with no checkpoint yet starts fresh: a sweep
+#: resumes its cells with it), and `registry[:name]`; any other value is a checkpoint file.
+_CKPT_KEYWORDS = ("last", "best", "hpc")
+
+
+def check_ckpt_path(ckpt_path: str | None) -> None:
+    """A checkpoint file that does not exist is refused before the trainer is built, not after setup."""
+    if ckpt_path is None or ckpt_path in _CKPT_KEYWORDS or ckpt_path.split(":")[0] == "registry":
+        return
+    if not get_filesystem(ckpt_path).exists(ckpt_path):  # Lightning's own test when it loads the file
+        raise BenchError(f"--ckpt_path {ckpt_path}: no such checkpoint file; give an existing file or one of "
+                         f"{', '.join(_CKPT_KEYWORDS)}, registry[:name]")
+
+
 def parse_message(err: ArgumentError, args: list[str]) -> str:
-    """jsonargparse's message on one line, plus where to look: its own spans 3-10 indented lines (a union
-    type lists every alternative, the None one included, and the value's Python type)."""
-    lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
+    """jsonargparse's message on one line, plus where to look."""
+    text = unknown_format(str(err)) or one_line(str(err))
+    command = next((a for a in args if a in ("fit", "validate", "test", "predict")), None)
+    return f"{text}\n(the options: {f'bench {command} --help' if command else 'bench --help'})"
+
+
+#: jsonargparse's words for a class given by a name that is neither a subclass it knows nor an import path.
+_UNKNOWN_CLASS = re.compile(r"Expected a dot import path string: ([^.\s]+)$", re.MULTILINE)
+
+
+def unknown_format(message: str) -> str | None:
+    """`<key>: unknown format '<name>'` and the names allowed, when `message` refuses a format by a name that
+    is no Format class: jsonargparse says only that the name is no path (a format is taken by the class
+    name of a registered format, `Int`, not by its short name `int`)."""
+    name = _UNKNOWN_CLASS.search(message)
+    if name is None or f"<class '{Format.__module__}.{Format.__qualname__}'>" not in message:
+        return None
+    key = ".".join(re.findall(r'Parser key "([^"]+)"', message))  # a nested format's key follows its parent's
+    known = ", ".join(sorted(cls.__name__ for cls in FORMATS.values()))
+    return f"{key}: unknown format {name.group(1)!r}; formats are given by class name: {known}"
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's message on one line: its own spans 3-10 indented lines (a union type lists every
+    alternative, the None one included, and the value's Python type)."""
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip()]
     kept = [line for line in lines if not line.startswith(_PARSE_NOISE)]
     if any("Got value:" in line for line in kept):  # the value is already named
         kept = [line for line in kept if not line.startswith("Given value:")]
     text = ""
-    for line in kept or [str(err)]:  # "key:" introduces the next line; other lines are separate problems
+    for line in kept or [message]:  # "key:" introduces the next line; other lines are separate problems
         text += line if not text else (" " if text.endswith(":") else "; ") + line
-    command = next((a for a in args if a in ("fit", "validate", "test", "predict")), None)
-    return f"{text}\n(the options: {f'bench {command} --help' if command else 'bench --help'})"
+    return text
 
 
 def instantiation_message(err: BaseException, config: Namespace) -> str:

@@ -60,7 +60,7 @@ class LanguageModel(L.LightningModule):
         tokens_per_param: training budget as tokens per non-embedding parameter (when neither is given:
             DEFAULT_TOKENS_PER_PARAM).
         vocab_size: vocabulary of the tokenizer (linked from the data module by the CLI).
-        lr: peak learning rate; None takes the size's.
+        lr: peak learning rate, positive and finite; None takes the size's.
         warmup: fraction of the steps spent in linear warm-up.
         min_lr_ratio: the cosine schedule ends at this fraction of the peak.
         weight_decay: AdamW decoupled weight decay, on matrices only.
@@ -97,8 +97,10 @@ class LanguageModel(L.LightningModule):
         if tokens is None and tokens_per_param is None:
             tokens_per_param = DEFAULT_TOKENS_PER_PARAM
         for arg, value in (("tokens", tokens), ("tokens_per_param", tokens_per_param)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{arg}={value} is not allowed; the token budget must be positive")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{arg}={value} is not allowed; the token budget must be positive and finite")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr={lr} is not allowed; the peak learning rate must be positive and finite")
         if not 0 <= warmup < 1:
             raise ValueError(f"warmup={warmup} is not allowed; it is a fraction of the steps in [0, 1)")
         if compile not in (True, False, "auto"):

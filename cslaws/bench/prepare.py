@@ -34,6 +34,7 @@ import argparse
 import ctypes
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -96,15 +97,55 @@ class Source:
         return ":".join(p for p in parts if p)
 
     def check(self) -> None:
-        """Missing files and paths, before any work."""
+        """Missing files and paths, sources `datasets` cannot read, options that would be ignored: before any work."""
         import glob
 
         for f in self.data_files:
             if not (Path(f).exists() or glob.glob(f)):
                 raise BenchError(f"data file {f!r} does not exist; give existing files (globs allowed) to --data_files")
-        if not self.builtin and ("/" in self.path or self.path.startswith(".")) and not Path(self.path).exists():
-            raise BenchError(f"dataset path {self.path!r} does not exist; give a built-in corpus "
-                             f"({', '.join(corpora.BUILTINS)}), a `datasets` loader with data files, or an existing directory")
+        if self.builtin:
+            if self.data_files or self.name or self.split != "train":
+                raise BenchError(f"{self.path!r} is a built-in corpus: it takes no data files or configuration name, and "
+                                 "has one split, train; leave --data-files, --name and --split out "
+                                 "(bench fit: --data.data_files, --data.name, --data.split)")
+        elif self.path in loaders():
+            # Without data files a loader reads every file of the working directory.
+            if not self.data_files:
+                raise BenchError(f"the `datasets` loader {self.path!r} needs the files to read; give them to --data-files "
+                                 "(bench fit: --data.data_files), e.g. 'a.txt,b/*.txt'")
+        elif not Path(self.path).is_dir():
+            raise BenchError(f"dataset path {self.path!r} is not a built-in corpus ({', '.join(corpora.BUILTINS)}), "
+                             f"a `datasets` loader ({', '.join(loaders())}) with data files, or an existing directory "
+                             "(a data set, or for bench fit a prepared corpus)")
+        splits = None if self.builtin else self.splits()  # a built-in's split is checked above
+        if splits is not None and (unknown := [s for s in self.split_names() if s not in splits]):
+            raise BenchError(f"split {self.split!r} is not allowed: {self.path!r} has no split {unknown[0]!r}; its splits "
+                             f"are {', '.join(splits)}; give one of them to --split (bench fit: --data.split)")
+
+    def split_names(self) -> list[str]:
+        """The splits `split` names: a saved DatasetDict's key, or those of a `datasets.load_dataset` split
+        specification (train and test of 'train[:10%]+test')."""
+        if (Path(self.path) / "dataset_dict.json").exists():
+            return [self.split]
+        return [part.split("[")[0].strip() for part in self.split.split("+")]
+
+    def splits(self) -> list[str] | None:
+        """The split names of a non-built-in source, without reading it; None where only loading tells (a single
+        saved dataset, or a directory whose dataset card may define its own)."""
+        from datasets.data_files import EmptyDatasetError, get_data_patterns
+
+        path = Path(self.path)
+        if self.data_files:
+            return ["train"]  # `datasets` names a list of data files "train"
+        if (path / "dataset_dict.json").exists():
+            return json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if (path / "state.json").exists() or (path / "README.md").exists():
+            return None
+        try:
+            return [str(s) for s in get_data_patterns(str(path.resolve()))]
+        except EmptyDatasetError:
+            raise BenchError(f"dataset directory {self.path!r} holds no data files; give a directory of text, json, "
+                             "csv, parquet, ... files or one saved by `datasets`") from None
 
     def stamp(self) -> list:
         """What identifies the source's content cheaply (for the cache of unprepared corpora): the built-ins'
@@ -157,11 +198,21 @@ class TokenizerSpec:
                                  f"whose vocabulary has {size} tokens; give vocab_size {size}")
         elif self.vocab_size is not None and self.vocab_size < 257:
             raise BenchError(f"vocab_size={self.vocab_size} is not allowed; a byte-level BPE needs at least 257")
+        if not (math.isfinite(self.sample_mb) and self.sample_mb > 0):
+            raise BenchError(f"sample_mb={self.sample_mb} is not allowed; it is the MB of training text the BPE is "
+                             "trained on, a positive number")
 
     def stamp(self) -> list:
         if self.file is not None:
             return ["file", hashlib.sha256(Path(self.file).read_bytes()).hexdigest()]
         return ["bpe", self.vocab_size, self.sample_mb]
+
+
+def loaders() -> list[str]:
+    """The `datasets` loaders (text, json, csv, parquet, ...): names that load_dataset reads files with."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return sorted(_PACKAGED_DATASETS_MODULES)
 
 
 def load_tokenizer(path: str):
@@ -341,6 +392,10 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
     if not 0 < val_fraction < 1:
         raise BenchError(f"val_fraction={val_fraction} is not allowed; it is the fraction of documents held out, in (0, 1)")
     out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())  # the parents end in '.' or '/', which exist
+    if not existing.is_dir():
+        raise BenchError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file, not a directory; "
+                         "choose another --out")
     if (out / INDEX).exists():
         raise BenchError(f"{str(out)!r} already holds a prepared corpus; remove it or choose another --out")
     if out.exists() and any(out.iterdir()):

@@ -24,7 +24,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from cslaws.errors import BenchError
 
@@ -176,18 +176,67 @@ def check_loss(loss: float | None, what: str) -> None:
         raise ValueError(f"a finished run needs a finite final_val_loss; got {loss!r} for {what}")
 
 
+T = TypeVar("T")
+
+
+def read_sqlite(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
+    """`read(db)` on a read-only connection to the SQLite file `path`, leaving nothing beside the file.
+
+    A read-only connection to a WAL-mode file creates its -wal and -shm and cannot remove them on closing.
+    A file with no -wal or -journal beside it (no process has it open, nothing uncommitted or unmerged) is
+    therefore read as immutable, which creates neither. An immutable read takes no locks, so when a writer
+    appeared meanwhile (a sidecar now exists, or the file changed) its result is not trusted and the file is
+    read again under SQLite's locks.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-journal")]
+
+    def untouched() -> tuple[int, int, int] | None:
+        """The file's identity and last change, or None while a process has it open."""
+        st = path.stat()
+        return None if any(p.exists() for p in sidecars) else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    before = untouched()
+    if before is not None:
+        try:
+            with closing(sqlite3.connect(f"{uri}&immutable=1", uri=True)) as db:
+                result = read(db)
+        except sqlite3.DatabaseError:
+            if untouched() == before:
+                raise
+        else:
+            if untouched() == before:
+                return result
+    with closing(sqlite3.connect(uri, uri=True)) as db:
+        return read(db)
+
+
+def _tables(path: Path) -> set[str]:
+    """The tables of the SQLite file at `path`, read only; a file that is not SQLite is a BenchError."""
+    try:
+        return read_sqlite(path, lambda db: {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")})
+    except sqlite3.DatabaseError as err:
+        raise BenchError(f"{path} is not a results store: {err} (a store is a SQLite file that bench writes)") from err
+
+
 def check_is_store(path: Path) -> None:
     """Refuse a path that is not an existing results store, reading it only (read-only connection), so that
     neither a missing store is created nor a foreign file (text, another SQLite database) is modified."""
     if not path.is_file():
         raise BenchError(f"no results store at {path}; train runs into it first (bench fit, bench sweep) or pass --store PATH")
-    try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            has_runs = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone()
-    except sqlite3.DatabaseError as err:
-        raise BenchError(f"{path} is not a results store: {err} (a store is a SQLite file that bench writes)") from err
-    if not has_runs:
+    if "runs" not in _tables(path):
         raise BenchError(f"{path} is a SQLite file without a `runs` table, not a results store written by bench")
+
+
+def check_can_hold_store(path: Path) -> None:
+    """Refuse an existing file that a store must not be written into, reading it only: a file that is not
+    SQLite, or another application's database (tables, none of them `runs`). A results store, an empty file
+    (0 bytes, or SQLite without tables) or a new path may hold one."""
+    if path.is_file() and path.stat().st_size > 0:
+        tables = _tables(path)
+        if tables and "runs" not in tables:
+            raise BenchError(f"{path} is a SQLite database of another application (tables: {', '.join(sorted(tables))}), "
+                             "not a results store; a store goes into a results store, an empty file or a new path")
 
 
 class ResultsStore:
@@ -198,13 +247,15 @@ class ResultsStore:
 
         Commands that read results pass `create=False`: a mistyped path is then an error, not a new empty
         store, and a file that is not a results store is refused before anything is written to it. A path
-        that cannot hold a store (not SQLite, unreadable, a directory in the way) is a BenchError either way.
+        that cannot hold a store (not SQLite, another application's database, unreadable, a directory in the
+        way) is a BenchError either way.
         """
         self.path = Path(path) if path is not None else default_store_path()
         if not create:
             # reading only: an older store is read as it is (columns it lacks read as None), not migrated
             check_is_store(self.path)
             return
+        check_can_hold_store(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._tx() as db:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, _to_row
+from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, _to_row, read_sqlite
 from cslaws.console import console
 from cslaws.errors import BenchError
 
@@ -47,15 +47,18 @@ class StoredRun:
         return data, self.curve
 
 
+def _runs_and_points(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+    db.row_factory = sqlite3.Row
+    return (db.execute("SELECT * FROM runs ORDER BY run_id").fetchall(),
+            db.execute("SELECT run_id, step, tokens, train_loss, val_loss FROM points ORDER BY run_id, step").fetchall())
+
+
 def read_store(path: Path) -> list[StoredRun]:
     """Every run of a store and its curve, opened read-only (nothing is migrated or written)."""
     if not path.is_file():
         raise BenchError(f"no results store at {path}")
     try:
-        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
-            points = db.execute("SELECT run_id, step, tokens, train_loss, val_loss FROM points ORDER BY run_id, step").fetchall()
+        rows, points = read_sqlite(path, _runs_and_points)
     except sqlite3.DatabaseError as err:
         raise BenchError(f"{path} is not a results store (SQLite with a runs table): {err}") from err
     curves: dict[int, Curve] = {}

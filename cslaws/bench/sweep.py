@@ -14,7 +14,8 @@ Resume: a cell whose run is `running` but whose process is gone is relaunched wi
 host and its pid is no longer alive, or the row names no host (written before hosts were recorded). A
 row of another host cannot be checked from here: it is treated as alive and listed, not relaunched (resume
 it on its host, or with `bench fit ... --store.cell KEY --ckpt_path last`). Failed cells run again
-from scratch. `--keep-checkpoints` passes `--store.keep_checkpoints true` to every fit.
+from scratch. `--dry-run` and `--emit` only read the store (a missing one is empty, and is not created).
+`--keep-checkpoints` passes `--store.keep_checkpoints true` to every fit.
 
 A matrix file:
 
@@ -34,11 +35,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shlex
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,14 @@ from cslaws.console import console as rich_console
 from cslaws.errors import BenchError
 from cslaws.laws.capacity import check_fits, load_format_config
 from cslaws.models.llama import get_size, non_embedding_params
+
+#: The top-level keys of a `bench fit` config (its parser's sections and options, `bench fit --help`): any
+#: other key in the matrix's `fit` block would fail every cell, so it is refused before the sweep starts.
+FIT_KEYS = ("model", "data", "trainer", "store", "checkpoint", "optimizer", "lr_scheduler", "seed_everything",
+            "ckpt_path", "weights_only")
+
+#: The seeds numpy accepts (`bench fit` seeds every generator with the cell's seed).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -171,13 +182,18 @@ def parse(argv: list[str]) -> Any:
         cfg = matrix_parser().parse_args(argv)
     except ArgumentError as err:  # `bench` reports it as one error, without the usage block
         raise BenchError(f"sweep: {' '.join(str(err).split())} (the options: bench sweep --help)") from err
+    check_distinct("models", cfg.models)
     for name in cfg.models:
         get_size(name)
+    check_seeds("seeds", cfg.seeds)
     for name, seeds in cfg.model_seeds.items():
         if name not in cfg.models:
             raise BenchError(f"model_seeds names {name!r}, which is not among the matrix's models {cfg.models}")
         if not seeds:
             raise BenchError(f"model_seeds of {name!r} is empty; give at least one seed")
+        check_seeds(f"model_seeds of {name!r}", seeds)
+    # two spellings of one format file (a shipped name and its path) are the same cells
+    check_distinct("formats", cfg.formats, key=lambda f: Path(resolve_config(f)).resolve())
     for f in cfg.formats:
         try:
             _, weight, activation = load_format_config(f)
@@ -194,8 +210,15 @@ def parse(argv: list[str]) -> Any:
                          f"tokens={cfg.tokens}")
     for name in ("tokens_per_param", "tokens"):
         budgets = getattr(cfg, name)
-        if budgets is not None and (not budgets or any(t <= 0 for t in budgets)):
-            raise BenchError(f"{name} must be positive numbers; got {budgets}")
+        # `not t > 0` refuses NaN too, which no comparison admits; an infinite budget never ends
+        if budgets is not None and (not budgets or any(not (t > 0 and math.isfinite(t)) for t in budgets)):
+            raise BenchError(f"{name} must be positive finite numbers; got {budgets}")
+        if budgets is not None:
+            check_distinct(name, budgets)
+    unknown = sorted(set(cfg.fit) - set(FIT_KEYS))
+    if unknown:
+        raise BenchError(f"the matrix's fit settings: unknown key(s) {', '.join(unknown)}; a bench fit config "
+                         f"has: {', '.join(FIT_KEYS)}")
     try:
         check_trainer_settings(cfg.fit.get("trainer") or {})
     except BenchError as err:
@@ -205,6 +228,27 @@ def parse(argv: list[str]) -> Any:
     if cfg.emit not in (None, "lines", "slurm"):
         raise BenchError(f"--emit {cfg.emit!r} is not allowed; use 'lines' or 'slurm'")
     return cfg
+
+
+def check_distinct(name: str, values: list[Any], key: Callable[[Any], Any] = lambda v: v) -> None:
+    """A matrix list is non-empty (an empty one makes no cells) and names each value once (a repeated one
+    makes the same cells twice, which the sweep would train twice, perhaps at the same time)."""
+    if not values:
+        raise BenchError(f"the matrix's {name} is empty; give at least one")
+    seen: set[Any] = set()
+    for value in values:
+        if key(value) in seen:
+            raise BenchError(f"the matrix's {name} lists {value!r} twice; give each once: {values}")
+        seen.add(key(value))
+
+
+def check_seeds(name: str, seeds: list[int]) -> None:
+    """Distinct seeds that `bench fit` can seed with."""
+    check_distinct(name, seeds)
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise BenchError(f"the matrix's {name} has seed {seed}, which is not allowed; seeds are whole numbers "
+                             f"from 0 to {MAX_SEED}")
 
 
 def cells(cfg: Any) -> list[Cell]:
@@ -310,11 +354,14 @@ def main(argv: list[str]) -> int:
     cfg = parse(argv[1:])
     console = rich_console()
     store_path = Path(cfg.store) if cfg.store else default_store_path()
-    store = ResultsStore(store_path)
     all_cells = cells(cfg)
+    if cfg.dry_run or cfg.emit:  # only reading: a missing store holds nothing yet and is not created
+        stores = [ResultsStore(store_path, create=False)] if store_path.exists() else []
+    else:
+        stores = [ResultsStore(store_path)]
     parts = [ResultsStore(parts_dir(store_path) / c.part_name, create=False) for c in all_cells
              if (parts_dir(store_path) / c.part_name).is_file()]
-    plan = plan_cells(all_cells, [store, *parts])
+    plan = plan_cells(all_cells, [*stores, *parts])
     todo, resume = plan.todo, {c.key for c in plan.resume}
     here = socket.gethostname()
     for cell, row in plan.live:

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from scipy.stats import norm
 
 from cslaws.bench.cli import resolve_config
@@ -189,7 +189,20 @@ def load_format_config(path: str | Path) -> tuple[str, Format | None, Format | N
     if extra:
         raise ValueError(f"{p}: model.{sorted(extra)} are not format settings; allowed: label, weight, activation")
     parser = _format_parser()
-    cfg = parser.instantiate(parser.parse_object(model))
+    # the messages are `bench fit`'s, without its pointer to `bench --help`; its module imports Lightning (and
+    # this module), so only on an error
+    try:
+        parsed = parser.parse_object(model)
+    except ArgumentError as err:  # a key or value the format's class does not take (exit_on_error=False)
+        from cslaws.bench.lightning_cli import parse_message
+
+        raise BenchError(f"{p}: model: {parse_message(err, []).splitlines()[0]}") from None
+    try:
+        cfg = parser.instantiate(parsed)
+    except ValueError as err:  # a value the format's constructor refuses, e.g. bits out of its range
+        from cslaws.bench.lightning_cli import instantiation_message
+
+        raise BenchError(f"{p}: model.{instantiation_message(err, parsed)}") from None
     return cfg.label or p.stem, cfg.weight, cfg.activation
 
 

@@ -59,6 +59,7 @@ from cslaws.laws.fit import (
 )
 from cslaws.laws.plan import extrapolation_note, plan
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
+from cslaws.laws.unified import check_constant
 from cslaws.models.llama import SIZES
 
 SUBCOMMANDS = ("law", "capacity", "leaderboard", "plot", "plan", "report")
@@ -144,6 +145,7 @@ def _law_penalty(args: argparse.Namespace) -> int:
 
     if args.bootstrap == 1 or args.bootstrap < 0:
         raise BenchError(f"--bootstrap must be 0 (no intervals) or at least 2 resamples, got {args.bootstrap}")
+    _check_seed(args.seed)
     runs = lb.runs_of(_store_records(args))
     compression = fit_compression(runs, args.dense)
     law = fit_penalty(runs, args.dense, start=compression)
@@ -195,10 +197,13 @@ def _law_unified(args: argparse.Namespace) -> int:
         predictions_to_dict,
         render_predictions,
     )
-    from cslaws.laws.unified import build_unified, format_parts, parse_fixed, render_tables
+    from cslaws.laws.unified import build_unified, check_fixed_families, format_parts, parse_fixed, render_tables
 
     fixed = parse_fixed(args.fix)
+    _check_seed(args.seed)
     records = _store_records(args)
+    parts = format_parts(records)
+    check_fixed_families(fixed, parts)
     fit_on = args.fit_on
     if fit_on is not None:
         check_fit_on(fit_on, {r.label for r in records}, args.dense)
@@ -209,7 +214,6 @@ def _law_unified(args: argparse.Namespace) -> int:
     result, tables = report.to_dict(), [render_tables(report)]
     if fit_on is not None:
         board = lb.build(records, reference=args.dense, k=k, seed=args.seed)
-        parts = format_parts(records)
         predictions = held_out_predictions(records, board, parts, fixed, k, args.seed, fit_on=fit_on,
                                            shared=judged(report))
         result |= {"fit_on": fit_on, "held_out": predictions_to_dict(predictions)}
@@ -223,6 +227,7 @@ def _law_unified(args: argparse.Namespace) -> int:
 
 
 def _law_fit(args: argparse.Namespace) -> int:
+    _check_seed(args.seed)
     runs, excluded = _read_runs(args)
     law = fit_compression(runs, args.dense) if args.format_col else fit_chinchilla(runs)
     intervals = bootstrap(law, runs, k=args.bootstrap, seed=args.seed) if args.bootstrap else None
@@ -241,12 +246,16 @@ def _law_fit(args: argparse.Namespace) -> int:
 def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
     if args.d_col is not None and args.flop_col is not None:
         raise ValueError("give either --d-col (tokens) or --flop-col (FLOPs, D = C / (6 N)), not both")
-    with open(_runs_path(args.runs), newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise FitError(f"{args.runs} has no runs")
     d_col = args.flop_col or args.d_col or "D"
     needed = [args.n_col, d_col, args.loss_col] + ([args.format_col] if args.format_col else [])
+    try:
+        with open(_runs_path(args.runs), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:  # a binary file (a results store, say) is no CSV
+        raise BenchError(f"--runs {args.runs}: not a CSV text file ({err}); expected a CSV of runs, one per row, "
+                         f"with columns {needed}") from None
+    if not rows:
+        raise FitError(f"{args.runs} has no runs")
     missing = [c for c in needed if c not in rows[0]]
     if missing:
         raise ValueError(f"{args.runs} has no column(s) {missing}; its columns are {list(rows[0])}")
@@ -313,6 +322,8 @@ def _capacity(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.model_size is not None and args.model_size not in SIZES:
         raise BenchError(f"--model-size {args.model_size!r} is not a model size; allowed: {', '.join(SIZES)}")
+    for option, value in (("--F", args.F), ("--C", args.C), ("--Lsat", args.Lsat)):
+        check_constant(option, value)
     names = args.names
     if not names:
         names, need_args = cap.defaultable_formats()
@@ -384,9 +395,19 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _board(args: argparse.Namespace) -> tuple[lb.Leaderboard, list[Any]]:
-    records = _store_records(args)
-    return lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed), records
+def _check_seed(seed: int) -> None:
+    """numpy's generator refuses a negative seed, which it would do only after the fit the bootstrap follows."""
+    if seed < 0:
+        raise BenchError(f"--seed must be a non-negative integer, got {seed}")
+
+
+def _check_folder(out: Path, folder: Path) -> None:
+    """`folder`, where `--out out` is written, is a folder or can be made one: the nearest existing path at or
+    above it is a folder. Checked before the fits, as the write after them would fail."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise BenchError(f"--out {out}: {existing} is a file, not a folder; give a path in a folder "
+                         "(missing folders are made)")
 
 
 def _leaderboard(argv: list[str]) -> int:
@@ -394,7 +415,8 @@ def _leaderboard(argv: list[str]) -> int:
     _store_args(p)
     p.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
     args = p.parse_args(argv)
-    board, _ = _board(args)
+    _check_seed(args.seed)
+    board = lb.build(_store_records(args), reference=args.dense, k=args.bootstrap, seed=args.seed)
     if args.format == "json":
         print(json.dumps(board.to_dict()))
     elif args.format == "md":
@@ -422,6 +444,13 @@ def _fixed(args: argparse.Namespace) -> dict[str, float]:
     return dict(DEFAULT_FIXED) if args.fix is None else parse_fixed(args.fix)
 
 
+def _check_fixed(fixed: dict[str, float], records: Sequence[Any]) -> None:
+    """The families `--fix` pins are among those of `records`, checked before the fits."""
+    from cslaws.laws.unified import check_fixed_families, format_parts
+
+    check_fixed_families(fixed, format_parts(records))
+
+
 def _plot(argv: list[str]) -> int:
     from cslaws.laws.heldout import fit_rho
     from cslaws.laws.plot import plot_all
@@ -431,8 +460,13 @@ def _plot(argv: list[str]) -> int:
     _rho_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     args = p.parse_args(argv)
-    board, records = _board(args)
-    fit = fit_rho(records, _fixed(args), reference=args.dense, k=args.bootstrap, seed=args.seed)
+    fixed = _fixed(args)
+    _check_seed(args.seed)
+    _check_folder(args.out, args.out)
+    records = _store_records(args)
+    _check_fixed(fixed, records)
+    board = lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed)
+    fit = fit_rho(records, fixed, reference=args.dense, k=args.bootstrap, seed=args.seed)
     for path in plot_all(board, lb.runs_of(records), fit, args.out):
         print(path)
     return 0
@@ -453,14 +487,18 @@ def _report(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.out.is_dir():
         raise BenchError(f"--out {args.out} is a folder; give the path of the HTML file to write (e.g. report.html)")
+    _check_folder(args.out, args.out.parent)
+    _check_seed(args.seed)
+    fixed = _fixed(args)
     store = _store(args)
     selection = _selection(args, store)
+    _check_fixed(fixed, selection.records)
     chosen = " ".join(f"{flag} {value}" for flag, value in (
         ("--where", " ".join(args.where)), ("--min-params", args.min_params or ""), ("--max-epochs", args.max_epochs),
         ("--group", args.group)) if value not in (None, "")) or "all finished runs"
     if args.fit_on is not None:
         check_fit_on(args.fit_on, {r.label for r in selection.records}, args.dense)
-    options = ReportOptions(str(store.path), chosen, args.dense, args.bootstrap, args.seed, _fixed(args), args.fit_on)
+    options = ReportOptions(str(store.path), chosen, args.dense, args.bootstrap, args.seed, fixed, args.fit_on)
     text = render(options, selection.records, store.runs(status=None), selection.notices)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

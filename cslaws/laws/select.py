@@ -82,6 +82,8 @@ def select(
     source: str = "the store",
 ) -> Selection:
     """The runs to fit among finished `records` (see the module doc for the rules and their order)."""
+    if min_params < 0:  # every run would pass it, which hides a typo'd sign
+        raise BenchError(f"--min-params must be a non-negative number of parameters, got {min_params}")
     notices: list[str] = []
     bad = [r for r in records if r.final_val_loss is None or not math.isfinite(r.final_val_loss)]
     if bad:

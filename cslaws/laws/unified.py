@@ -13,6 +13,7 @@ predict formats that were never trained.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -57,13 +58,32 @@ def parse_fixed(items: Sequence[str]) -> dict[str, float]:
         if not sep or name not in FAMILY_PARAMS or (dot and not family):
             raise ValueError(f"--fix takes NAME=VALUE or FAMILY.NAME=VALUE with NAME one of {', '.join(FAMILY_PARAMS)}; "
                              f"got {item!r}")
+        if key in fixed:  # the later value would silently win
+            raise ValueError(f"--fix {item!r}: {key} is already pinned to {fixed[key]:g}; give each name once")
         try:
             fixed[key] = float(value)
         except ValueError:
             raise ValueError(f"--fix {item!r}: {value!r} is not a number") from None
-        if not fixed[key] > 0:
-            raise ValueError(f"--fix {item!r}: unified-law constants are positive, got {fixed[key]}")
+        check_constant(f"--fix {item!r}", fixed[key])
     return fixed
+
+
+def check_constant(option: str, value: float) -> None:
+    """A ValueError naming `option` unless `value` is positive and finite: rho of a nan, infinite or
+    non-positive F, C or Lsat is no capacity, and an infinite pin leaves the fit no finite start."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{option}: unified-law constants are positive finite numbers, got {value}")
+
+
+def check_fixed_families(fixed: dict[str, float], parts: dict[str, list[tuple[str, float]]]) -> None:
+    """A ValueError, before any fit, where a FAMILY.NAME pin of `--fix` names a family none of the formats
+    in `parts` (`format_parts`) has: the fit could not use it."""
+    families = sorted({fam for components in parts.values() for fam, _ in components})
+    for key, value in fixed.items():
+        family = key.rpartition(".")[0]
+        if family and family not in families:
+            raise ValueError(f"--fix {key}={value:g}: no format of the selected runs is of family {family!r}; "
+                             f"families: {', '.join(families) or 'none'}")
 
 
 def format_parts(records: Sequence[Any]) -> dict[str, list[tuple[str, float]]]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from cslaws.bench.cli import main
 # Imported at collection, not first inside a test: Lightning's loggers keep the stderr they were created
 # with, and a test's captured stderr is closed after it (the next test would log into a closed file).
-import cslaws.bench.lightning_cli  # noqa: F401
-from cslaws.bench.cli import main
+from cslaws.bench.lightning_cli import check_ckpt_path
 from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.errors import BenchError
 
@@ -80,6 +80,14 @@ BAD_FIT_VALUES = {
                                        ["'79k'", "group_size 32 does not divide the row length 56", "sizes they fit: nano, milli, mini"]),
     "not an int": (["--model.tokens", "abc"], ["model.tokens", "abc", "bench fit --help"]),
     "unknown option": (["--model.sizee", "nano"], ["model.sizee", "bench fit --help"]),
+    "negative seed": (["--seed_everything", "-1"], ["--seed_everything=-1", "[0, 4294967295]"]),
+    "seed past numpy's": (["--seed_everything", str(2**32)], ["--seed_everything=4294967296", "[0, 4294967295]"]),
+    "negative lr": (["--model.lr", "-1"], ["model", "lr=-1.0", "positive and finite"]),
+    "missing checkpoint": (["--ckpt_path", "nosuch.ckpt"], ["--ckpt_path nosuch.ckpt", "no such checkpoint file", "last"]),
+    "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
+    "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),
+    "unknown nested format": (["--model.weight", "Hadamard", "--model.weight.format", "Nosuch"],
+                              ["model.weight.format", "unknown format 'Nosuch'", "Magnitude"]),
 }
 
 
@@ -90,6 +98,35 @@ def test_bad_fit_value_is_one_error_before_anything_is_written(args, expected, s
     assert_clean_error(rc, capsys.readouterr().err, *expected)
     assert store.read_bytes() == before, "the store was written"
     assert not (workdir / "runs").exists(), "runs/ was written"
+
+
+def test_validate_refuses_a_missing_checkpoint(workdir, capsys) -> None:
+    rc = main(["validate", "--model.size", "nano", "--ckpt_path", "nosuch.ckpt"])
+    assert_clean_error(rc, capsys.readouterr().err, "--ckpt_path nosuch.ckpt", "no such checkpoint file")
+    assert not (workdir / "runs").exists(), "runs/ was written"
+
+
+@pytest.mark.parametrize("ckpt_path", ["last", "best", "hpc", "registry:model"])
+def test_checkpoint_keywords_are_left_to_lightning(ckpt_path, workdir) -> None:
+    # `last` with no checkpoint yet starts fresh (a sweep resumes every cell with it): not a missing file.
+    check_ckpt_path(ckpt_path)
+
+
+ALL_COMMANDS = ("fit", "validate", "test", "predict", "law", "capacity", "leaderboard", "plot", "plan", "report",
+                "sweep", "data", "store")
+
+
+@pytest.mark.parametrize(("args", "said"), [([], "a command is needed"), (["foo"], "unknown command 'foo'")],
+                         ids=["no command", "unknown command"])
+def test_a_missing_or_unknown_command_lists_every_command(args, said, workdir, capsys) -> None:
+    rc = main(args)
+    assert_clean_error(rc, capsys.readouterr().err, said, ", ".join(ALL_COMMANDS))
+
+
+def test_help_lists_every_command(workdir, capsys) -> None:
+    assert main(["--help"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == list(ALL_COMMANDS)
 
 
 def test_malformed_yaml_config_is_named(workdir, capsys) -> None:

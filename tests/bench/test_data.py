@@ -114,6 +114,15 @@ def test_missing_data_file_is_named(tmp_path) -> None:
         TextDataModule(path="text", data_files=[str(tmp_path / "nope.txt")])
 
 
+def test_sources_that_cannot_be_read_are_refused_before_training(small_corpus) -> None:
+    for kw, message in (({"path": "nosuchcorpus"}, "dataset path 'nosuchcorpus' is not a built-in corpus"),
+                        ({"path": "text"}, "loader 'text' needs the files to read; .*--data.data_files"),
+                        ({"path": "text", "data_files": small_corpus, "split": "nosuch"}, "split 'nosuch' is not allowed"),
+                        ({"path": "english", "data_files": small_corpus}, "'english' is a built-in corpus: .*--data.data_files")):
+        with pytest.raises(BenchError, match=message):
+            TextDataModule(**kw)
+
+
 def test_builtin_corpora_are_the_installed_texts() -> None:
     from cslaws.bench.corpora import kjv_chapters, kjv_database, shakespeare_files
 

@@ -3,7 +3,11 @@
 
 import csv
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from cslaws.bench.cli import main as bench
 from cslaws.bench.store import ResultsStore
@@ -59,3 +63,55 @@ def test_all_104_imported_runs_fit_the_unified_law(tmp_path: Path, capsys) -> No
     assert law["rmse_log"] < 0.02  # the law explains QuEST's losses to within 2% (RMS)
     eff = {r["label"]: r["eff_unified"] for r in out["rows"]}
     assert eff["w1a1"] < eff["w2a2"] < eff["w3a3"] < eff["w4a4"] < eff["w8a8"] < 1.0 and eff["w4a4-4:8"] < eff["w4a4"]
+
+
+def test_importing_again_skips_the_runs_already_there(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs.csv"
+    runs.write_text("".join(RUNS.read_text().splitlines(keepends=True)[:4]))
+    store = tmp_path / "q.db"
+    argv = ["store", "import", "--runs", str(runs), "--configs", "formats/quest/", "--store", str(store)]
+    assert bench(argv) == 0
+    capsys.readouterr()
+    assert bench(argv) == 0
+    out = capsys.readouterr().out
+    assert "imported 0 runs" in out and "3 already there" in out
+    assert len(ResultsStore(store).runs(None)) == 3, "a run imported twice is counted twice"
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("N,D,loss,format\n1e6,-5,3.0,dense\n", "bad.csv row 1: D = '-5' is not a positive whole number"),
+    ("N,D,loss,format\n0,1e9,3.0,dense\n", "bad.csv row 1: N = '0' is not a positive whole number"),
+    ("N,D,loss,format\n1e6,inf,3.0,dense\n", "bad.csv row 1: D = 'inf' is not a positive whole number"),
+    ("N,D,loss,format\n1e6,1e9,3.0,dense\nnan,1e9,3.0,dense\n", "bad.csv row 2: N = 'nan' is not a positive whole number"),
+    (None, "expected a CSV file of runs"),  # no such file
+    (b"SQLite format 3\x00\xde\xad\xbe\xef", "expected a CSV file of runs"),  # not text
+])
+def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, capsys, csv_text, message) -> None:
+    bad = tmp_path / "bad.csv"
+    if isinstance(csv_text, str):
+        bad.write_text(csv_text)
+    elif csv_text is not None:
+        bad.write_bytes(csv_text)
+    store = tmp_path / "s.db"
+    assert bench(["store", "import", "--runs", str(bad), "--configs", "formats/quest/", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "bench: error: " in err and message in err
+    assert not store.exists()
+
+
+def test_exclude_names_the_labels_of_the_csv(tmp_path: Path, capsys) -> None:
+    assert bench(["store", "import", "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(tmp_path / "s.db"),
+                  "--exclude", "dense", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--exclude nosuch: no such label in" in err and "labels: dense, fp4, w1, w1a1," in err
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_a_foreign_sqlite_store_is_refused_and_unchanged(tmp_path: Path, capsys) -> None:
+    foreign = tmp_path / "other.db"
+    with closing(sqlite3.connect(foreign)) as db, db:
+        db.execute("CREATE TABLE foo (x)")
+    before = foreign.read_bytes()
+    assert bench(["store", "import", "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(foreign)]) == 2
+    assert "SQLite database of another application (tables: foo)" in capsys.readouterr().err
+    assert foreign.read_bytes() == before

@@ -85,7 +85,12 @@ def test_budget_below_one_step_is_an_error_before_training(small_corpus) -> None
         (dict(size="huge"), "unknown model size 'huge'"),
         (dict(tokens=10, tokens_per_param=2.0), "not both"),
         (dict(tokens=-5), "tokens=-5 is not allowed"),
+        (dict(tokens_per_param=math.nan), "tokens_per_param=nan is not allowed; the token budget must be positive and finite"),
         (dict(warmup=1.5), "warmup=1.5 is not allowed"),
+        (dict(lr=-1.0), "lr=-1.0 is not allowed; the peak learning rate must be positive and finite"),
+        (dict(lr=0.0), "lr=0.0 is not allowed"),
+        (dict(lr=math.nan), "lr=nan is not allowed"),
+        (dict(lr=math.inf), "lr=inf is not allowed"),
     ],
 )
 def test_bad_module_arguments(kwargs, message) -> None:

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_incomplete_and_missing_corpora_are_refused(prepared, tmp_path) -> None:
 def test_bad_sources_are_named(tmp_path) -> None:
     with pytest.raises(BenchError, match="data file .*nope.txt' does not exist"):
         Source("text", data_files=(str(tmp_path / "nope.txt"),)).check()
-    with pytest.raises(BenchError, match="dataset path './no/such' does not exist"):
+    with pytest.raises(BenchError, match="dataset path './no/such' is not a built-in corpus"):
         Source("./no/such").check()
     f = tmp_path / "d.csv"
     f.write_text("body,n\nhello there,1\n")
@@ -147,3 +148,69 @@ def test_cli_prepares_and_reports(small_corpus, tmp_path, capsys) -> None:
                  "--num-proc", "1", "--out", str(tmp_path / "c")]) == 0
     index = json.loads((tmp_path / "c" / INDEX).read_text())
     assert f"{index['tokens']['train']:,} training and {index['tokens']['val']:,} validation tokens" in capsys.readouterr().out
+
+
+def bench_data(argv: list[str], capsys) -> str:
+    """The error `bench data prepare ARGV` ends with (it must end with one)."""
+    from cslaws.bench.cli import main
+
+    assert main(["data", "prepare", *argv]) == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_source_name_is_refused_with_what_is_allowed(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = bench_data(["nosuch", "--out", "c"], capsys)
+    assert err.startswith("bench: error: dataset path 'nosuch' is not a built-in corpus (shakespeare, kjv, english), "
+                          "a `datasets` loader (") and "csv, " in err and "text, " in err and "or an existing directory" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loader_without_data_files_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    """Without data files the loader would read every file of the working directory, binary ones too."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
+    err = bench_data(["text", "--out", "c"], capsys)
+    assert "the `datasets` loader 'text' needs the files to read; give them to --data-files" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]
+
+
+def test_out_under_or_at_a_file_is_refused(small_corpus, tmp_path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    for out in (notes, notes / "c"):
+        with pytest.raises(BenchError, match=rf"--out '{out}' cannot be created: '{notes}' is a file, not a directory"):
+            prepare(Source("text", data_files=tuple(small_corpus)), TokenizerSpec(None, 300), out, num_proc=1, progress=False)
+    assert notes.read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_unknown_split_is_refused_before_loading(small_corpus, tmp_path) -> None:
+    with pytest.raises(BenchError, match=r"split 'nosuch' is not allowed: 'text' has no split 'nosuch'; its splits are "
+                                         r"train; give one of them to --split"):
+        Source("text", split="nosuch", data_files=tuple(small_corpus)).check()
+    Source("text", split="train[:10%]", data_files=tuple(small_corpus)).check()
+    for split in ("train", "test"):  # a directory's splits are its folders (or file names)
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "a.txt").write_text("some text")
+    Source(str(tmp_path), split="train[:50%]+test").check()
+    with pytest.raises(BenchError, match="has no split 'validation'; its splits are train, test"):
+        Source(str(tmp_path), split="train+validation").check()
+
+
+def test_empty_directory_is_refused(tmp_path) -> None:
+    with pytest.raises(BenchError, match=f"dataset directory '{tmp_path}' holds no data files"):
+        Source(str(tmp_path)).check()
+
+
+def test_sample_mb_must_be_a_positive_number() -> None:
+    for mb in (-1.0, 0.0, math.nan, math.inf):
+        with pytest.raises(BenchError, match=f"sample_mb={mb} is not allowed; .* a positive number"):
+            TokenizerSpec(None, 300, mb).check()
+    TokenizerSpec(None, 300, 0.5).check()
+
+
+def test_builtin_corpus_refuses_options_it_would_ignore(small_corpus) -> None:
+    for source in (Source("english", data_files=tuple(small_corpus[:1])), Source("kjv", name="x"), Source("kjv", split="test")):
+        with pytest.raises(BenchError, match="is a built-in corpus: it takes no data files or configuration name, and has "
+                                             "one split, train; leave --data-files, --name and --split out"):
+            source.check()

@@ -1,8 +1,10 @@
 import sqlite3
+from contextlib import closing
 
 import pytest
 
-from cslaws.bench.store import ResultsStore, RunRecord
+from cslaws.bench.store import ResultsStore, RunRecord, check_is_store, read_sqlite
+from cslaws.errors import BenchError
 
 
 def record(**kw) -> RunRecord:
@@ -69,3 +71,35 @@ def test_resume_reopens_the_row_and_cuts_its_curve_at_the_checkpoint(tmp_path) -
         store.resume_run(rid, 8, host="c", pid=3)
     with pytest.raises(ValueError, match="run 99, which is not in the store"):
         store.resume_run(99, 8, host="c", pid=3)
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path) -> None:
+    foreign = tmp_path / "other.db"
+    with closing(sqlite3.connect(foreign)) as db, db:
+        db.execute("CREATE TABLE foo (x)")
+    before = foreign.read_bytes()
+    with pytest.raises(BenchError, match=r"other.db is a SQLite database of another application \(tables: foo\)"):
+        ResultsStore(foreign)
+    assert foreign.read_bytes() == before
+    # an empty file, an empty SQLite file and a new path become stores
+    (tmp_path / "zero.db").touch()
+    with closing(sqlite3.connect(tmp_path / "empty.db")) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+    for name in ("zero.db", "empty.db", "new.db"):
+        ResultsStore(tmp_path / name).add_finished(record(final_val_loss=3.0))
+        assert len(ResultsStore(tmp_path / name, create=False).runs()) == 1
+
+
+def test_reading_leaves_no_files_beside_the_store_and_sees_a_writer_s_commits(tmp_path) -> None:
+    path = tmp_path / "r.db"
+    ResultsStore(path).add_finished(record(final_val_loss=3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
+    check_is_store(path)
+    assert read_sqlite(path, lambda db: db.execute("SELECT count(*) FROM runs").fetchone()[0]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"], "a read-only open left a -wal or -shm"
+    # a process holding the store open, its last commit still in the -wal only: read under SQLite's locks
+    with closing(sqlite3.connect(path)) as writer:
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        with writer:
+            writer.execute("UPDATE runs SET final_val_loss=2.5")
+        assert read_sqlite(path, lambda db: db.execute("SELECT final_val_loss FROM runs").fetchone()[0]) == 2.5

@@ -74,3 +74,15 @@ def test_bad_merge_input(tmp_path, monkeypatch, capsys, argv, message) -> None:
     _store(tmp_path / "OUT", [])
     assert bench(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_merge_leaves_nothing_beside_its_inputs(tmp_path, capsys) -> None:
+    """Opening a WAL-mode store read-only creates its -wal and -shm; inputs are read without them."""
+    a = _store(tmp_path / "a.db", [("c1", 1.0, 3.0)])
+    (tmp_path / "notes.txt").write_text("not a store\n")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert bench(["store", "merge", str(tmp_path / "notes.txt"), str(a)]) == 2
+    assert "notes.txt is not a results store" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    assert bench(["store", "merge", str(tmp_path / "out.db"), str(a)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files + ["out.db"])

@@ -1,4 +1,5 @@
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import yaml
 
 from cslaws.bench.cli import shipped_configs
 from cslaws.bench.store import ResultsStore, RunRecord
-from cslaws.bench.sweep import cells, emit, main, parse, plan_cells, write_fit_config
+from cslaws.bench.sweep import FIT_KEYS, cells, emit, main, parse, plan_cells, write_fit_config
+from cslaws.errors import BenchError
 from cslaws.models.llama import SIZES, non_embedding_params
 
 MATRICES = sorted((shipped_configs() / "matrix").glob("*.yaml"))
@@ -163,6 +165,16 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> No
         (["--emit", "pbs"], "--emit 'pbs' is not allowed"),
         (["--fit", "{trainer: {max_epochs: 2}}"], "the matrix's fit settings: trainer.max_epochs=2 is not allowed "
          r"\(allowed: 1\): the token budget"),
+        (["--tokens_per_param", "[2, .nan]"], "tokens_per_param must be positive finite numbers; got \\[2.0, nan\\]"),
+        (["--tokens_per_param", "[.inf]"], "tokens_per_param must be positive finite numbers"),
+        (["--models", "[]"], "the matrix's models is empty"),
+        (["--formats", "[]"], "the matrix's formats is empty"),
+        (["--seeds", "[]"], "the matrix's seeds is empty"),
+        (["--seeds", "[-1]"], "the matrix's seeds has seed -1, which is not allowed; seeds are whole numbers from 0 to 4294967295"),
+        (["--seeds", str([2**32])], "the matrix's seeds has seed 4294967296, which is not allowed"),
+        (["--model_seeds", "{nano: [0, -3]}"], "the matrix's model_seeds of 'nano' has seed -3, which is not allowed"),
+        (["--fit", "{data: {seq_len: 8}, trainr: {max_steps: 3}}"], "the matrix's fit settings: unknown key\\(s\\) trainr; "
+         "a bench fit config has: model, data, trainer"),
     ],
 )
 def test_bad_matrix_input(args, message) -> None:
@@ -171,6 +183,61 @@ def test_bad_matrix_input(args, message) -> None:
     argv = [x for kv in base.items() for x in kv]
     with pytest.raises((SystemExit, ValueError), match=message):
         parse(argv)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "[nano, nano]"], "the matrix's models lists 'nano' twice"),
+        (["--formats", f"[formats/dense.yaml, {shipped_configs() / 'formats/dense.yaml'}]"],
+         "the matrix's formats lists '.*dense.yaml' twice"),
+        (["--tokens_per_param", "[2, 2]"], "the matrix's tokens_per_param lists 2.0 twice"),
+        (["--tokens", "[1000, 1000]"], "the matrix's tokens lists 1000 twice"),
+        (["--tokens_per_param", "[2]", "--seeds", "[1, 1]"], "the matrix's seeds lists 1 twice"),
+        (["--tokens_per_param", "[2]", "--model_seeds", "{nano: [3, 3]}"], "the matrix's model_seeds of 'nano' lists 3 twice"),
+    ],
+)
+def test_repeated_matrix_values_are_refused(args, message) -> None:
+    """A repeated value repeats cells: the sweep would train the same cell twice, perhaps at the same time."""
+    base = {"--models": "[nano]", "--formats": "[formats/dense.yaml]"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    with pytest.raises(BenchError, match=message):
+        parse([x for kv in base.items() for x in kv])
+
+
+def foreign_sqlite(path: Path) -> Path:
+    """A SQLite file of another application: a table of its own, no `runs`."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE foo (x)")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["--dry-run", "--emit=lines"])
+def test_a_dry_run_or_emit_only_reads_the_store(tmp_path, capsys, mode) -> None:
+    """A missing store plans every cell and is not created; a file that is no store is refused, unchanged."""
+    argv = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]", mode]
+    assert main([*argv, "--store", str(tmp_path / "new.db")]) == 0
+    assert "nano/dense/tpp2/s0/" in capsys.readouterr().out
+    assert not (tmp_path / "new.db").exists()
+    (tmp_path / "empty.db").touch()
+    for path in (tmp_path / "empty.db", foreign_sqlite(tmp_path / "foreign.db")):
+        before = path.read_bytes()
+        with pytest.raises(BenchError, match="without a `runs` table, not a results store"):
+            main([*argv, "--store", str(path)])
+        assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "foreign.db"] + (["sweep"] if "emit" in mode else [])
+
+
+@pytest.mark.slow
+def test_fit_keys_are_the_options_of_bench_fit(tmp_path) -> None:
+    """FIT_KEYS, which a matrix's fit block is checked against, follows the real `bench fit` parser."""
+    out = subprocess.run([sys.executable, "-m", "cslaws", "fit", "--help"], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}).stdout
+    options = set(re.findall(r"^  --(\w+)\b(?!\.)", out, re.MULTILINE)) - {"help", "config", "print_config"}
+    assert options == set(FIT_KEYS)
 
 
 @pytest.mark.slow

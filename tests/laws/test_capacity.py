@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +257,29 @@ def test_model_size_charges_bits_on_that_models_rows(capsys):
     assert json.loads(capsys.readouterr().out)[0]["bits"] == 4 + 16 / 1024
     assert bench(["capacity", "formats/int4.yaml", "--model-size", "huge"]) == 2
     assert f"--model-size 'huge' is not a model size; allowed: {', '.join(SIZES)}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("init_args, names", [("{bitz: 3}", ["Option 'bitz' is not accepted", '"weight"']),
+                                              ("{bits: 99}", ["model.weight (Int)", "got 99"])])
+def test_a_bad_format_config_names_the_file_and_the_key(capsys, tmp_path, init_args, names):
+    path = _write_config(tmp_path, "typo", f"    class_path: cslaws.formats.int.Int\n    init_args: {init_args}\n")
+    assert bench(["capacity", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: error: {path}: model") and "Traceback" not in err
+    assert all(name in err for name in names), err
+
+
+@pytest.mark.parametrize("option, value", [("--F", "nan"), ("--Lsat", "inf"), ("--F", "-1"), ("--C", "0")])
+def test_rho_constants_must_be_positive_and_finite(capsys, option, value):
+    assert bench(["capacity", "int", option, value]) == 2
+    assert f"{option}: unified-law constants are positive finite numbers, got {float(value)}" in capsys.readouterr().err
+
+
+def test_the_readmes_capacity_examples_run(capsys):
+    """Every `bench capacity` command of README.md that names formats (one mention names only the rho options)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    commands = [args.split() for args in re.findall(r"bench capacity\s+([^`#]*)", readme) if args[:1].isalpha()]
+    assert len(commands) >= 2
+    for args in commands:
+        assert main(["capacity", *args, "--format", "json"]) == 0, (args, capsys.readouterr().err)
+    capsys.readouterr()

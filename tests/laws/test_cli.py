@@ -289,3 +289,39 @@ def test_plan_names_the_choices_it_extrapolates(capsys, store_path, flops, beyon
         assert f"note: The plans of {', '.join(outside)} lie outside the measured range of N" in out
     else:
         assert "outside the measured range" not in out
+
+
+@pytest.fixture
+def no_store_read(monkeypatch):
+    """Reading the store's runs (and so any fit after it) fails the test: the checks under test come first."""
+    import cslaws.laws.cli as cli
+
+    def read(*_):
+        raise AssertionError("the runs were read before the check")
+
+    for name in ("_store", "_store_records", "_read_runs"):
+        monkeypatch.setattr(cli, name, read)
+
+
+@pytest.mark.parametrize("argv", [["leaderboard"], ["plot", "--out", "figs"], ["report", "--out", "r.html"],
+                                  ["law", "penalty"], ["law", "unified"], ["law", "fit", "--runs", "runs.csv"]])
+def test_a_negative_seed_is_refused_before_any_fit(capsys, no_store_read, argv):
+    assert bench([*argv, "--seed", "-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: --seed must be a non-negative integer, got -3"), err
+
+
+def test_plot_refuses_an_out_that_is_a_file_before_the_fit(capsys, no_store_read, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out in (notes, notes / "figs"):
+        assert bench(["plot", "--out", str(out)]) == 2
+        assert f"--out {out}: {notes} is a file, not a folder" in capsys.readouterr().err
+    assert notes.read_text() == "mine"
+
+
+def test_law_fit_names_a_file_that_is_not_a_csv(capsys, store_path):
+    assert bench(["law", "fit", "--runs", str(store_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: error: --runs {store_path}: not a CSV text file")
+    assert "expected a CSV of runs, one per row, with columns ['N', 'D', 'loss']" in err

@@ -298,3 +298,22 @@ def test_the_same_store_gives_the_same_page(page, determined, capsys, tmp_path):
     # figure ids are hashed by matplotlib with a salt that is random unless fixed: a page must be reproducible
     again = _report(capsys, determined, tmp_path / "again.html")
     assert again.text == page.text
+
+
+def test_out_in_a_file_and_a_bad_fix_are_refused_before_the_fit(capsys, lossless, tmp_path, monkeypatch):
+    from cslaws.laws import report
+
+    def render(*_):
+        raise AssertionError("the report was rendered before the check")
+
+    monkeypatch.setattr(report, "render", render)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert bench(["report", "--store", str(lossless), "--out", str(notes / "r.html")]) == 2
+    assert f"--out {notes / 'r.html'}: {notes} is a file, not a folder" in capsys.readouterr().err
+    assert notes.read_text() == "mine"
+    for fix, message in (("C=inf", "--fix 'C=inf': unified-law constants are positive finite numbers, got inf"),
+                         ("sparse.C=1", "--fix sparse.C=1: no format of the selected runs is of family 'sparse'")):
+        assert bench(["report", "--store", str(lossless), "--out", str(tmp_path / "r.html"), "--fix", fix]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

@@ -101,3 +101,8 @@ def test_leaderboard_explains_the_groups_then_fits_one(capsys, two_tokenizer_sto
     board = json.loads(out.out)
     assert board["law"]["runs"] == 56 and {r["label"] for r in board["rows"]} == {"dense", "int4"}
     assert f"note: skipped 1 finished run(s) without a finite final loss (run ids {bad})" in out.err
+
+
+def test_negative_min_params_is_refused() -> None:
+    with pytest.raises(BenchError, match="--min-params must be a non-negative number of parameters, got -5"):
+        select([_record(0)], min_params=-5)

@@ -122,7 +122,12 @@ def test_unidentified_family_names_what_to_add_or_pin(capsys, store_path):
 
 
 @pytest.mark.parametrize("bad,match", [(["Q=1"], "NAME one of F, C, Lsat; got 'Q=1'"), (["Lsat"], "got 'Lsat'"),
-                                       (["C=x"], "'x' is not a number"), (["F=-1"], "positive, got -1")])
+                                       (["C=x"], "'x' is not a number"), (["F=-1"], "positive finite numbers, got -1"),
+                                       (["Lsat=1", "C=inf"], "--fix 'C=inf': .* positive finite numbers, got inf"),
+                                       (["Lsat=1e400"], "--fix 'Lsat=1e400': .* got inf"),
+                                       (["sparse.F=nan"], "--fix 'sparse.F=nan': .* got nan"),
+                                       (["Lsat=1", "Lsat=2"], "--fix 'Lsat=2': Lsat is already pinned to 1; give each"),
+                                       (["sparse.C=1", "sparse.C=1"], "sparse.C is already pinned")])
 def test_fix_rejects_bad_pins(bad, match):
     with pytest.raises(ValueError, match=match):
         parse_fixed(bad)
@@ -147,7 +152,8 @@ def test_family_pin_overrides_the_global_one_and_names_a_family_the_runs_have(ca
     assert out["law"]["family"]["sparse"]["Lsat"] == pytest.approx(0.9, abs=1e-12)
     assert out["law"]["family"]["scalar"]["Lsat"] == pytest.approx(1.0, abs=1e-12)
     assert bench(["law", "unified", "--store", str(store_path), "--fix", "Lsat=1", "vq.C=1"]) == 2
-    assert "fixed names a family the runs do not have: ['vq']" in capsys.readouterr().err
+    assert "--fix vq.C=1: no format of the selected runs is of family 'vq'; families: scalar, sparse" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", [".C=1", "sparse.Q=1", "sparse.C"])
