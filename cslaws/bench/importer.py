@@ -99,7 +99,8 @@ def _number(row: dict[str, str], col: str, k: int, path: Path) -> float:
 
 
 def _count(row: dict[str, str], col: str, k: int, path: Path) -> int:
-    """A row's N or D: a positive whole number (a run of no parameters or no tokens did not happen)."""
+    """A row's N, D, vocabulary or sequence length: a positive whole number (a run of no parameters or no
+    tokens did not happen)."""
     value = _number(row, col, k, path)
     if not (math.isfinite(value) and value >= 1 and value == int(value)):
         raise BenchError(f"{path} row {k}: {col} = {row[col]!r} is not a positive whole number")
@@ -138,14 +139,14 @@ def records(args: argparse.Namespace) -> list[RunRecord]:
             raise BenchError(f"{args.runs} row {k}: loss {loss!r} is not finite")
         weight, activation = configs[label]
         n_params = _count(row, args.n_col, k, args.runs)
-        vocab = int(row["vocab_size"]) if row.get("vocab_size") else None
+        vocab = _count(row, "vocab_size", k, args.runs) if row.get("vocab_size") else None
         size = size_of(n_params)
         w_bits, a_bits = bits_of(weight, activation, size)
         out.append(RunRecord(
             label=label, model=size or "imported", n_params=n_params, tokens=_count(row, args.d_col, k, args.runs),
             bits_per_value=w_bits, activation_bits=a_bits, seed=0,
             dataset=args.dataset, tokenizer=args.tokenizer, val_set=args.val_set, vocab_size=vocab,
-            seq_len=int(row["sequence_length"]) if row.get("sequence_length") else None,
+            seq_len=_count(row, "sequence_length", k, args.runs) if row.get("sequence_length") else None,
             code_version="imported", config=_row_text(row),
             weight=None if weight is None else weight.spec(), activation=None if activation is None else activation.spec(),
             source=f"imported: {args.runs.name} row {k}", status="finished", final_val_loss=loss,

@@ -143,8 +143,7 @@ def _law(argv: list[str]) -> int:
 def _law_penalty(args: argparse.Namespace) -> int:
     from cslaws.laws.penalty import bootstrap_penalty, fit_penalty, render_penalty
 
-    if args.bootstrap == 1 or args.bootstrap < 0:
-        raise BenchError(f"--bootstrap must be 0 (no intervals) or at least 2 resamples, got {args.bootstrap}")
+    _check_bootstrap(args.bootstrap, intervals_optional=True)
     _check_seed(args.seed)
     runs = lb.runs_of(_store_records(args))
     compression = fit_compression(runs, args.dense)
@@ -200,6 +199,7 @@ def _law_unified(args: argparse.Namespace) -> int:
     from cslaws.laws.unified import build_unified, check_fixed_families, format_parts, parse_fixed, render_tables
 
     fixed = parse_fixed(args.fix)
+    _check_bootstrap(args.bootstrap, intervals_optional=True)
     _check_seed(args.seed)
     records = _store_records(args)
     parts = format_parts(records)
@@ -227,6 +227,7 @@ def _law_unified(args: argparse.Namespace) -> int:
 
 
 def _law_fit(args: argparse.Namespace) -> int:
+    _check_bootstrap(args.bootstrap, intervals_optional=True)
     _check_seed(args.seed)
     runs, excluded = _read_runs(args)
     law = fit_compression(runs, args.dense) if args.format_col else fit_chinchilla(runs)
@@ -395,6 +396,15 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _check_bootstrap(k: int | None, *, intervals_optional: bool) -> None:
+    """--bootstrap, before any fit: at least 2 resamples, or 0 (no intervals) where the command can do without
+    them (the leaderboard's table, figures and page show intervals, so they need resamples)."""
+    if k is None or k >= 2 or (intervals_optional and k == 0):
+        return
+    allowed = "0 (no intervals) or at least 2 resamples" if intervals_optional else "at least 2 resamples"
+    raise BenchError(f"--bootstrap must be {allowed}, got {k}")
+
+
 def _check_seed(seed: int) -> None:
     """numpy's generator refuses a negative seed, which it would do only after the fit the bootstrap follows."""
     if seed < 0:
@@ -415,6 +425,7 @@ def _leaderboard(argv: list[str]) -> int:
     _store_args(p)
     p.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
     args = p.parse_args(argv)
+    _check_bootstrap(args.bootstrap, intervals_optional=False)
     _check_seed(args.seed)
     board = lb.build(_store_records(args), reference=args.dense, k=args.bootstrap, seed=args.seed)
     if args.format == "json":
@@ -461,6 +472,7 @@ def _plot(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     args = p.parse_args(argv)
     fixed = _fixed(args)
+    _check_bootstrap(args.bootstrap, intervals_optional=False)
     _check_seed(args.seed)
     _check_folder(args.out, args.out)
     records = _store_records(args)
@@ -488,6 +500,7 @@ def _report(argv: list[str]) -> int:
     if args.out.is_dir():
         raise BenchError(f"--out {args.out} is a folder; give the path of the HTML file to write (e.g. report.html)")
     _check_folder(args.out, args.out.parent)
+    _check_bootstrap(args.bootstrap, intervals_optional=False)
     _check_seed(args.seed)
     fixed = _fixed(args)
     store = _store(args)

@@ -83,6 +83,9 @@ def test_importing_again_skips_the_runs_already_there(tmp_path: Path, capsys) ->
     ("N,D,loss,format\n0,1e9,3.0,dense\n", "bad.csv row 1: N = '0' is not a positive whole number"),
     ("N,D,loss,format\n1e6,inf,3.0,dense\n", "bad.csv row 1: D = 'inf' is not a positive whole number"),
     ("N,D,loss,format\n1e6,1e9,3.0,dense\nnan,1e9,3.0,dense\n", "bad.csv row 2: N = 'nan' is not a positive whole number"),
+    ("N,D,loss,format,vocab_size\n1e6,1e9,3.0,dense,50k\n", "bad.csv row 1: vocab_size = '50k' is not a number"),
+    ("N,D,loss,format,sequence_length\n1e6,1e9,3.0,dense,512.5\n",
+     "bad.csv row 1: sequence_length = '512.5' is not a positive whole number"),
     (None, "expected a CSV file of runs"),  # no such file
     (b"SQLite format 3\x00\xde\xad\xbe\xef", "expected a CSV file of runs"),  # not text
 ])

@@ -311,6 +311,23 @@ def test_a_negative_seed_is_refused_before_any_fit(capsys, no_store_read, argv):
     assert err.startswith("bench: error: --seed must be a non-negative integer, got -3"), err
 
 
+@pytest.mark.parametrize(("argv", "allowed"), [(["leaderboard"], "at least 2 resamples"),
+                                              (["plot", "--out", "figs"], "at least 2 resamples"),
+                                              (["report", "--out", "r.html"], "at least 2 resamples"),
+                                              (["law", "penalty"], "0 (no intervals) or at least 2 resamples"),
+                                              (["law", "unified"], "0 (no intervals) or at least 2 resamples"),
+                                              (["law", "fit", "--runs", "runs.csv"], "0 (no intervals) or at least 2 resamples")])
+@pytest.mark.parametrize("k", [1, -1])
+def test_too_few_resamples_are_refused_before_any_fit(capsys, no_store_read, argv, allowed, k):
+    assert bench([*argv, "--bootstrap", str(k)]) == 2
+    assert capsys.readouterr().err.strip() == f"bench: error: --bootstrap must be {allowed}, got {k}"
+
+
+def test_the_leaderboard_needs_resamples_for_its_intervals(capsys, no_store_read):
+    assert bench(["leaderboard", "--bootstrap", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "bench: error: --bootstrap must be at least 2 resamples, got 0"
+
+
 def test_plot_refuses_an_out_that_is_a_file_before_the_fit(capsys, no_store_read, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
