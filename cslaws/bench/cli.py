@@ -38,6 +38,13 @@ def shipped_configs() -> Path:
     return Path(str(resources.files("cslaws.configs")))
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that stops `folder` from being made (its nearest existing path, when that is not a folder), or
+    None: an `--out` is checked with it before any work, as the write at the end would fail."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the parents end in '.' or '/'
+    return None if existing.is_dir() else existing
+
+
 def resolve_config(value: str) -> str:
     """A config file as given when it exists, else the shipped config of that name; it must be valid YAML."""
     if Path(value).is_file():

@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from cslaws.bench.budget import check_trainer_settings
 from cslaws.bench.callback import RunCheckpoint, StreamToStore, checkpoint_dir, stop_reason
+from cslaws.bench.cli import LIGHTNING_COMMANDS
 from cslaws.bench.data import TextDataModule
 from cslaws.bench.module import Diverged, LanguageModel
 from cslaws.console import console
@@ -171,10 +172,14 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
 
 
 def parse_message(err: ArgumentError, args: list[str]) -> str:
-    """jsonargparse's message on one line, plus where to look."""
-    text = unknown_format(str(err)) or one_line(str(err))
-    command = next((a for a in args if a in ("fit", "validate", "test", "predict")), None)
-    return f"{text}\n(the options: {f'bench {command} --help' if command else 'bench --help'})"
+    """`parse_text`, plus where to look."""
+    command = next((a for a in args if a in LIGHTNING_COMMANDS), None)
+    return f"{parse_text(err)}\n(the options: {f'bench {command} --help' if command else 'bench --help'})"
+
+
+def parse_text(err: ArgumentError) -> str:
+    """jsonargparse's refusal on one line: an unknown format named as such, else its own message joined."""
+    return unknown_format(str(err)) or one_line(str(err))
 
 
 #: jsonargparse's words for a class given by a name that is neither a subclass it knows nor an import path.

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from cslaws.bench import corpora
+from cslaws.bench.cli import file_in_the_way
 from cslaws.bench.wordcache import encoder
 from cslaws.errors import BenchError
 
@@ -392,9 +393,9 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
     if not 0 < val_fraction < 1:
         raise BenchError(f"val_fraction={val_fraction} is not allowed; it is the fraction of documents held out, in (0, 1)")
     out = Path(out)
-    existing = next(p for p in (out, *out.parents) if p.exists())  # the parents end in '.' or '/', which exist
-    if not existing.is_dir():
-        raise BenchError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file, not a directory; "
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise BenchError(f"--out {str(out)!r} cannot be created: {str(blocker)!r} is a file, not a directory; "
                          "choose another --out")
     if (out / INDEX).exists():
         raise BenchError(f"{str(out)!r} already holds a prepared corpus; remove it or choose another --out")

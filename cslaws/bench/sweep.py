@@ -210,11 +210,12 @@ def parse(argv: list[str]) -> Any:
                          f"tokens={cfg.tokens}")
     for name in ("tokens_per_param", "tokens"):
         budgets = getattr(cfg, name)
+        if budgets is None:
+            continue
         # `not t > 0` refuses NaN too, which no comparison admits; an infinite budget never ends
-        if budgets is not None and (not budgets or any(not (t > 0 and math.isfinite(t)) for t in budgets)):
+        if not budgets or any(not (t > 0 and math.isfinite(t)) for t in budgets):
             raise BenchError(f"{name} must be positive finite numbers; got {budgets}")
-        if budgets is not None:
-            check_distinct(name, budgets)
+        check_distinct(name, budgets)
     unknown = sorted(set(cfg.fit) - set(FIT_KEYS))
     if unknown:
         raise BenchError(f"the matrix's fit settings: unknown key(s) {', '.join(unknown)}; a bench fit config "

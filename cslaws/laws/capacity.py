@@ -189,14 +189,13 @@ def load_format_config(path: str | Path) -> tuple[str, Format | None, Format | N
     if extra:
         raise ValueError(f"{p}: model.{sorted(extra)} are not format settings; allowed: label, weight, activation")
     parser = _format_parser()
-    # the messages are `bench fit`'s, without its pointer to `bench --help`; its module imports Lightning (and
-    # this module), so only on an error
+    # the messages are `bench fit`'s; its module imports Lightning (and this module), so only on an error
     try:
         parsed = parser.parse_object(model)
     except ArgumentError as err:  # a key or value the format's class does not take (exit_on_error=False)
-        from cslaws.bench.lightning_cli import parse_message
+        from cslaws.bench.lightning_cli import parse_text
 
-        raise BenchError(f"{p}: model: {parse_message(err, []).splitlines()[0]}") from None
+        raise BenchError(f"{p}: model: {parse_text(err)}") from None
     try:
         cfg = parser.instantiate(parsed)
     except ValueError as err:  # a value the format's constructor refuses, e.g. bits out of its range

@@ -43,6 +43,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
+from cslaws.bench.cli import file_in_the_way
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.laws import capacity as cap
@@ -412,11 +413,10 @@ def _check_seed(seed: int) -> None:
 
 
 def _check_folder(out: Path, folder: Path) -> None:
-    """`folder`, where `--out out` is written, is a folder or can be made one: the nearest existing path at or
-    above it is a folder. Checked before the fits, as the write after them would fail."""
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir():
-        raise BenchError(f"--out {out}: {existing} is a file, not a folder; give a path in a folder "
+    """`folder`, where `--out out` is written, is a folder or can be made one; checked before the fits."""
+    blocker = file_in_the_way(folder)
+    if blocker is not None:
+        raise BenchError(f"--out {out}: {blocker} is a file, not a folder; give a path in a folder "
                          "(missing folders are made)")
 
 

@@ -39,20 +39,27 @@ class Gap:
     diff: np.ndarray
 
 
+def _cell_means(runs: Runs, values: np.ndarray) -> dict[tuple[str, float, int], tuple[float, float]]:
+    """Per (label, N, token budget) cell: the mean of `values` (one per run) over the cell's runs, its seeds,
+    and their mean D."""
+    budget = budget_clusters(runs.n, runs.d)
+    cells: dict[tuple[str, float, int], list[tuple[float, float]]] = {}
+    for label, n, d, b, value in zip(runs.label, runs.n, runs.d, budget, values):
+        cells.setdefault((str(label), float(n), int(b)), []).append((float(value), float(d)))
+    return {key: (float(np.mean([v for v, _ in rows])), float(np.mean([d for _, d in rows])))
+            for key, rows in cells.items()}
+
+
 def measured_gaps(runs: Runs, reference: str) -> dict[str, Gap]:
     """Each format's mean loss minus the reference's mean loss at the same size and token budget, with the
     cell's own tokens per parameter (its runs' mean D / N)."""
     check_reference(runs, reference, "the gaps are measured against its runs")
-    budget = budget_clusters(runs.n, runs.d)
-    cells: dict[tuple[str, float, int], list[tuple[float, float]]] = {}
-    for label, n, d, b, loss in zip(runs.label, runs.n, runs.d, budget, runs.loss):
-        cells.setdefault((str(label), float(n), int(b)), []).append((float(loss), float(d)))
+    means = _cell_means(runs, runs.loss)
     out: dict[str, list[tuple[float, float, float]]] = {}
-    for (label, n, b), losses in cells.items():
-        ref = cells.get((reference, n, b))
+    for (label, n, b), (loss, d) in means.items():
+        ref = means.get((reference, n, b))
         if label != reference and ref is not None:
-            loss, d = np.mean(losses, axis=0)
-            out.setdefault(label, []).append((n, d / n, float(loss - np.mean([l for l, _ in ref]))))
+            out.setdefault(label, []).append((n, d / n, loss - ref[0]))
     return {label: Gap(*(np.array(col) for col in zip(*sorted(pts)))) for label, pts in out.items()}
 
 
@@ -112,16 +119,14 @@ def cell_residuals(runs: Runs, law: LawFit) -> list[CellResidual]:
     """Every (N, budget) cell where the law's reference has runs, sorted by N then D (`law` fitted on `runs`)."""
     eff = np.array([law.eff[str(s)] for s in runs.label])
     residual = runs.loss - law.predict(runs.n, runs.d, eff)
-    budget = budget_clusters(runs.n, runs.d)
-    cells: dict[tuple[float, int], dict[str, list[tuple[float, float]]]] = {}
-    for label, n, d, b, r in zip(runs.label, runs.n, runs.d, budget, residual):
-        cells.setdefault((float(n), int(b)), {}).setdefault(str(label), []).append((float(r), float(d)))
+    cells: dict[tuple[float, int], dict[str, tuple[float, float]]] = {}
+    for (label, n, b), mean in _cell_means(runs, residual).items():
+        cells.setdefault((n, b), {})[label] = mean
     out = []
-    for (n, _), by_label in cells.items():
-        if law.reference in by_label:
-            means = {label: np.mean(rows, axis=0) for label, rows in by_label.items()}
+    for (n, _), means in cells.items():
+        if law.reference in means:
             d = float(np.mean([rd[1] for rd in means.values()]))
-            out.append(CellResidual(n, d / n, d, float(means[law.reference][0]),
+            out.append(CellResidual(n, d / n, d, means[law.reference][0],
                                     float(np.mean([rd[0] for rd in means.values()])), len(means)))
     return sorted(out, key=lambda c: (c.n, c.tokens))
 
