@@ -14,6 +14,13 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["CSLAWS_CACHE"] = str(tmp_path_factory.mktemp("cslaws-cache"))
 
 
+@pytest.fixture(autouse=True)
+def own_working_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in an empty directory of its own: what `bench` writes by default (runs/ with its
+    checkpoints and config.yaml, runs/results.db) never lands in the checkout, nor in another test's way."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Three plays of the built-in corpus as plain text files: real prose, small enough to tokenize in a second."""

@@ -13,7 +13,8 @@ comparability fields given on the command line (`--dataset`, `--tokenizer`, `--v
 `vocab_size` / `sequence_length` columns when present, so the imported runs form one comparable group.
 A label without a config, a row without a finite loss or whose N or D is not a positive whole number, or
 an `--exclude` label that no row has is an error: nothing is written then. A row the store already holds
-(same source row, label, N, D and loss: the file imported again) is skipped, never stored twice.
+(the same CSV row, every column, with the same label, N, D and loss: the file imported again, under any name
+or with rows appended) is skipped, never stored twice.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -160,8 +162,23 @@ def _row_text(row: dict[str, Any]) -> str:
 
 
 def _identity(record: RunRecord) -> tuple[str | None, str, int, int, float | None]:
-    """An imported run as importing its row again would record it: a second import must not count it twice."""
-    return record.source, record.label, record.n_params, record.tokens, record.final_val_loss
+    """An imported run as importing its row again would record it: its CSV row's text (every column), label,
+    N, D and loss, not its file's name, so that a second import, of the file under another name or with rows
+    appended, does not count a run twice."""
+    return record.config, record.label, record.n_params, record.tokens, record.final_val_loss
+
+
+def new_runs(runs: list[RunRecord], held: list[RunRecord]) -> list[RunRecord]:
+    """The runs the store does not hold yet. Counted, not only matched: a file may list the same row twice
+    (two runs its tool could not tell apart), and each is a run."""
+    left = Counter(_identity(r) for r in held if r.code_version == "imported")
+    new = []
+    for r in runs:
+        if left[_identity(r)] > 0:
+            left[_identity(r)] -= 1
+        else:
+            new.append(r)
+    return new
 
 
 def main(argv: Sequence[str]) -> int:
@@ -171,10 +188,9 @@ def main(argv: Sequence[str]) -> int:
     check_can_hold_store(path)  # before the rows' storage bits are measured, which takes seconds
     runs = records(args)
     store = ResultsStore(path)
-    held = {_identity(r) for r in store.runs(None)}
-    new = [r for r in runs if _identity(r) not in held]
+    new = new_runs(runs, store.runs(None))
     for r in new:
         store.add_finished(r)
     print(f"imported {len(new)} runs from {args.runs} into {store.path}; "
-          f"{len(runs) - len(new)} already there (same source row, label, N, D and loss) skipped")
+          f"{len(runs) - len(new)} already there (the same CSV row, label, N, D and loss) skipped")
     return 0

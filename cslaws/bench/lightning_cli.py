@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 
 import torch
 from jsonargparse import ArgumentError, Namespace
@@ -88,10 +89,11 @@ class BenchCLI(LightningCLI):
             raise BenchError(instantiation_message(err, config)) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """The Trainer, whose refusals (an accelerator this machine lacks, a bad precision) are the user's."""
+        """The Trainer, whose refusals (an accelerator this machine lacks, or whose package it lacks, a bad
+        precision) are the user's."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError) as err:
+        except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:
             raise BenchError(f"trainer: {err}") from err
         loop = trainer.fit_loop
         check_trainer_settings({"max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps})
@@ -166,9 +168,18 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
     """A checkpoint file that does not exist is refused before the trainer is built, not after setup."""
     if ckpt_path is None or ckpt_path in _CKPT_KEYWORDS or ckpt_path.split(":")[0] == "registry":
         return
-    if not get_filesystem(ckpt_path).exists(ckpt_path):  # Lightning's own test when it loads the file
+    fs = get_filesystem(ckpt_path)
+    if not fs.exists(ckpt_path):  # Lightning's own test when it loads the file
         raise BenchError(f"--ckpt_path {ckpt_path}: no such checkpoint file; give an existing file or one of "
                          f"{', '.join(_CKPT_KEYWORDS)}, registry[:name]")
+    if fs.isdir(ckpt_path):  # a sharded checkpoint (FSDP, DeepSpeed) is a directory: the strategy reads it
+        return
+    # torch.save writes a zip archive; anything else fails deep in torch.load (an EOFError or an unpickling
+    # error), after the model and data were built
+    with fs.open(ckpt_path, "rb") as f:
+        if not zipfile.is_zipfile(f):
+            raise BenchError(f"--ckpt_path {ckpt_path}: not a checkpoint (a file that torch.save wrote, such as "
+                             "a run's last.ckpt)")
 
 
 def parse_message(err: ArgumentError, args: list[str]) -> str:

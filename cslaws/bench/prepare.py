@@ -109,14 +109,14 @@ class Source:
                 raise BenchError(f"{self.path!r} is a built-in corpus: it takes no data files or configuration name, and "
                                  "has one split, train; leave --data-files, --name and --split out "
                                  "(bench fit: --data.data_files, --data.name, --data.split)")
-        elif self.path in loaders():
+        elif self.path in TEXT_LOADERS:
             # Without data files a loader reads every file of the working directory.
             if not self.data_files:
                 raise BenchError(f"the `datasets` loader {self.path!r} needs the files to read; give them to --data-files "
                                  "(bench fit: --data.data_files), e.g. 'a.txt,b/*.txt'")
         elif not Path(self.path).is_dir():
             raise BenchError(f"dataset path {self.path!r} is not a built-in corpus ({', '.join(corpora.BUILTINS)}), "
-                             f"a `datasets` loader ({', '.join(loaders())}) with data files, or an existing directory "
+                             f"a `datasets` loader ({', '.join(TEXT_LOADERS)}) with data files, or an existing directory "
                              "(a data set, or for bench fit a prepared corpus)")
         splits = None if self.builtin else self.splits()  # a built-in's split is checked above
         if splits is not None and (unknown := [s for s in self.split_names() if s not in splits]):
@@ -209,11 +209,9 @@ class TokenizerSpec:
         return ["bpe", self.vocab_size, self.sample_mb]
 
 
-def loaders() -> list[str]:
-    """The `datasets` loaders (text, json, csv, parquet, ...): names that load_dataset reads files with."""
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
-    return sorted(_PACKAGED_DATASETS_MODULES)
+#: The `datasets` loaders that read rows with a text column from files (`load_dataset(name, data_files=...)`).
+#: Its full list of loaders is private and holds image, audio and genome readers, which make no corpus.
+TEXT_LOADERS = ("arrow", "csv", "json", "pandas", "parquet", "text", "webdataset", "xml")
 
 
 def load_tokenizer(path: str):

@@ -24,7 +24,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from cslaws.errors import BenchError
 
@@ -154,6 +154,17 @@ def _from_row(row: sqlite3.Row) -> RunRecord:
     return RunRecord(**{f.name: data.get(f.name) for f in fields(RunRecord) if f.name in data or f.name in ADDED_COLUMNS})
 
 
+def insert_run(db: sqlite3.Connection, record: RunRecord,
+               curve: Sequence[tuple[int, int, float | None, float | None]] = ()) -> int:
+    """Insert `record` as a new run row, and its curve points, in the caller's transaction (so that a run is
+    written whole or not at all); the new row's run_id. `record.run_id` is left as it is: a merge copies runs
+    whose ids belong to another store."""
+    row = _to_row(record)
+    cur = db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+    db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", [(cur.lastrowid, *p) for p in curve])
+    return cur.lastrowid
+
+
 def process_gone(record: RunRecord, host: str) -> bool:
     """Whether a `running` row's process is known to be dead: same host and its pid is not alive, or no
     host/pid recorded. A process of another host cannot be checked and counts as alive."""
@@ -277,11 +288,8 @@ class ResultsStore:
 
     def start_run(self, record: RunRecord) -> int:
         record.status = "running"
-        row = _to_row(record)
-        cols = ", ".join(row)
         with self._tx() as db:
-            cur = db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
-            record.run_id = cur.lastrowid
+            record.run_id = insert_run(db, record)
         return record.run_id
 
     def add_finished(self, record: RunRecord, curve: list[tuple[int, int, float | None, float | None]] = ()) -> int:
@@ -289,11 +297,8 @@ class ResultsStore:
         check_loss(record.final_val_loss, repr(record.label))
         record.status = "finished"
         record.finished_at = record.finished_at or time.time()
-        row = _to_row(record)
         with self._tx() as db:
-            cur = db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
-            record.run_id = cur.lastrowid
-            db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", [(record.run_id, *p) for p in curve])
+            record.run_id = insert_run(db, record, curve)
         return record.run_id
 
     def log_point(self, run_id: int, step: int, tokens: int, train_loss: float | None = None, val_loss: float | None = None) -> None:

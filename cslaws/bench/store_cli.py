@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, _to_row, read_sqlite
+from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, insert_run, read_sqlite
 from cslaws.console import console
 from cslaws.errors import BenchError
 
@@ -115,10 +115,7 @@ def merge(out: Path, inputs: Sequence[Path]) -> tuple[int, int]:
         raise BenchError(f"{out} is not a results store (SQLite with a runs table): {err}") from err
     with closing(sqlite3.connect(out, timeout=60)) as db, db:  # one transaction: all runs or none
         for run in new:
-            row = _to_row(run.record)
-            cur = db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                             tuple(row.values()))
-            db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", [(cur.lastrowid, *p) for p in run.curve])
+            insert_run(db, run.record, run.curve)
     return len(new), duplicates
 
 

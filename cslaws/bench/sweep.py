@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +201,7 @@ def parse(argv: list[str]) -> Any:
         try:
             _, weight, activation = load_format_config(f)
         except ValueError as err:  # a BenchError (unknown config) or a file that is not a format config
-            raise BenchError(f"the matrix's format {f}: {err}") from None
+            raise BenchError(f"the matrix's format {err}") from None  # the message starts with the file's path
         for name in cfg.models:
             try:
                 check_fits(weight, activation, name)
@@ -272,6 +275,39 @@ def write_fit_config(cfg: Any, directory: Path) -> Path:
     path = directory / f"fit-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
     path.write_text(text)
     return path
+
+
+def check_cells_build(all_cells: list[Cell], cfg: Any) -> None:
+    """Build each format's first cell as `bench fit` builds it (model, data, trainer, callbacks; nothing
+    runs and no file is written): a value the matrix's `fit` block or a format config gives wrongly
+    (`data.seq_len: -5`, `trainer.accelerator: tpu`) is refused here, once, not in every cell's log."""
+    from cslaws.bench.lightning_cli import run_lightning_cli  # Lightning's import costs seconds: only here
+
+    first = {}
+    for cell in all_cells:
+        first.setdefault(cell.format_config, cell)
+    with tempfile.TemporaryDirectory() as tmp, quiet_lightning():
+        fit_config = write_fit_config(cfg, Path(tmp))
+        for cell in first.values():
+            args = cell.command(Path(tmp) / "check.db", fit_config, program=())[1:]  # no subcommand: build only
+            try:
+                run_lightning_cli(args, run=False)
+            except BenchError as err:
+                raise BenchError(f"the matrix's cell {cell.key} does not build: {err}") from None
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's INFO lines ("GPU available", "Seed set") are about a trainer that never runs here."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def parts_dir(store: Path) -> Path:
@@ -356,6 +392,7 @@ def main(argv: list[str]) -> int:
     console = rich_console()
     store_path = Path(cfg.store) if cfg.store else default_store_path()
     all_cells = cells(cfg)
+    check_cells_build(all_cells, cfg)
     if cfg.dry_run or cfg.emit:  # only reading: a missing store holds nothing yet and is not created
         stores = [ResultsStore(store_path, create=False)] if store_path.exists() else []
     else:

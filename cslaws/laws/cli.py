@@ -353,13 +353,11 @@ def _capacity(argv: list[str]) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    """The results store `--store` names (default: `default_store_path()`), opened for reading."""
-    from cslaws.bench.store import ResultsStore, default_store_path
+    """The results store `--store` names (default: `default_store_path()`), opened for reading: a missing path
+    or a file that is not a store is a BenchError (`check_is_store`), never a new empty store."""
+    from cslaws.bench.store import ResultsStore
 
-    store_path = Path(args.store) if args.store is not None else default_store_path()
-    if not store_path.is_file():
-        raise BenchError(f"no results store at {store_path}; train runs first or pass --store PATH")
-    return ResultsStore(store_path, create=False)
+    return ResultsStore(args.store, create=False)
 
 
 def _selection(args: argparse.Namespace, store: Any) -> Any:

@@ -84,6 +84,7 @@ BAD_FIT_VALUES = {
     "seed past numpy's": (["--seed_everything", str(2**32)], ["--seed_everything=4294967296", "[0, 4294967295]"]),
     "negative lr": (["--model.lr", "-1"], ["model", "lr=-1.0", "positive and finite"]),
     "missing checkpoint": (["--ckpt_path", "nosuch.ckpt"], ["--ckpt_path nosuch.ckpt", "no such checkpoint file", "last"]),
+    "accelerator without its package": (["--trainer.accelerator", "tpu"], ["trainer:", "torch_xla"]),
     "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
     "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),
     "unknown nested format": (["--model.weight", "Hadamard", "--model.weight.format", "Nosuch"],
@@ -110,6 +111,22 @@ def test_validate_refuses_a_missing_checkpoint(workdir, capsys) -> None:
 def test_checkpoint_keywords_are_left_to_lightning(ckpt_path, workdir) -> None:
     # `last` with no checkpoint yet starts fresh (a sweep resumes every cell with it): not a missing file.
     check_ckpt_path(ckpt_path)
+    with pytest.raises(BenchError, match="no such checkpoint file"):  # the same word as a file name is a file
+        check_ckpt_path(ckpt_path.split(":")[0] + ".ckpt")
+
+
+def test_a_file_torch_did_not_write_is_refused_as_a_checkpoint(store, workdir, capsys) -> None:
+    torch = pytest.importorskip("torch")
+    torch.save({"state_dict": {}}, "saved.ckpt")
+    (workdir / "sharded.ckpt").mkdir()  # FSDP and DeepSpeed checkpoints are directories: left to the strategy
+    for ok in ("saved.ckpt", "sharded.ckpt"):
+        check_ckpt_path(ok)
+    (workdir / "notes.ckpt").write_text("not a checkpoint\n")
+    before = store.read_bytes()
+    rc = main(["fit", "--model.size", "nano", "--ckpt_path", "notes.ckpt", "--store.path", str(store)])
+    assert_clean_error(rc, capsys.readouterr().err, "--ckpt_path notes.ckpt", "not a checkpoint")
+    assert store.read_bytes() == before, "the store was written"
+    assert not (workdir / "runs").exists(), "runs/ was written"
 
 
 ALL_COMMANDS = ("fit", "validate", "test", "predict", "law", "capacity", "leaderboard", "plot", "plan", "report",

@@ -78,6 +78,21 @@ def test_importing_again_skips_the_runs_already_there(tmp_path: Path, capsys) ->
     assert len(ResultsStore(store).runs(None)) == 3, "a run imported twice is counted twice"
 
 
+def test_the_same_rows_under_another_name_or_with_rows_appended_are_not_imported_twice(tmp_path: Path, capsys) -> None:
+    lines = RUNS.read_text().splitlines(keepends=True)
+    first, copy = tmp_path / "runs.csv", tmp_path / "quest copy.csv"
+    first.write_text("".join(lines[:4]))
+    copy.write_text("".join([*lines[:6], lines[5]]))  # two rows appended, the second of them twice
+    store = tmp_path / "q.db"
+    for runs, said in [(first, "imported 3 runs"), (copy, "imported 3 runs"), (copy, "imported 0 runs")]:
+        assert bench(["store", "import", "--runs", str(runs), "--configs", "formats/quest/", "--store", str(store)]) == 0
+        assert said in capsys.readouterr().out
+    held = ResultsStore(store).runs(None)
+    assert len(held) == 6, "a run imported again is counted twice"
+    # the repeated row is two runs: a file that lists it twice holds two runs it cannot tell apart
+    assert sorted(r.source for r in held if "copy" in r.source) == [f"imported: quest copy.csv row {k}" for k in (4, 5, 6)]
+
+
 @pytest.mark.parametrize("csv_text, message", [
     ("N,D,loss,format\n1e6,-5,3.0,dense\n", "bad.csv row 1: D = '-5' is not a positive whole number"),
     ("N,D,loss,format\n0,1e9,3.0,dense\n", "bad.csv row 1: N = '0' is not a positive whole number"),

@@ -231,6 +231,30 @@ def test_a_dry_run_or_emit_only_reads_the_store(tmp_path, capsys, mode) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "foreign.db"] + (["sweep"] if "emit" in mode else [])
 
 
+@pytest.mark.parametrize("mode", ["--dry-run", "--emit=lines", "--jobs=1"])
+def test_a_cell_that_cannot_build_stops_the_sweep_before_any_work(tmp_path, mode) -> None:
+    """A bad value in the fit block is `bench fit`'s refusal, said once before the sweep plans, writes or
+    runs anything (it used to fail every cell, one log at a time)."""
+    base = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]",
+            "--store", str(tmp_path / "s.db"), mode]
+    for fit, said in [
+        ("{data: {seq_len: -5}}", "seq_len=-5 is not allowed; it must be at least 1"),
+        ("{trainer: {accelerator: tpu}}", "trainer: Requirement 'torch_xla"),  # the Trainer's own refusal
+    ]:
+        with pytest.raises(BenchError, match=f"^the matrix's cell nano/dense/tpp2/s0/\\w+ does not build: {said}"):
+            main([*base, "--fit", fit])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_format_config_is_named_once(tmp_path) -> None:
+    bad_format = tmp_path / "int0.yaml"
+    bad_format.write_text("model:\n  weight: {class_path: Int, init_args: {bits: 0}}\n")
+    with pytest.raises(BenchError) as err:
+        parse(["--models", "[nano]", "--formats", f"[{bad_format}]", "--tokens_per_param", "[2]"])
+    assert str(err.value).startswith(f"the matrix's format {bad_format}: model.weight (Int): bits must be")
+    assert str(err.value).count(str(bad_format)) == 1
+
+
 @pytest.mark.slow
 def test_fit_keys_are_the_options_of_bench_fit(tmp_path) -> None:
     """FIT_KEYS, which a matrix's fit block is checked against, follows the real `bench fit` parser."""
