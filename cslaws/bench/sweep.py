@@ -15,7 +15,9 @@ host and its pid is no longer alive, or the row names no host (written before ho
 row of another host cannot be checked from here: it is treated as alive and listed, not relaunched (resume
 it on its host, or with `bench fit ... --store.cell KEY --ckpt_path last`). Failed cells run again
 from scratch. `--dry-run` and `--emit` only read the store (a missing one is empty, and is not created).
-`--keep-checkpoints` passes `--store.keep_checkpoints true` to every fit.
+`--keep-checkpoints` passes `--store.keep_checkpoints true` to every fit. Before anything is planned or run,
+each format's first cell is built as `bench fit` builds it (nothing trains), so a bad `fit` value is refused
+once, up front.
 
 A matrix file:
 
