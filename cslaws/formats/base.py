@@ -91,8 +91,8 @@ class Format:
         pass-through on the pruned positions, so that the sparsifier's backward mask alone decides what
         pruned values receive. This default scales over all values; quantizers override it.
         """
-        q = self.compress(x)
-        return x + (q * keep - x * keep).detach() if x.requires_grad else q * keep
+        pruned = x * keep.logical_not()
+        return self.compress(x) * keep + (pruned - pruned.detach())  # + 0 forward, the identity backward
 
     def gaussian_grid(self) -> Tensor | None:
         """Reconstruction levels for standard Gaussian input at the format's nominal scale (RMS = 1).

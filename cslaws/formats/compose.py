@@ -29,7 +29,8 @@ first is an error); `order` says in which order they act:
 
 bits_per_value = density * e + (b - e) + m, with b the value format's `bits_per_value`, e its
 `element_bits` (bits of one value without shared scales), and m the sparsifier's `metadata_bits`: the
-survivors' element bits, the value format's scale overhead per dense position (scales belong to the rows
+survivors' element bits (for a vector quantizer, whose codes each stand for `dim` positions pruned or not,
+every position's: e + (b - e) + m), the value format's scale overhead per dense position (scales belong to the rows
 or groups of the dense layout, as `compress_sparse` computes them), and the pattern (a 1-bit mask for
 unstructured sparsity, log2(C(M, N)) / M for N:M). For example INT4 with per-row scales (reference row
 1024) at 50% magnitude sparsity: 0.5 * 4 + 16 / 1024 + 1 = 3.016; with 2:4: 2 + 16 / 1024 + log2(6) / 4 =
@@ -154,12 +155,19 @@ class Compose(Format):
     @property
     def bits_per_value(self) -> float:
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
-        return self.sparsifier.density * e + (self.value.bits_per_value - e) + self.sparsifier.metadata_bits
+        return self._code_bits() + (self.value.bits_per_value - e) + self.sparsifier.metadata_bits
 
     def storage_bits(self, shape: tuple[int, ...]) -> float:
         """The rule of `bits_per_value` with the value format's scales on the real shape."""
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
-        return self.sparsifier.density * e + (self.value.storage_bits(shape) - e) + self.sparsifier.metadata_bits
+        return self._code_bits() + (self.value.storage_bits(shape) - e) + self.sparsifier.metadata_bits
+
+    def _code_bits(self) -> float:
+        """The value codes' bits per dense position: the survivors' when each value has a code of its own. A
+        vector code (VQ) stands for `dim` neighbouring positions, survivors and pruned alike (its
+        `compress_sparse` quantizes whole vectors, the pruned zeros in place), so every vector keeps its code."""
+        e = float(self.value.element_bits)  # type: ignore[attr-defined]
+        return self.sparsifier.density * e if self.value.values_per_code == 1 else e  # type: ignore[attr-defined]
 
     def capacity_parts(self) -> list[Format]:
         """Sparsity and quantization each keep their own capacity; the unified law multiplies them."""

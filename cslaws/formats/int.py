@@ -154,7 +154,7 @@ class Int(ScalarQuantizer):
         stat, mult = ("rms", 2 * gaussian_clip(self.levels) / self.levels) if self.scale == "gaussian" else ("absmax", 2 / (self.levels - 1))
         return QuantPlan("int", self.granularity, self.group_size, self.backward, self.trust, levels=self.levels, stat=stat, mult=mult)
 
-    def gaussian_grid(self) -> Tensor | None:
+    def _unit_levels(self) -> Tensor | None:
         if self.scale != "gaussian":
             return None
         return torch.from_numpy(gaussian_clip(self.levels) * unit_grid(self.levels))

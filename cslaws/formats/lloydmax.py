@@ -85,5 +85,5 @@ class LloydMax(ScalarQuantizer):
         q = self._levels.to(g.device)[idx].mul_(s)
         return q, self._widths.to(g.device)[idx].mul_(s), s * self._clip
 
-    def gaussian_grid(self) -> Tensor | None:
+    def _unit_levels(self) -> Tensor | None:
         return torch.tensor(lloyd_max_levels(2**self.bits), dtype=torch.float64)

@@ -108,5 +108,5 @@ class RMSFP(ScalarQuantizer):
         unit = quantum.mul_(scale) if self.trust_unit == "step" else r
         return q.mul_(scale), unit, scale * (self._el.max * self.clip_scale)
 
-    def gaussian_grid(self) -> Tensor | None:
+    def _unit_levels(self) -> Tensor | None:
         return torch.from_numpy(self._mult * element_levels(self._el))

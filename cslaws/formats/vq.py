@@ -220,6 +220,7 @@ class VQ(ScaledStorage, Format):
         if not (isinstance(iters, int) and iters >= 1):
             raise ValueError(f"iters must be a positive integer (the most Lloyd iterations per run), got {iters!r}")
         self.dim = dim
+        self.values_per_code = dim
         self.points = points
         self.granularity = granularity
         self.group_size = group_size

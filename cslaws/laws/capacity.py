@@ -21,6 +21,7 @@ D(b) = 2^(-2b) (Cover & Thomas, Elements of Information Theory, sec. 10.3).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -103,7 +104,11 @@ def gaussian_mse_sampled(fmt: Format, rows: int = SAMPLE_ROWS, row_length: int =
 
 
 def gmse(fmt: Format) -> tuple[float, float, str]:
-    """(GMSE, standard error, method): exact where the format has a Gaussian grid, sampled otherwise."""
+    """(GMSE, standard error, method): exact where the format has a Gaussian grid, sampled otherwise. A
+    format with a schedule (gradual pruning) is measured as training leaves it, at progress 1, the state its
+    bits are charged for (built from a spec it is at progress 0, dense); `fmt` itself is not changed."""
+    fmt = copy.deepcopy(fmt)
+    fmt.set_progress(1.0)
     levels = fmt.gaussian_grid()
     if levels is not None:
         return gaussian_mse_of_levels(levels.detach().cpu().double().numpy()), 0.0, "integral"

@@ -86,6 +86,15 @@ def check_fixed_families(fixed: dict[str, float], parts: dict[str, list[tuple[st
                              f"families: {', '.join(families) or 'none'}")
 
 
+def pins_for(fixed: dict[str, float], parts: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
+    """The pins of `fixed` that a fit over the formats in `parts` uses: every pin of all families, and the
+    FAMILY.NAME pins of its families. A subset of the runs (`--fit-on`, a held-out format's "other formats")
+    may lack a family the store has and a pin names (`--fix sparse.C=1.39` for an INT-only fit): that pin
+    has nothing to act on there, and `check_fixed_families` has checked it against all the runs."""
+    families = {fam for components in parts.values() for fam, _ in components}
+    return {key: value for key, value in fixed.items() if key.rpartition(".")[0] in ("", *families)}
+
+
 def format_parts(records: Sequence[Any]) -> dict[str, list[tuple[str, float]]]:
     """Per label, its compressed parts as (family, GMSE): weights' then activations'."""
     weights, activations = one_per_label(records, "weight"), one_per_label(records, "activation")
@@ -102,6 +111,7 @@ def build_unified(
     parts = format_parts(records)
     if parts.get(reference, []) != []:
         raise FitError(f"the reference label {reference!r} has compressed parts {parts[reference]}; it must be dense")
+    fixed = pins_for(fixed or {}, parts)
     law = fit_unified(runs, [parts[s] for s in runs.label], fixed=fixed, holdout=holdout)
     free = fit_compression(runs, reference, holdout=False)
     intervals = bootstrap(law, runs, k=k, seed=seed) if k else None

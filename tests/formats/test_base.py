@@ -63,3 +63,23 @@ def test_a_rotated_format_must_say_how_it_rotates() -> None:
 
     with pytest.raises(NotImplementedError, match="Rotated keeps a rotated basis"):
         Rotated().reference(torch.zeros(2))
+
+
+def test_the_default_compress_sparse_zeroes_the_pruned_in_both_grad_modes() -> None:
+    """Forward: the survivors compressed, exact zeros elsewhere, with or without autograd; backward: the
+    format's own rule on the survivors (here the derivative 0.5 of halving), the identity on the pruned."""
+
+    class Halve(Format):
+        def compress(self, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * x
+
+    x = torch.tensor([[1.0, -2.0, 3.0, -4.0]])
+    keep = torch.tensor([[True, False, True, False]])
+    expected = torch.tensor([[0.5, 0.0, 1.5, 0.0]])
+    with torch.no_grad():
+        assert torch.equal(Halve().compress_sparse(x, keep), expected)
+    leaf = x.clone().requires_grad_()
+    out = Halve().compress_sparse(leaf, keep)
+    assert torch.equal(out.detach(), expected)
+    out.sum().backward()
+    assert torch.equal(leaf.grad, torch.tensor([[0.5, 1.0, 0.5, 1.0]]))

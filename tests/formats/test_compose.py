@@ -192,3 +192,17 @@ def test_order_settings_are_checked() -> None:
         Compose([BlockNM(4, 8), VQ(2, 16)], order="quantize_then_prune")
     with pytest.raises(ValueError, match="triton"):
         Compose([NM(2, 4), Int(4)], order="quantize_then_prune", backend="triton")
+
+
+def test_a_vector_code_is_kept_for_every_vector_of_the_dense_layout() -> None:
+    """Pruning saves a scalar quantizer's codes at the pruned positions, but a VQ code stands for `dim`
+    positions, survivors and pruned alike: 2:4 over 2-D VQ with 16 points keeps 2 bits per position (a
+    4-bit code per pair), plus the row scale and the 2:4 pattern; 1-D VQ is scalar and is charged half."""
+    import math
+
+    from cslaws.formats.vq import VQ
+
+    pattern = math.log2(6) / 4
+    assert Compose([NM(2, 4), VQ(dim=2, points=16)]).bits_per_value == pytest.approx(2 + 16 / 1024 + pattern)
+    assert Compose([NM(2, 4), VQ(dim=1, points=16)]).bits_per_value == pytest.approx(0.5 * 4 + 16 / 1024 + pattern)
+    assert Compose([NM(2, 4), VQ(dim=2, points=16)]).storage_bits((8, 32)) == pytest.approx(2 + 16 / 32 + pattern)

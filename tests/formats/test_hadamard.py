@@ -101,7 +101,9 @@ def test_delegates_bits_grid_and_progress():
     inner = Int(bits=4, granularity="group", group_size=32)
     f = Hadamard(inner)
     assert f.bits_per_value == inner.bits_per_value == 4.5
-    assert torch.equal(f.gaussian_grid(), inner.gaussian_grid())
+    assert f.gaussian_grid() is inner.gaussian_grid() is None  # per-group scales: sampled, not integrated
+    row = Int(bits=4, granularity="row")
+    assert torch.equal(Hadamard(row).gaussian_grid(), row.gaussian_grid())
     f.set_progress(0.25)
     assert inner.progress == 0.25
     assert f.spec()["init_args"]["format"]["init_args"]["bits"] == 4

@@ -283,3 +283,35 @@ def test_the_readmes_capacity_examples_run(capsys):
     for args in commands:
         assert main(["capacity", *args, "--format", "json"]) == 0, (args, capsys.readouterr().err)
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("group_size", [16, 32])
+def test_per_group_scales_are_sampled_not_integrated(group_size):
+    """A group's RMS of a few dozen values is not sigma: the quantizer that runs rounds to the unit levels
+    times each group's own RMS, which errs less than the integral at sigma says. The GMSE must be that
+    quantizer's (an independent float64 simulation here), not the integral's."""
+    from cslaws.formats.int import Int
+    from cslaws.laws.capacity import gmse
+
+    fmt = Int(bits=4, granularity="group", group_size=group_size)
+    levels = Int(bits=4, granularity="row").gaussian_grid().numpy()
+    x = np.random.default_rng(7).standard_normal((40_000, group_size))
+    scaled = levels[None, None, :] * np.sqrt((x**2).mean(axis=1))[:, None, None]
+    nearest = np.take_along_axis(scaled[:, 0, :], np.abs(x[:, :, None] - scaled).argmin(axis=2), axis=1)
+    simulated = ((nearest - x) ** 2).mean()
+    value, se, method = gmse(fmt)
+    assert method == "sampled" and value == pytest.approx(simulated, abs=4 * se + 0.01 * simulated)
+    assert value < 0.95 * gaussian_mse_of_levels(levels), "the integral at sigma was taken for per-group scales"
+
+
+def test_a_pruning_schedule_is_measured_at_its_end():
+    """Built from its spec, a gradually pruned format is at progress 0 (dense); its GMSE is that of the
+    sparsity it ends at, which its bits charge: the same as the constant schedule's."""
+    from cslaws.formats.sparse import Magnitude
+    from cslaws.laws.capacity import gmse
+
+    cubic = Magnitude(sparsity=0.5, schedule="cubic")
+    t = norm.ppf(0.75)  # pruning the smallest half of a Gaussian costs s - 2 t phi(t), s = 0.5
+    assert gmse(cubic)[0] == pytest.approx(0.5 - 2 * t * norm.pdf(t), rel=0.005)
+    assert gmse(cubic)[0] == gmse(Magnitude(sparsity=0.5))[0]
+    assert cubic.current_sparsity == 0.0, "measuring it moved the format's own schedule"

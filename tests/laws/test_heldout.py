@@ -7,6 +7,7 @@ predict w4a4 from the product of its parts, as the constants it reports say and 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -101,3 +102,27 @@ def test_only_an_exponent_at_its_bound_leaves_the_law_undetermined(store):
     assert undetermined(e_at_bound, None, {"Lsat": 1.0}, gmses) == {}
     assert caveat(e_at_bound).startswith("E at its search bound") and caveat(law) == ""
     assert undetermined(alpha_at_bound, None, {"Lsat": 1.0}, gmses) == {"scalar": "exponents at their search bound (alpha)"}
+
+
+def test_a_pin_of_a_family_that_a_fitted_subset_lacks_is_left_out_of_that_fit(capsys, tmp_path):
+    """`--fix sparse.C=1.39` names a family of the store; a fit on the INT formats alone (`--fit-on`, or a
+    held-out INT format's "other formats") has no sparse run for it to act on, and must still run."""
+    path = tmp_path / "runs.db"
+    store = int_store(path, lambda b: float(rho(int_gmse(b), F_TRUE, C_TRUE)))
+    sparse = {"class_path": "cslaws.formats.sparse.Magnitude", "init_args": {"sparsity": 0.5}}
+    dense = {r.n_params: r for r in store.runs() if r.label == "dense" and r.tokens == 5 * r.n_params}
+    for n, r in dense.items():
+        store.add_finished(replace(r, run_id=None, label="sp50", weight=sparse, bits_per_value=9.0, cell=None,
+                                   final_val_loss=r.final_val_loss + 0.01))
+    fixed = ["Lsat=1", "sparse.C=1.39", "sparse.F=0.5"]
+    assert bench(["law", "unified", "--store", str(path), "--fit-on", "int2", "int3", "int4", "--fix", *fixed,
+                  "--bootstrap", "2", "--format", "json"]) == 0
+    held = {p["label"]: p for p in json.loads(capsys.readouterr().out)["held_out"]}
+    assert held["w4a4"]["predicted"] is not None
+    assert held["sp50"]["predicted"] is None and held["sp50"]["why"].startswith("no format of family sparse")
+    records = ResultsStore(path, create=False).runs()
+    board = lb.build(records, k=2)
+    pins = {"Lsat": 1.0, "sparse.C": 1.39, "sparse.F": 0.5}
+    rows = {p.label: p for p in held_out_predictions(records, board, format_parts(records), pins, 0, 0)}
+    # each INT format is predicted from the other INT formats, a fit with no sparse run
+    assert all(rows[label].predicted is not None for label in ("int2", "int3", "int4", "w4a4")), rows
