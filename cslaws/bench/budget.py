@@ -11,8 +11,18 @@ from typing import Any
 
 from cslaws.errors import BenchError
 
-#: Trainer settings that could train past the budget, and the values that cannot.
-_BUDGET_OWNED = {"max_epochs": (1,), "min_epochs": (None, 0, 1), "min_steps": (None, 0)}
+_STEPS = "the token budget (model.tokens or model.tokens_per_param) sets the steps of the one epoch a run trains"
+#: Trainer settings that would train past the budget, stop short of it, or score part of the validation set
+#: (which the store names by its identity, val_set, as if whole), with the values that do not, and why.
+#: A limit's int is a count of batches and its float a fraction, so 1 and 1.0 differ.
+_BUDGET_OWNED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "max_epochs": ((1,), _STEPS),
+    "min_epochs": ((None, 0, 1), _STEPS),
+    "min_steps": ((None, 0), _STEPS),
+    "limit_train_batches": ((None, 1.0), _STEPS),
+    "limit_val_batches": ((None, 1.0), "a run is scored on its whole validation set (data.val_sequences), which "
+                          "the store names as one set (val_set)"),
+}
 
 
 def requested_tokens(n_params: int, tokens: int | None, tokens_per_param: float | None) -> int:
@@ -22,10 +32,10 @@ def requested_tokens(n_params: int, tokens: int | None, tokens_per_param: float 
 
 
 def check_trainer_settings(settings: Mapping[str, Any]) -> None:
-    """The budget sizes the one epoch a run trains, its LR schedule and its formats' progress: a trainer
-    setting among `settings` that would train past it (a second epoch, a floor of epochs or steps) is refused."""
-    for name, allowed in _BUDGET_OWNED.items():
-        if name in settings and settings[name] not in allowed:
-            shown = ", ".join("unset" if a is None else str(a) for a in allowed)
-            raise BenchError(f"trainer.{name}={settings[name]} is not allowed (allowed: {shown}): the token budget "
-                             "(model.tokens or model.tokens_per_param) sets the steps of the one epoch a run trains")
+    """The budget sizes the one epoch a run trains, its LR schedule and its formats' progress, and a run's
+    loss is its whole validation set's: a trainer setting among `settings` that would change either is refused."""
+    for name, (allowed, why) in _BUDGET_OWNED.items():
+        value = settings.get(name)
+        if name in settings and not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+            shown = ", ".join("unset" if a is None else repr(a) for a in allowed)
+            raise BenchError(f"trainer.{name}={value!r} is not allowed (allowed: {shown}): {why}")

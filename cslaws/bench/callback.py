@@ -97,6 +97,14 @@ class RunCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Only at an optimizer step's end: with gradient accumulation, a save between micro-batches (a time
+        # period falls anywhere) holds no accumulated gradient, and the resumed step would miss those batches.
+        # A save that falls due meanwhile waits for the step's end.
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning saves `last` at the end only when nothing was saved before; a run's last checkpoint must be
         # its final state, whatever the period.

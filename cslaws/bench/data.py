@@ -8,7 +8,10 @@
   (`$CSLAWS_CACHE`, default ~/.cache/cslaws) and read from there by every later run.
 
 The validation documents are chosen when the corpus is prepared, by document, before tokenizing; a run scores
-the first `val_sequences` windows of seq_len + 1 tokens of the validation file, whatever its batch_size.
+the first `val_sequences` windows of seq_len + 1 tokens of the validation file, whatever its batch_size. The
+file keeps the corpus's order, so for a corpus of several sources in turn (`english`) the first windows come
+from the first source (512 windows of 64 at BPE 1024 are Shakespeare's alone). Under DDP each window is
+scored once, by one rank (`ExactShards`).
 A window is seq_len + 1 tokens (inputs and their next-token targets) starting at a multiple of seq_len, so
 that one pass over the windows trains on each token of the file once (the last token of a window is the
 first of the next, as a target in one and an input in the other). Training windows are visited in an order drawn by `seed`
@@ -97,6 +100,18 @@ def count_windows(n_tokens: int, seq_len: int) -> int:
 def window(tokens: np.ndarray, i: int, seq_len: int) -> torch.Tensor:
     """The i-th window: tokens i seq_len .. (i + 1) seq_len, inclusive, as int64."""
     return torch.from_numpy(tokens[i * seq_len: (i + 1) * seq_len + 1].astype(np.int64))
+
+
+class ExactShards(DistributedSampler):
+    """Rank r of w scores windows r, r + w, r + 2w, ...: each validation window once over all ranks. Lightning
+    would put torch's DistributedSampler here, which evens the ranks out by scoring some windows twice; the
+    loss is a token-weighted mean synced over ranks (`MeanMetric`), so unequal shares need no evening out."""
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class TextDataModule(L.LightningDataModule):
@@ -268,8 +283,10 @@ class TextDataModule(L.LightningDataModule):
         return StatefulDataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         data = ValWindows(self.val_tokens, self.seq_len, self.val_sequences)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(data, batch_size=self.batch_size, sampler=ExactShards(data, num_replicas=world, rank=rank),
+                          num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -96,7 +96,9 @@ class BenchCLI(LightningCLI):
         except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:
             raise BenchError(f"trainer: {err}") from err
         loop = trainer.fit_loop
-        check_trainer_settings({"max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps})
+        check_trainer_settings({"max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps,
+                                "limit_train_batches": trainer.limit_train_batches,
+                                "limit_val_batches": trainer.limit_val_batches})
         return trainer
 
     def before_fit(self) -> None:
@@ -153,10 +155,12 @@ _PARSE_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes
 
 
 def check_seed(seed: bool | int) -> None:
-    """Lightning seeds numpy, which takes only [0, 2**32 - 1]; refused here, before any work, not in its traceback."""
-    if not isinstance(seed, bool) and not min_seed_value <= seed <= max_seed_value:
-        raise BenchError(f"--seed_everything={seed} is not allowed; give an integer in [{min_seed_value}, {max_seed_value}], "
-                         "true (a random seed) or false (no seeding)")
+    """Lightning seeds numpy, which takes only [0, 2**32 - 1]; refused here, before any work, not in its traceback.
+    Lightning's true (a random seed) and false (none) are refused too: the data order follows the seed
+    (`data.seed` is linked to it), and the store keeps the seed a run trained with."""
+    if isinstance(seed, bool) or not min_seed_value <= seed <= max_seed_value:
+        raise BenchError(f"--seed_everything={seed} is not allowed; give an integer in [{min_seed_value}, {max_seed_value}] "
+                         "(the data order follows it, and the store records it)")
 
 
 #: `ckpt_path` values that Lightning resolves itself (`last` with no checkpoint yet starts fresh: a sweep

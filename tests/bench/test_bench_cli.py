@@ -84,6 +84,8 @@ BAD_FIT_VALUES = {
     "seed past numpy's": (["--seed_everything", str(2**32)], ["--seed_everything=4294967296", "[0, 4294967295]"]),
     "negative lr": (["--model.lr", "-1"], ["model", "lr=-1.0", "positive and finite"]),
     "missing checkpoint": (["--ckpt_path", "nosuch.ckpt"], ["--ckpt_path nosuch.ckpt", "no such checkpoint file", "last"]),
+    "part of the validation set": (["--trainer.limit_val_batches", "2"], ["trainer.limit_val_batches=2", "whole validation set"]),
+    "part of the budget": (["--trainer.limit_train_batches", "0.5"], ["trainer.limit_train_batches=0.5", "token budget"]),
     "accelerator without its package": (["--trainer.accelerator", "tpu"], ["trainer:", "torch_xla"]),
     "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
     "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),

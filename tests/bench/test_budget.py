@@ -22,3 +22,14 @@ def test_a_sweep_cell_and_the_module_it_runs_agree_on_d(budget):
     module = LanguageModel(size="14k", vocab_size=1024, **budget)
     assert cell.n_params == module.model.n_params
     assert cell.requested_tokens == module.requested_tokens
+
+
+def test_a_limit_of_one_batch_is_not_the_whole_set() -> None:
+    """Lightning reads an int limit as a count of batches and a float as a fraction: 1 is one batch."""
+    from cslaws.bench.budget import check_trainer_settings
+    from cslaws.errors import BenchError
+
+    check_trainer_settings({"limit_train_batches": 1.0, "limit_val_batches": None, "max_epochs": 1})
+    for name in ("limit_train_batches", "limit_val_batches"):
+        with pytest.raises(BenchError, match=f"trainer.{name}=1 is not allowed \\(allowed: unset, 1.0\\)"):
+            check_trainer_settings({name: 1})

@@ -179,3 +179,14 @@ def test_one_and_two_gloo_processes_see_the_same_global_batches_and_validation(p
     one, two = run(1), run(2)
     assert one[0] == two[0] and all(len(s) == 8 for s in one[0])
     assert one[1] == two[1] and len(one[1]) == 16
+
+
+@pytest.mark.parametrize("n, world", [(15, 2), (16, 2), (7, 3), (5, 1)])
+def test_validation_shards_score_every_window_once(n, world) -> None:
+    """Over the ranks of a DDP run, each validation window is scored exactly once (torch's own distributed
+    sampler would repeat windows to even the ranks out when n is not a multiple of the world size)."""
+    from cslaws.bench.data import ExactShards
+
+    shards = [list(ExactShards(range(n), num_replicas=world, rank=r)) for r in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))
+    assert [len(ExactShards(range(n), num_replicas=world, rank=r)) for r in range(world)] == [len(s) for s in shards]

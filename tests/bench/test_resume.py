@@ -125,3 +125,34 @@ def test_a_checkpoint_reloads_the_same_compressed_model(tmp_path, small_corpus, 
     model.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
+
+
+def test_a_timed_checkpoint_waits_for_the_end_of_an_accumulated_step(tmp_path, small_corpus) -> None:
+    """With gradient accumulation, a checkpoint between micro-batches would hold no accumulated gradient and
+    its resumed step would miss them: a save that falls due mid-step (a 30 ms period, shorter than a step)
+    waits for the step's end. Each save's own loop state says after how many batches it was taken."""
+    ckpt = RunCheckpoint(every_n_steps=None, every_minutes=0.0005)
+    ckpt.dirpath = str(tmp_path / "ckpt")
+    last = tmp_path / "ckpt" / "last.ckpt"
+    batches_at_save: list[int] = []
+
+    class Watch(L.Callback):
+        stamp = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            stamp = last.stat().st_mtime_ns if last.exists() else None
+            if stamp != self.stamp:
+                state = torch.load(last, weights_only=False)["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+                batches_at_save.append(state["total"]["completed"])
+                self.stamp = stamp
+
+    L.seed_everything(0)
+    dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=300, seq_len=SEQ, batch_size=BATCH, val_sequences=16)
+    model = LanguageModel(size="nano", tokens=60 * BATCH * SEQ, vocab_size=300)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, val_check_interval=1.0, accumulate_grad_batches=3,
+                        callbacks=[ckpt, Watch(), StreamToStore(path=str(tmp_path / "s.db"), refit=False)])
+    trainer.fit(model, datamodule=dm)
+    # Lightning counts a batch completed after its end hooks, so a save after batch i (from 0) reads i:
+    # the end of a step of 3 is i = 2, 5, 8, ...
+    assert len(batches_at_save) >= 3 and all((b + 1) % 3 == 0 for b in batches_at_save), batches_at_save
