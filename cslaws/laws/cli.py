@@ -463,6 +463,7 @@ def _check_fixed(fixed: dict[str, float], records: Sequence[Any]) -> None:
 def _plot(argv: list[str]) -> int:
     from cslaws.laws.heldout import fit_rho
     from cslaws.laws.plot import plot_all
+    from cslaws.laws.unified import format_parts
 
     p = argparse.ArgumentParser(prog="bench plot", description="Figures of the leaderboard fit.")
     _store_args(p)
@@ -477,7 +478,7 @@ def _plot(argv: list[str]) -> int:
     _check_fixed(fixed, records)
     board = lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed)
     fit = fit_rho(records, fixed, reference=args.dense, k=args.bootstrap, seed=args.seed)
-    for path in plot_all(board, lb.runs_of(records), fit, args.out):
+    for path in plot_all(board, lb.runs_of(records), fit, format_parts(records), args.out):
         print(path)
     return 0
 
@@ -544,7 +545,8 @@ def _plan(argv: list[str]) -> int:
         table.add_row(escape(c.label), f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.3g}", "unlimited" if c.d is None else f"{c.d:.3g}",
                       f"{c.loss:.4f}", f"{c.improvement:+.4f}")
     _out(table)
-    note = extrapolation_note(choices, [r.n_params for r in records], law.alpha)
+    note = extrapolation_note(choices, [r.n_params for r in records], [r.tokens for r in records], law.alpha,
+                              law.beta)
     if note:
         _out(f"[yellow]note:[/] {escape(note)}")
     return 0

@@ -82,12 +82,16 @@ def plan(
     return sorted(choices, key=lambda c: c.loss)
 
 
-def extrapolation_note(choices: list[Choice], sizes: list[int], alpha: float) -> str:
-    """A warning naming the choices whose N lies outside the measured model sizes (empty: none does). There
-    the plan is the law's extrapolation, no better than its exponents (a tiny alpha sends N far out)."""
-    lo, hi = min(sizes), max(sizes)
-    outside = [c.label for c in choices if not lo <= c.n <= hi]
-    if not outside:
-        return ""
-    return (f"The plans of {', '.join(outside)} lie outside the measured range of N [{lo:.3g}, {hi:.3g}]: they "
-            f"extrapolate the law (alpha = {alpha:.3g}) and are no better than its exponents.")
+def extrapolation_note(choices: list[Choice], sizes: list[int], tokens: list[int], alpha: float, beta: float) -> str:
+    """A warning naming the choices whose N lies outside the measured model sizes, or whose D outside the
+    measured token counts (empty: none does). There the plan is the law's extrapolation, no better than its
+    exponents (a tiny alpha sends N far out); a D past the runs' may also need more text than they had."""
+    notes = []
+    for name, measured, exponent, of in (("N", sizes, f"alpha = {alpha:.3g}", lambda c: c.n),
+                                         ("D", tokens, f"beta = {beta:.3g}", lambda c: c.d)):
+        lo, hi = min(measured), max(measured)
+        outside = [c.label for c in choices if of(c) is not None and not lo <= of(c) <= hi]
+        if outside:
+            notes.append(f"The plans of {', '.join(outside)} lie outside the measured range of {name} [{lo:.3g}, "
+                         f"{hi:.3g}]: they extrapolate the law ({exponent}) and are no better than its exponents.")
+    return " ".join(notes)

@@ -43,6 +43,7 @@ from cslaws.laws.fit import (  # noqa: E402
     Runs,
     rho,
     rho_inverse,
+    unified_eff,
 )
 from cslaws.laws.gaps import law_gap, measured_gaps  # noqa: E402
 from cslaws.laws.heldout import Prediction, RhoFit  # noqa: E402
@@ -54,11 +55,22 @@ from cslaws.laws.penalty import PenaltyFit, try_fit_penalty  # noqa: E402
 DEFAULT_FIXED = {"Lsat": RHO_LSAT}
 
 
-def _equivalent_gmse(row: Row) -> float | None:
-    """The single-tensor GMSE whose published rho is the row's predicted capacity; None for dense."""
-    if row.gmse_weight is None and row.gmse_activation is None:
-        return None
-    return float(rho_inverse(row.rho))
+def _equivalent_gmse(row: Row, parts: list[tuple[str, float]], fit: RhoFit) -> tuple[float | None, bool]:
+    """Where a format sits on the GMSE axis, and whether that place is under the fitted law: a format of one
+    compressed tensor at its own GMSE; a composition of parts of one family where that family's fitted rho
+    equals the product of its parts' fitted rho (so its prediction lies on the drawn curve); any other (mixed
+    families, or a family the runs leave undetermined) where the published rho equals the published product,
+    which the drawn fitted curves do not follow (False). None for dense."""
+    if not parts:
+        return None, True
+    if len(parts) == 1:
+        return parts[0][1], True
+    law = fit.report.law if fit.report is not None else None
+    families = {fam for fam, _ in parts}
+    if law is not None and len(families) == 1 and not families & set(fit.undetermined) and families <= set(law.family):
+        constants = law.family[next(iter(families))]
+        return float(rho_inverse(unified_eff(parts, law.family), **constants)), True
+    return float(rho_inverse(row.rho)), False
 
 
 def _round2(values: np.ndarray) -> np.ndarray:
@@ -223,21 +235,29 @@ def _legend_note(text: str) -> str:
     return textwrap.fill(text, 70)
 
 
-def eff_vs_gmse_figure(board: Leaderboard, fit: RhoFit, predictions: Sequence[Prediction] = ()) -> Figure:
+def eff_vs_gmse_figure(board: Leaderboard, fit: RhoFit, parts: dict[str, list[tuple[str, float]]],
+                       predictions: Sequence[Prediction] = ()) -> Figure:
+    """Measured eff against GMSE, with the published and fitted rho and the held-out predictions. `parts`:
+    each label's compressed parts (`format_parts`), which place a composition on the GMSE axis."""
     fig, ax = plt.subplots(figsize=(7, 5))
-    pts = [(g, r) for g, r in ((_equivalent_gmse(r), r) for r in board.rows) if g is not None]
+    placed = [(_equivalent_gmse(r, parts[r.label], fit), r) for r in board.rows]
+    pts = [(g, r, fitted) for (g, fitted), r in placed if g is not None]
     if pts:
         g = np.array([p[0] for p in pts])
-        eff = np.array([p[1].eff for p in pts])
         # a percentile interval need not contain the full-data estimate: clip, as errorbar takes no negative lengths
-        err = np.maximum(np.array([[p[1].eff - p[1].eff_lo, p[1].eff_hi - p[1].eff] for p in pts]).T, 0.0)
-        ax.errorbar(g, eff, yerr=err, fmt="o", ms=4, capsize=2, color="k", label="measured eff (free fit, 95% CI)")
-        for gi, (_, r) in zip(g, pts):
+        for fitted, label in ((True, "measured eff (free fit, 95% CI)"),
+                              (False, "measured eff of a composition placed by the published rho (95% CI)")):
+            sel = [p for p in pts if p[2] == fitted]
+            if sel:
+                err = np.maximum(np.array([[r.eff - r.eff_lo, r.eff_hi - r.eff] for _, r, _ in sel]).T, 0.0)
+                ax.errorbar([p[0] for p in sel], [r.eff for _, r, _ in sel], yerr=err, fmt="o" if fitted else "s",
+                            mfc="k" if fitted else "none", ms=4, capsize=2, color="k", label=label)
+        for gi, (_, r, _) in zip(g, pts):
             ax.annotate(r.label, (gi, r.eff), fontsize=7, xytext=(3, 3), textcoords="offset points")
         grid = np.geomspace(min(g.min() / 3, 1e-4), 1.0, 200)
         ax.plot(grid, rho(grid), "--", color="grey", label=f"published rho (F={RHO_F}, C={RHO_C}, Lsat={RHO_LSAT})")
         _draw_fitted_rho(ax, grid, fit)
-        x_of = dict((r.label, gi) for gi, r in pts)
+        x_of = {r.label: gi for gi, r, _ in pts}
         shown = [p for p in predictions if p.predicted is not None and p.label in x_of]
         if shown:
             xs = np.array([x_of[p.label] for p in shown]) * 1.12  # beside the measured point, not on it
@@ -249,7 +269,8 @@ def eff_vs_gmse_figure(board: Leaderboard, fit: RhoFit, predictions: Sequence[Pr
                         label="held out: predicted from GMSE by a fit without the format")
         # below the axes: the reasons for a missing curve take several lines and would cover the points
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14))
-    ax.set(xscale="log", xlabel="GMSE (equivalent single tensor)", ylabel="eff",
+    ax.set(xscale="log", xlabel="GMSE (a composition: where its family's fitted rho equals its parts' product)",
+           ylabel="eff",
            title="Effective-parameter multiplier vs GMSE")
     fig.tight_layout()
     return fig
@@ -283,29 +304,31 @@ def iso_memory_figure(board: Leaderboard, runs: Runs) -> Figure:
         rows = runs.label == label
         ax.scatter(runs.n[rows] * bits[label], runs.loss[rows], color=colour, s=18, label=label)
     _log_x(ax)
-    ax.set(xlabel="model memory (bits) = N x bits per value", ylabel="final validation loss",
+    ax.set(xlabel="model memory (bits) = N x the format's mean stored bits per value", ylabel="final validation loss",
            title="Iso-memory comparison")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
 
-def figures(board: Leaderboard, runs: Runs, fit: RhoFit) -> dict[str, Callable[[], Figure]]:
+def figures(board: Leaderboard, runs: Runs, fit: RhoFit,
+            parts: dict[str, list[tuple[str, float]]]) -> dict[str, Callable[[], Figure]]:
     """The figures `bench plot` writes, by file stem; built on demand so one is open at a time."""
     return {
         "loss_vs_n": lambda: loss_vs_n_figure(board, runs),
         "loss_gap": lambda: loss_gap_figure(board, runs),
         "gap_vs_d": lambda: gap_vs_d_figure(
             board, runs, try_fit_penalty(runs, board.law.reference, holdout=False, start=board.law)[0]),
-        "eff_vs_gmse": lambda: eff_vs_gmse_figure(board, fit),
+        "eff_vs_gmse": lambda: eff_vs_gmse_figure(board, fit, parts),
         "iso_memory": lambda: iso_memory_figure(board, runs),
     }
 
 
-def plot_all(board: Leaderboard, runs: Runs, fit: RhoFit, out: Path) -> list[Path]:
+def plot_all(board: Leaderboard, runs: Runs, fit: RhoFit, parts: dict[str, list[tuple[str, float]]],
+             out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for stem, make in figures(board, runs, fit).items():
+    for stem, make in figures(board, runs, fit, parts).items():
         fig = make()
         path = out / f"{stem}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps a legend placed below the axes

@@ -40,10 +40,11 @@ from cslaws.laws import leaderboard as lb
 from cslaws.laws import plot
 from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, Runs, fit_compression
 from cslaws.laws.gaps import GROWTH_COLUMNS, gap_growth, growth_caption, growth_cells
-from cslaws.laws.heldout import Prediction, RhoFit, fit_rho, held_out_predictions
+from cslaws.laws.heldout import Prediction, RhoFit, fit_rho, fitted_on, held_out_predictions
 from cslaws.laws.penalty import PENALTY_COLUMNS, bootstrap_penalty, penalty_rows, penalty_summary, try_fit_penalty
 from cslaws.laws.plan import Choice, extrapolation_note, plan
 from cslaws.laws.unified import describe_parts, family_rows, format_parts
+from cslaws.models.llama import SIZES, non_embedding_params
 
 
 @dataclass
@@ -104,6 +105,8 @@ def settings_summary(config: str) -> str:
     if not isinstance(fit, dict):
         return "-"
     model, data = fit.get("model") or {}, fit.get("data") or {}
+    if model.get("lr") is None:  # unset: the rate of the run's size at its code version trained it
+        model = {**model, "lr": "size default"}
     keys = [("lr", model, "lr"), ("warmup", model, "warmup"), ("wd", model, "weight_decay"),
             ("D", model, "tokens"), ("D/N", model, "tokens_per_param"), ("batch", data, "batch_size"),
             ("seq", data, "seq_len"), ("vocab", data, "vocab_size")]
@@ -227,9 +230,12 @@ def _unified_section(board: lb.Leaderboard, fit: RhoFit, predictions: Sequence[P
                      parts_of: dict[str, list[tuple[str, float]]], fixed: dict[str, float],
                      fit_on: Sequence[str] | None) -> str:
     pins = ", ".join(f"{k}={v:g}" for k, v in fixed.items()) or "nothing"
-    parts = [figure(plot.eff_vs_gmse_figure(board, fit, predictions), "eff-vs-gmse",
-                    "Black: each format's eff from the free compression fit (95% bootstrap interval). Grey dashes: the "
-                    "published rho. Solid: the unified law's rho fitted to these runs, drawn only for families whose "
+    fitted = "these runs" if fit_on is None else f"the reference's and {', '.join(fit_on)}'s runs (--fit-on)"
+    parts = [figure(plot.eff_vs_gmse_figure(board, fit, parts_of, predictions), "eff-vs-gmse",
+                    "Black: each format's eff from the free compression fit with all runs (95% bootstrap interval); a "
+                    "composition of one family's parts sits where that family's fitted rho equals their product, "
+                    "one of mixed families (open square) where the published rho does. Grey dashes: the "
+                    f"published rho. Solid: the unified law's rho fitted to {fitted}, drawn only for families whose "
                     "constants the runs determine, with its bootstrap band. Red diamonds: held-out predictions.")]
     if fit.report is None:
         parts.append(para(f"No unified fit (pinned: {pins}): {fit.why_none}.", "warn"))
@@ -237,7 +243,7 @@ def _unified_section(board: lb.Leaderboard, fit: RhoFit, predictions: Sequence[P
         parts.append(table("unified-constants", ("family", *FAMILY_PARAMS, "determined"),
                            ([*cells, fit.undetermined.get(cells[0], "yes")] for cells in family_rows(fit.report)),
                            text=(0, 4)))
-        parts.append(para(f"Unified law (pinned: {pins}): {lb.law_summary(fit.report.law)}", "note"))
+        parts.append(para(f"Unified law fitted on {fitted} (pinned: {pins}): {lb.law_summary(fit.report.law)}", "note"))
     design = ("the unified law refitted without its runs (on the reference and the other formats of the same "
               "families)" if fit_on is None else
               f"the unified law fitted on the reference and {', '.join(fit_on)} only (--fit-on)")
@@ -262,11 +268,12 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
     choices: list[Choice] = plan(law, bits, memory, flops)
     rows = [[c.label, f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}", f"{c.improvement:+.4f}"]
             for c in choices]
-    note = extrapolation_note(choices, [r.n_params for r in records], law.alpha)
+    note = extrapolation_note(choices, [r.n_params for r in records], [r.tokens for r in records], law.alpha,
+                              law.beta)
     warning = para(note, "warn") if note else ""
     return section("iso-memory", "Iso-memory and the planner",
                    figure(plot.iso_memory_figure(board, runs), "iso-memory",
-                          "Measured final loss against the memory of the weights (N x stored bits per value)."),
+                          "Measured final loss against the memory of the weights (N x the format's stored bits per value, its mean over the runs)."),
                    para(f"The planner (bench plan) under the memory and compute of the largest {law.reference} run "
                         f"(run {ref.run_id}: N={ref.n_params:.4g}, D={ref.tokens:.4g}): memory {memory:.4g} bits, "
                         f"compute {flops:.4g} FLOPs. Each format takes the N that minimises its predicted loss "
@@ -297,8 +304,12 @@ def _runs_section(all_runs: Sequence[RunRecord], used: set[int | None]) -> str:
                      str(r.seed), _num(r.final_val_loss, "{:.4f}"), r.code_version, settings_summary(r.config)])
     header = ("run", "format", "model", "in fit", "status", "N", "D", "epochs", "bits w", "bits a", "seed",
               "final loss", "code version", "settings")
+    sizes = sorted({r.model for r in all_runs if r.model in SIZES}, key=lambda m: non_embedding_params(SIZES[m]))
+    defaults = ", ".join(f"{m} {SIZES[m].lr:g}" for m in sizes)
     return section("runs", "Runs",
-                   para(f"Every run of the store ({len(all_runs)}); 'in fit' marks the {len(used)} the laws above use."),
+                   para(f"Every run of the store ({len(all_runs)}); 'in fit' marks the {len(used)} the laws above use. "
+                        "'lr=size default': the peak rate of the run's model size (cslaws.models.llama.SIZES) at the "
+                        f"run's code version{'; in this version: ' + defaults if defaults else ''}."),
                    f'<div class="scroll">{table("runs", header, rows, text=(1, 2, 3, 4, 12, 13))}</div>')
 
 
@@ -307,9 +318,12 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
     """The report page of the selected `records` (the fit's runs) among `all_runs` (the store's)."""
     board = lb.build(records, reference=options.reference, k=options.k, seed=options.seed)
     runs = lb.runs_of(records)
-    fit = fit_rho(records, options.fixed, reference=options.reference, k=options.k, seed=options.seed)
+    # with --fit-on, the one fit on those formats: its constants and curve are what the predictions come from
+    fitted = records if options.fit_on is None else fitted_on(records, options.fit_on, options.reference)
+    fit = fit_rho(fitted, options.fixed, reference=options.reference, k=options.k, seed=options.seed)
     parts_of = format_parts(records)
-    predictions = held_out_predictions(records, board, parts_of, options.fixed, options.k, options.seed, options.fit_on)
+    predictions = held_out_predictions(records, board, parts_of, options.fixed, options.k, options.seed, options.fit_on,
+                                       shared=None if options.fit_on is None else fit)
     head = ["<h1>Compression scaling report</h1>",
             para(f"Store {options.store}; {len(records)} runs fitted ({options.selection}); reference "
                  f"{options.reference}; {options.k} bootstrap resamples, seed {options.seed}."),

@@ -280,14 +280,18 @@ def test_plan_names_the_choices_it_extrapolates(capsys, store_path, flops, beyon
     """A plan whose N lies outside the stored model sizes is the law's extrapolation: the text output says
     which formats' plans are, and says nothing when every plan is inside."""
     choices = _json(capsys, ["plan", "--store", str(store_path), "--flops", str(flops), "--format", "json"])
-    sizes = [r.n_params for r in ResultsStore(store_path, create=False).runs()]
+    runs = ResultsStore(store_path, create=False).runs()
+    sizes, tokens = [r.n_params for r in runs], [r.tokens for r in runs]
     outside = [c["label"] for c in choices if not min(sizes) <= c["n"] <= max(sizes)]
+    outside_d = [c["label"] for c in choices if not min(tokens) <= c["d"] <= max(tokens)]
     assert bool(outside) == beyond  # the budgets reach past the stored sizes at both ends, and stay inside
     assert bench(["plan", "--store", str(store_path), "--flops", str(flops)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     if outside:
         assert f"note: The plans of {', '.join(outside)} lie outside the measured range of N" in out
-    else:
+    if outside_d:
+        assert f"The plans of {', '.join(outside_d)} lie outside the measured range of D" in out
+    if not outside and not outside_d:
         assert "outside the measured range" not in out
 
 
@@ -342,3 +346,17 @@ def test_law_fit_names_a_file_that_is_not_a_csv(capsys, store_path):
     err = capsys.readouterr().err
     assert err.startswith(f"bench: error: --runs {store_path}: not a CSV text file")
     assert "expected a CSV of runs, one per row, with columns ['N', 'D', 'loss']" in err
+
+
+def test_a_plan_past_the_measured_tokens_is_named_too():
+    from cslaws.laws.plan import Choice, extrapolation_note
+
+    def choice(label, n, d):
+        return Choice(label, 4.0, 1.0, n, d, 3.0, 3.0, 0.0)
+
+    sizes, tokens = [10, 40], [100, 800]
+    note = extrapolation_note([choice("a", 20, 500), choice("b", 20, 900), choice("c", 50, None)], sizes, tokens, 0.3, 0.2)
+    assert note == ("The plans of c lie outside the measured range of N [10, 40]: they extrapolate the law (alpha = 0.3) "
+                    "and are no better than its exponents. The plans of b lie outside the measured range of D [100, 800]: "
+                    "they extrapolate the law (beta = 0.2) and are no better than its exponents.")
+    assert extrapolation_note([choice("a", 20, 500)], sizes, tokens, 0.3, 0.2) == ""

@@ -76,7 +76,12 @@ def test_report_uses_the_same_split(capsys, store, tmp_path):
     assert "fitted on the reference and int2, int3, int4 only (--fit-on)" in text
     assert bench(["law", "unified", "--store", str(store), "--fit-on", "int2", "int3", "int4", "--fix", "Lsat=1",
                   "--bootstrap", str(K), "--format", "json"]) == 0
-    (w4a4,) = json.loads(capsys.readouterr().out)["held_out"]
+    out_json = json.loads(capsys.readouterr().out)
+    (w4a4,) = out_json["held_out"]
+    # the constants on the page are the fit the predictions come from: on the --fit-on formats' runs only
+    constants = text.split('<table id="unified-constants">')[1].split("</table>")[0]
+    scalar_f = out_json["law"]["family"]["scalar"]["F"]
+    assert f"<td>scalar</td><td class=num>{scalar_f:.4g} [" in constants.replace("\n", "")
     # the page's predictions table has the one held-out format, with the command's number
     predictions = text.split('<table id="predictions">')[1].split("</table>")[0]
     rows = predictions.split("<tbody>")[1].split("</tbody>")[0].strip().splitlines()
@@ -126,3 +131,22 @@ def test_a_pin_of_a_family_that_a_fitted_subset_lacks_is_left_out_of_that_fit(ca
     rows = {p.label: p for p in held_out_predictions(records, board, format_parts(records), pins, 0, 0)}
     # each INT format is predicted from the other INT formats, a fit with no sparse run
     assert all(rows[label].predicted is not None for label in ("int2", "int3", "int4", "w4a4")), rows
+
+
+def test_a_composition_of_one_family_sits_where_its_fitted_rho_is_its_prediction(store):
+    """On the eff-vs-GMSE figure, w4a4 (two scalar parts) is placed where the fitted scalar rho equals the
+    product of its parts' fitted rho, so its prediction lies on the drawn curve, not where the published
+    rho would put it."""
+    from cslaws.laws import plot
+    from cslaws.laws.fit import unified_eff
+    from cslaws.laws.heldout import fit_rho, fitted_on
+
+    records = ResultsStore(store, create=False).runs()
+    board = lb.build(records, k=2)
+    parts = format_parts(records)
+    fit = fit_rho(fitted_on(records, ["int2", "int3", "int4"], "dense"), {"Lsat": 1.0})
+    fig = plot.eff_vs_gmse_figure(board, fit, parts)
+    (x,) = [a.xy[0] for a in fig.axes[0].texts if a.get_text() == "w4a4"]
+    family = fit.report.law.family
+    assert float(rho(x, **family["scalar"])) == pytest.approx(unified_eff(parts["w4a4"], family), rel=1e-9)
+    assert x != pytest.approx(float(plot.rho_inverse(next(r.rho for r in board.rows if r.label == "w4a4"))), rel=0.01)

@@ -18,6 +18,7 @@ from cslaws.laws import leaderboard as lb
 from cslaws.laws.fit import rho
 from cslaws.laws.gaps import measured_gaps
 from cslaws.laws.heldout import fit_rho
+from cslaws.laws.unified import format_parts
 
 from conftest import STORE_BUDGETS, STORE_SIZES, int_gmse, int_store
 
@@ -267,7 +268,7 @@ def test_plot_applies_the_same_rule(lossless):
     board = lb.build(records, k=K)
     fit = fit_rho(records, plot.DEFAULT_FIXED, k=K)
     assert fit.determined() == [] and "scalar" in fit.undetermined
-    fig = plot.eff_vs_gmse_figure(board, fit)
+    fig = plot.eff_vs_gmse_figure(board, fit, format_parts(records))
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
     assert not any(label.startswith("fitted rho") for label in labels)
@@ -317,3 +318,11 @@ def test_out_in_a_file_and_a_bad_fix_are_refused_before_the_fit(capsys, lossless
         assert bench(["report", "--store", str(lossless), "--out", str(tmp_path / "r.html"), "--fix", fix]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_an_unset_learning_rate_is_named_as_the_size_default():
+    from cslaws.laws.report import settings_summary
+
+    assert settings_summary("fit:\n  model:\n    size: nano\n    lr: null\n  data:\n    batch_size: 16\n") == \
+        "lr=size default batch=16"
+    assert settings_summary("fit:\n  model:\n    size: nano\n    lr: 0.003\n") == "lr=0.003"
