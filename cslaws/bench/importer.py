@@ -174,8 +174,9 @@ def new_runs(runs: list[RunRecord], held: list[RunRecord]) -> list[RunRecord]:
     left = Counter(_identity(r) for r in held if r.code_version == "imported")
     new = []
     for r in runs:
-        if left[_identity(r)] > 0:
-            left[_identity(r)] -= 1
+        key = _identity(r)
+        if left[key] > 0:
+            left[key] -= 1
         else:
             new.append(r)
     return new

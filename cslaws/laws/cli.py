@@ -545,8 +545,7 @@ def _plan(argv: list[str]) -> int:
         table.add_row(escape(c.label), f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.3g}", "unlimited" if c.d is None else f"{c.d:.3g}",
                       f"{c.loss:.4f}", f"{c.improvement:+.4f}")
     _out(table)
-    note = extrapolation_note(choices, [r.n_params for r in records], [r.tokens for r in records], law.alpha,
-                              law.beta)
+    note = extrapolation_note(choices, records, law)
     if note:
         _out(f"[yellow]note:[/] {escape(note)}")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from cslaws.laws.fit import LawFit
 
@@ -82,13 +82,14 @@ def plan(
     return sorted(choices, key=lambda c: c.loss)
 
 
-def extrapolation_note(choices: list[Choice], sizes: list[int], tokens: list[int], alpha: float, beta: float) -> str:
-    """A warning naming the choices whose N lies outside the measured model sizes, or whose D outside the
-    measured token counts (empty: none does). There the plan is the law's extrapolation, no better than its
-    exponents (a tiny alpha sends N far out); a D past the runs' may also need more text than they had."""
+def extrapolation_note(choices: list[Choice], records: Sequence[Any], law: LawFit) -> str:
+    """A warning naming the choices whose N lies outside the model sizes of `records` (the fitted runs), or
+    whose D outside their token counts (empty: none does). There the plan is the law's extrapolation, no
+    better than its exponents (a tiny alpha sends N far out); a D past the runs' may also need more text
+    than they had."""
     notes = []
-    for name, measured, exponent, of in (("N", sizes, f"alpha = {alpha:.3g}", lambda c: c.n),
-                                         ("D", tokens, f"beta = {beta:.3g}", lambda c: c.d)):
+    for name, measured, exponent, of in (("N", [r.n_params for r in records], f"alpha = {law.alpha:.3g}", lambda c: c.n),
+                                         ("D", [r.tokens for r in records], f"beta = {law.beta:.3g}", lambda c: c.d)):
         lo, hi = min(measured), max(measured)
         outside = [c.label for c in choices if of(c) is not None and not lo <= of(c) <= hi]
         if outside:

@@ -268,8 +268,7 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
     choices: list[Choice] = plan(law, bits, memory, flops)
     rows = [[c.label, f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}", f"{c.improvement:+.4f}"]
             for c in choices]
-    note = extrapolation_note(choices, [r.n_params for r in records], [r.tokens for r in records], law.alpha,
-                              law.beta)
+    note = extrapolation_note(choices, records, law)
     warning = para(note, "warn") if note else ""
     return section("iso-memory", "Iso-memory and the planner",
                    figure(plot.iso_memory_figure(board, runs), "iso-memory",

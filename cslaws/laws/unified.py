@@ -78,7 +78,7 @@ def check_constant(option: str, value: float) -> None:
 def check_fixed_families(fixed: dict[str, float], parts: dict[str, list[tuple[str, float]]]) -> None:
     """A ValueError, before any fit, where a FAMILY.NAME pin of `--fix` names a family none of the formats
     in `parts` (`format_parts`) has: the fit could not use it."""
-    families = sorted({fam for components in parts.values() for fam, _ in components})
+    families = sorted(families_of(parts))
     for key, value in fixed.items():
         family = key.rpartition(".")[0]
         if family and family not in families:
@@ -91,8 +91,13 @@ def pins_for(fixed: dict[str, float], parts: dict[str, list[tuple[str, float]]])
     FAMILY.NAME pins of its families. A subset of the runs (`--fit-on`, a held-out format's "other formats")
     may lack a family the store has and a pin names (`--fix sparse.C=1.39` for an INT-only fit): that pin
     has nothing to act on there, and `check_fixed_families` has checked it against all the runs."""
-    families = {fam for components in parts.values() for fam, _ in components}
+    families = families_of(parts)
     return {key: value for key, value in fixed.items() if key.rpartition(".")[0] in ("", *families)}
+
+
+def families_of(parts: dict[str, list[tuple[str, float]]]) -> set[str]:
+    """The unified-law families of the formats in `parts` (`format_parts`)."""
+    return {fam for components in parts.values() for fam, _ in components}
 
 
 def format_parts(records: Sequence[Any]) -> dict[str, list[tuple[str, float]]]:

@@ -349,14 +349,17 @@ def test_law_fit_names_a_file_that_is_not_a_csv(capsys, store_path):
 
 
 def test_a_plan_past_the_measured_tokens_is_named_too():
+    from types import SimpleNamespace
+
     from cslaws.laws.plan import Choice, extrapolation_note
 
     def choice(label, n, d):
         return Choice(label, 4.0, 1.0, n, d, 3.0, 3.0, 0.0)
 
-    sizes, tokens = [10, 40], [100, 800]
-    note = extrapolation_note([choice("a", 20, 500), choice("b", 20, 900), choice("c", 50, None)], sizes, tokens, 0.3, 0.2)
+    records = [SimpleNamespace(n_params=10, tokens=800), SimpleNamespace(n_params=40, tokens=100)]
+    law = SimpleNamespace(alpha=0.3, beta=0.2)
+    note = extrapolation_note([choice("a", 20, 500), choice("b", 20, 900), choice("c", 50, None)], records, law)
     assert note == ("The plans of c lie outside the measured range of N [10, 40]: they extrapolate the law (alpha = 0.3) "
                     "and are no better than its exponents. The plans of b lie outside the measured range of D [100, 800]: "
                     "they extrapolate the law (beta = 0.2) and are no better than its exponents.")
-    assert extrapolation_note([choice("a", 20, 500)], sizes, tokens, 0.3, 0.2) == ""
+    assert extrapolation_note([choice("a", 20, 500)], records, law) == ""
