@@ -70,6 +70,14 @@ class Format:
         return self.bits_per_value
 
     @property
+    def mixes_rows(self) -> bool:
+        """True when a row (the last dim: one token's features on the activation side) is compressed with a
+        statistic of other rows, such as a per-tensor scale or threshold. `LinearFactory` refuses such an
+        activation format: a token's inputs would depend on later tokens and on the batch's other sequences,
+        so a causal LM could read the future and its loss would change with the batching."""
+        return False
+
+    @property
     def rotation_key(self) -> Any:
         """Identifies the rotated basis when `keeps_rotated_basis`; both sides of a layer must agree."""
         return None

@@ -169,6 +169,10 @@ class Compose(Format):
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
         return self.sparsifier.density * e if self.value.values_per_code == 1 else e  # type: ignore[attr-defined]
 
+    @property
+    def mixes_rows(self) -> bool:
+        return any(f.mixes_rows for f in self.formats)
+
     def capacity_parts(self) -> list[Format]:
         """Sparsity and quantization each keep their own capacity; the unified law multiplies them."""
         return self.sparsifier.capacity_parts() + self.value.capacity_parts()

@@ -19,10 +19,13 @@ Scales:
   `2^X, X = clamp(floor(log2 absmax(block)) - emax, -127, 127)` (an all-zero block takes X = -127);
   elements `fp_round(x / 2^X)` saturate, as the spec prescribes for values above the element max.
   bits_per_value = element bits + 8/32.
-- `NVFP4` (NVIDIA Blackwell): blocks of 16 E2M1 values share an E4M3 scale, times one float32 scale per
-  tensor: `s_t = absmax(tensor) / (6 * 448)`, `s_b = fp_round_e4m3(absmax(block) / (6 s_t))`,
+- `NVFP4` (NVIDIA Blackwell): blocks of 16 E2M1 values share an E4M3 scale, times one float32 outer scale:
+  `s_t = absmax / (6 * 448)` of the tensor (`outer_scale="tensor"`, as specified) or of each row
+  (`outer_scale="row"`), `s_b = fp_round_e4m3(absmax(block) / (6 s_t))`,
   `x -> fp_round_e2m1(x / (s_b s_t)) * (s_b s_t)`; a block whose scale rounds to 0 becomes zeros.
-  bits_per_value = 4 + 8/16 (the one float32 per tensor is not counted).
+  bits_per_value = 4 + 8/16 (the outer float32 is not counted; `storage_bits` counts it). Activations
+  need the per-row outer scale (one per token): a tensor's absmax would let a token's quantization read
+  later tokens and the batch's other sequences, which `LinearFactory` refuses (`Format.mixes_rows`).
 
 Backward: "ste", "clipped" (`|x| <= max * scale`) or "trust" (`|q - x| <= trust * quantum * scale`, the
 local grid spacing), see `grad.py`.
@@ -43,7 +46,7 @@ from cslaws.formats.base import register_format
 from cslaws.formats.grad import Backward, check_backward
 from cslaws.formats.kernels import Backend, check_backend
 from cslaws.formats.kernels.fused import QuantPlan, exact_div
-from cslaws.formats.quant import TINY, Granularity, ScalarQuantizer, absmax, scale_bits
+from cslaws.formats.quant import TENSOR_SCALE_BITS, TINY, Granularity, ScalarQuantizer, absmax, scale_bits
 
 
 class Element(NamedTuple):
@@ -174,20 +177,35 @@ class MX(ScalarQuantizer):
         return q.mul_(scale), quantum.mul_(scale), scale * self._el.max
 
 
-def nvfp4_scale(amax: Tensor) -> Tensor:
-    """Per-block NVFP4 scale `s_b * s_t` from the blocks' absmax (the tensor's absmax is their max)."""
+OuterScale = Literal["tensor", "row"]
+OUTER_SCALES: tuple[str, ...] = ("tensor", "row")
+
+
+def nvfp4_scale(amax: Tensor, outer: OuterScale = "tensor") -> Tensor:
+    """Per-block NVFP4 scale `s_b * s_t` from the blocks' absmax `(..., blocks, 1)`; the outer scale's
+    absmax is their max over the tensor or over each row (the blocks of one row)."""
     e2m1, e4m3 = ELEMENTS["e2m1"], ELEMENTS["e4m3"]
-    tensor_scale = exact_div(amax.amax(), e2m1.max * e4m3.max).clamp_min_(TINY)
-    return fp_round(amax / (e2m1.max * tensor_scale), e4m3)[0].mul_(tensor_scale)
+    outer_amax = amax.amax() if outer == "tensor" else amax.amax(dim=-2, keepdim=True)
+    outer_scale = exact_div(outer_amax, e2m1.max * e4m3.max).clamp_min_(TINY)
+    return fp_round(amax / (e2m1.max * outer_scale), e4m3)[0].mul_(outer_scale)
 
 
 @register_format("nvfp4")
 class NVFP4(ScalarQuantizer):
-    """NVFP4: blocks of 16 E2M1 values sharing an E4M3 scale, times a float32 per-tensor scale."""
+    """NVFP4: blocks of 16 E2M1 values sharing an E4M3 scale, times a float32 scale per tensor or per row."""
 
-    def __init__(self, backward: Backward = "ste", trust: float = 0.5, backend: Backend = "auto") -> None:
+    def __init__(
+        self,
+        backward: Backward = "ste",
+        trust: float = 0.5,
+        outer_scale: OuterScale = "tensor",
+        backend: Backend = "auto",
+    ) -> None:
         super().__init__()
+        if outer_scale not in OUTER_SCALES:
+            raise ValueError(f"unknown NVFP4 outer_scale {outer_scale!r}; allowed: {', '.join(OUTER_SCALES)}")
         self.backend = check_backend(backend)
+        self.outer_scale = outer_scale
         self.backward = backward
         self.trust = trust
         self.granularity = "group"
@@ -202,16 +220,23 @@ class NVFP4(ScalarQuantizer):
     def bits_per_value(self) -> float:
         return self.element_bits + 8 / NVFP4_BLOCK
 
+    @property
+    def mixes_rows(self) -> bool:
+        return self.outer_scale == "tensor"
+
     def storage_bits(self, shape: tuple[int, ...]) -> float:
-        # an 8-bit E4M3 scale per block of 16, and the float32 tensor scale, which bits_per_value leaves out
-        return self.element_bits + scale_bits("group", NVFP4_BLOCK, shape, bits=8) + scale_bits("tensor", 1, shape)
+        # an 8-bit E4M3 scale per block of 16, and the float32 outer scale, which bits_per_value leaves out
+        outer = scale_bits(self.outer_scale, 1, shape, bits=TENSOR_SCALE_BITS)
+        return self.element_bits + scale_bits("group", NVFP4_BLOCK, shape, bits=8) + outer
 
     def kernel_plan(self) -> QuantPlan:
         el = ELEMENTS["e2m1"]
-        return QuantPlan("nvfp4", "group", NVFP4_BLOCK, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max))
+        return QuantPlan(
+            "nvfp4", "group", NVFP4_BLOCK, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max), outer=self.outer_scale
+        )
 
     def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         e2m1 = ELEMENTS["e2m1"]
-        scale = nvfp4_scale(absmax(g, keep))
+        scale = nvfp4_scale(absmax(g, keep), self.outer_scale)
         q, quantum = fp_round(g / torch.where(scale > 0, scale, 1.0), e2m1)
         return q.mul_(scale), quantum.mul_(scale), scale * e2m1.max

@@ -137,6 +137,10 @@ class Hadamard(Format):
     def family(self) -> str:  # type: ignore[override]
         return self.format.family
 
+    @property
+    def mixes_rows(self) -> bool:
+        return self.format.mixes_rows
+
     def capacity_parts(self) -> list[Format]:
         """A rotated single format is one part (its GMSE is measured through the rotation); a rotated
         composition keeps its parts, whose Gaussian errors the orthogonal rotation does not change."""

@@ -10,7 +10,15 @@ from cslaws.formats.dense import Dense
 
 
 def check_pair(weight: Format, activation: Format) -> None:
-    """A layer whose formats keep a rotated basis is right only if both sides share that basis."""
+    """A layer whose formats keep a rotated basis is right only if both sides share that basis; an
+    activation format must compress each token on its own (see `Format.mixes_rows`)."""
+    if activation.mixes_rows:
+        raise ValueError(
+            f"the activation format {activation!r} compresses each token with a statistic of the whole tensor "
+            "(a per-tensor scale or threshold), so a token's inputs would depend on later tokens and on the "
+            "batch's other sequences; use per-row (per-token) or per-group statistics for activations "
+            "(granularity row or group, Magnitude per_row true, NVFP4 outer_scale row)"
+        )
     if weight.keeps_rotated_basis or activation.keeps_rotated_basis:
         if not (weight.keeps_rotated_basis and activation.keeps_rotated_basis):
             side = "weight" if weight.keeps_rotated_basis else "activation"
@@ -65,8 +73,8 @@ def storage_bits(model: nn.Module) -> tuple[float, float]:
 
     Weights: each layer's `storage_bits` of its (out_features, in_features) weight, averaged weighted by
     the layer's number of weights. Activations: each layer's cost on one token's input row (in_features
-    values; a per-tensor activation scale is charged once per token, an upper bound where a batch shares
-    it), averaged weighted by in_features, the values per token. A model without compressed linears is
+    values; `check_pair` refuses statistics shared across tokens), averaged weighted by in_features, the
+    values per token. A model without compressed linears is
     dense: (16.0, 16.0).
     """
     layers = [m for m in model.modules() if isinstance(m, CompressedLinear)]

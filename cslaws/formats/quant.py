@@ -140,6 +140,10 @@ class ScaledStorage:
         raise NotImplementedError
 
     @property
+    def mixes_rows(self) -> bool:
+        return self.granularity == "tensor"
+
+    @property
     def bits_per_value(self) -> float:
         per_scale = {"tensor": math.inf, "row": self.row_length, "group": self.group_size}[self.granularity]
         return self.element_bits + SCALE_BITS / per_scale

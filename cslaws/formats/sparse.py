@@ -244,6 +244,10 @@ class Magnitude(Sparsifier):
         return -1 if self.per_row else None
 
     @property
+    def mixes_rows(self) -> bool:
+        return not self.per_row
+
+    @property
     def density(self) -> float:
         return 1.0 - self.sparsity
 

@@ -168,3 +168,26 @@ def test_mx_clipped_mask_drops_saturated():
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_nvfp4_outer_scale_per_row_is_each_row_alone() -> None:
+    x = torch.zeros(2, 32)
+    x[0, :3] = torch.tensor([6.0, 2.9, -1.0])
+    x[1, :2] = torch.tensor([0.5, -0.07])
+    q = NVFP4(outer_scale="row").compress(x)
+    for r in range(2):  # independent reference: the specified (per-tensor) NVFP4 on the row by itself
+        assert torch.equal(q[r], NVFP4().compress(x[r : r + 1])[0])
+    # row 1 by hand: s_t = 0.5 / 2688, s_b = fp8(0.5 / (6 s_t)) = 448, scale 0.5 / 6: 0.5 -> 6, -0.84 -> -1
+    assert torch.allclose(q[1, :2], torch.tensor([0.5, -0.5 / 6]), rtol=1e-6, atol=0)
+    assert not torch.equal(q[1], NVFP4().compress(x)[1])  # the tensor's absmax (row 0's) sets the other
+
+
+def test_nvfp4_outer_scale_storage_bits() -> None:
+    assert NVFP4().storage_bits((64, 256)) == pytest.approx(4.5 + 32 / (64 * 256))
+    assert NVFP4(outer_scale="row").storage_bits((64, 256)) == pytest.approx(4.5 + 32 / 256)
+    assert NVFP4().mixes_rows and not NVFP4(outer_scale="row").mixes_rows
+
+
+def test_nvfp4_unknown_outer_scale_lists_the_allowed() -> None:
+    with pytest.raises(ValueError, match="outer_scale 'token'; allowed: tensor, row"):
+        NVFP4(outer_scale="token")

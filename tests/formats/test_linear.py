@@ -4,6 +4,7 @@ checked against costs counted by hand from the layer shapes."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from cslaws.formats.int import Int
 from cslaws.formats.linear import LinearFactory, storage_bits
 from cslaws.formats.sparse import NM, Magnitude
 from cslaws.formats.vq import VQ
+from cslaws.laws.capacity import load_format_config
 from cslaws.models.llama import SIZES, Llama
 
 
@@ -81,3 +83,45 @@ def test_reference_row_gives_bits_per_value() -> None:
 def test_group_that_does_not_divide_the_row_is_refused() -> None:
     with pytest.raises(ValueError, match="group_size 128 does not divide the row length 96"):
         Int(bits=4, granularity="group", group_size=128).storage_bits((4, 96))
+
+
+FORMAT_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "formats"
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [
+        Int(bits=4, granularity="tensor"),
+        NVFP4(),
+        Magnitude(0.5),
+        Compose([Magnitude(0.5), Int(bits=4)]),
+        Compose([NM(2, 4), Int(bits=4, granularity="tensor")]),
+        Hadamard(NVFP4()),
+    ],
+    ids=repr,
+)
+def test_activation_statistics_over_the_tensor_are_refused(activation) -> None:
+    with pytest.raises(ValueError, match="statistic of the whole tensor"):
+        LinearFactory(activation=activation)
+    LinearFactory(weight=activation)  # on the weight side a tensor-wide scale reads no token
+
+
+def test_per_token_activation_statistics_are_accepted() -> None:
+    for activation in (NVFP4(outer_scale="row"), Int(bits=4), Magnitude(0.5, per_row=True), Hadamard(NVFP4(outer_scale="row"))):
+        assert not LinearFactory(activation=activation).activation.mixes_rows
+
+
+@pytest.mark.parametrize("config", sorted(FORMAT_CONFIGS.rglob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_format_keeps_tokens_causal_and_sequences_apart(config: Path) -> None:
+    """A token's logits do not move when a later token or another sequence of the batch changes."""
+    _, weight, activation = load_format_config(config)
+    torch.manual_seed(0)
+    model = Llama(SIZES["nano"], vocab_size=64, linear=LinearFactory(weight, activation), max_seq_len=32).eval()
+    tokens = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(1))
+    changed = tokens.clone()
+    changed[0, 20:] = (changed[0, 20:] + 7) % 64
+    changed[1] = (changed[1] + 11) % 64
+    with torch.no_grad():
+        before, after = model(tokens), model(changed)
+    assert torch.equal(before[0, :20], after[0, :20])
+    assert not torch.equal(before[0, 20:], after[0, 20:])  # the change reached the model

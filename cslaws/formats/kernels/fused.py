@@ -79,7 +79,7 @@ class QuantPlan:
     `kind="int"`: `levels` cell-centred levels, `step = mult * stat` with `stat` the group's RMS or absmax
     (mid-rise when `levels` is even, mid-tread when odd). `kind="fp"`: absmax scale onto the element
     grid `element = (mbits, emin, emax, max)`. `kind="mx"`: E8M0 block scale. `kind="nvfp4"`: E4M3 block
-    scale times a float32 tensor scale (E2M1 elements).
+    scale times a float32 outer scale per tensor or per row (`outer`), E2M1 elements.
     """
 
     kind: Literal["int", "fp", "mx", "nvfp4"]
@@ -92,6 +92,7 @@ class QuantPlan:
     mult: float = 1.0
     element: tuple[int, int, int, float] = (1, 0, 2, 6.0)
     sparsity: Sparsity | None = None
+    outer: Literal["tensor", "row"] = "tensor"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -104,6 +105,8 @@ class QuantPlan:
             raise ValueError(f"unknown scale statistic {self.stat!r}; allowed: {', '.join(STATS)}")
         if self.kind == "int" and self.levels < 2:
             raise ValueError(f"an int grid needs at least 2 levels, got {self.levels}")
+        if self.outer not in ("tensor", "row"):
+            raise ValueError(f"unknown NVFP4 outer scale {self.outer!r}; allowed: tensor, row")
         if self.kind in ("mx", "nvfp4") and self.granularity != "group":
             raise ValueError(f"{self.kind} scales are per block: granularity must be 'group', got {self.granularity!r}")
 
@@ -130,7 +133,8 @@ def sparsity_plan(sparsifier: Any, row_len: int) -> Sparsity | None:
 
 
 def needs_tensor_statistic(plan: QuantPlan) -> bool:
-    """Per-tensor scales (and NVFP4's tensor scale) need the survivors before the launch."""
+    """Per-tensor scales (and NVFP4's outer scale, per tensor or per row: a row spans many segments) need
+    the survivors before the launch."""
     return plan.granularity == "tensor" or plan.kind == "nvfp4"
 
 
@@ -244,8 +248,13 @@ def _tensor_stat(y: Tensor, plan: QuantPlan, keep: Tensor | None) -> Tensor:
             return exact_div(torch.linalg.vector_norm(g, dim=-1, keepdim=True), math.sqrt(g.shape[-1])).reshape(1)
         k = keep.reshape(1, -1)
         return (g.square() * k).sum(-1).div_(k.sum(-1).clamp_min_(1)).sqrt_().reshape(1)
-    a = g.abs() if keep is None else g.abs() * keep.reshape(1, -1)
-    return a.amax(-1).reshape(1)
+    return _absmax_stat(y, "tensor", keep)
+
+
+def _absmax_stat(y: Tensor, outer: str, keep: Tensor | None) -> Tensor:
+    """Absmax (over the survivors when sparse): one for the tensor, or one per row of `y`."""
+    a = y.float().abs() if keep is None else y.float().abs() * keep.reshape(y.shape)
+    return a.amax().reshape(1) if outer == "tensor" else a.amax(-1)
 
 
 def _forward(
@@ -348,6 +357,7 @@ def _quantizer_constants(plan: QuantPlan) -> dict[str, Any]:
         BACKWARD=QUANT_BACKWARDS[plan.backward],
         TRUST=plan.trust,
         CLIP_MULT=plan.levels / 2,
+        OUTER_ROW=plan.outer == "row",
     )
 
 
@@ -411,7 +421,9 @@ def fake_quantize(
     if plan.granularity == "tensor":
         given = _tensor_stat(src, plan, keep)
     if plan.kind == "nvfp4":
-        given = exact_div(_tensor_stat(src, plan, keep), 6.0 * 448.0).clamp_min_(TINY)
+        given = exact_div(_absmax_stat(src, plan.outer, keep), 6.0 * 448.0).clamp_min_(TINY)
+        if plan.outer == "row":
+            given = given.repeat_interleave(row_len // geo.seg)  # the kernel reads one per segment
     if sparsity is not None and sparsity.kind == "row":
         thr, need = _row_topk(src.abs(), sparsity.k)
 

@@ -182,6 +182,7 @@ def quantize_fwd_kernel(
     BACKWARD: tl.constexpr,
     TRUST: tl.constexpr,
     CLIP_MULT: tl.constexpr,
+    OUTER_ROW: tl.constexpr,
     SPARSE: tl.constexpr,
     NM_N: tl.constexpr,
     NM_M: tl.constexpr,
@@ -192,7 +193,7 @@ def quantize_fwd_kernel(
     """One pass: load, (rotate,) (choose survivors,) scale, round, mask, (rotate back,) store.
 
     Pointers: input, output, packed mask, given keep-mask (SP_GIVEN), per-tensor statistic (STAT_GIVEN;
-    NVFP4's tensor scale), per-row top-k threshold and tie budget (SP_THRESHOLD). Constants: tile geometry
+    NVFP4's outer scale, one per segment when OUTER_ROW), per-row top-k threshold and tie budget (SP_THRESHOLD). Constants: tile geometry
     (see the module docstring); Hadamard (LOG_H, NORM, ROT_IN, ROT_OUT); grid KIND with its scale STAT,
     int multiplier MULT and half level count HALF, element MBITS/EMIN/EMAX/MAXV; quantizer BACKWARD rule with
     TRUST and CLIP_MULT; SPARSE source with NM_N/NM_M, sparsifier backward SPARSE_BW and RBBM's TP_FACTOR.
@@ -256,8 +257,11 @@ def quantize_fwd_kernel(
         q = v * scale
         step = quantum * scale
         clip = scale * MAXV
-    else:  # NVFP4: E4M3 block scale of absmax / (6 s_t), times the per-tensor s_t in `given_ptr`
-        s_t = tl.load(given_ptr)
+    else:  # NVFP4: E4M3 block scale of absmax / (6 s_t), times the outer s_t in `given_ptr`
+        if OUTER_ROW:  # one s_t per row, laid out per segment
+            s_t = tl.load(given_ptr + rows, mask=rows < n_seg, other=1.0)[:, None]
+        else:
+            s_t = tl.load(given_ptr)
         s_b, _ = _fp_round(tl.div_rn(stat, 6.0 * s_t), 3, -6, 8, 448.0)
         scale = s_b * s_t
         v, quantum = _fp_round(tl.div_rn(x, tl.where(scale > 0.0, scale, 1.0)), 1, 0, 2, 6.0)

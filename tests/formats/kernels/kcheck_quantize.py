@@ -53,6 +53,7 @@ EXACT = {
     "mxfp8-trust": (MX, dict(element="e4m3", backward="trust")),
     "nvfp4-trust": (NVFP4, dict(backward="trust")),
     "nvfp4-clipped": (NVFP4, dict(backward="clipped")),
+    "nvfp4-outer-row-trust": (NVFP4, dict(backward="trust", outer_scale="row")),
 }
 
 NEAR_BOUNDARY = {
@@ -74,6 +75,9 @@ NEAR_BOUNDARY = {
     ),
     "had-half-mxfp4-trust": lambda b: Hadamard(MX(element="e2m1", backward="trust"), variant="half", backend=b),
     "had-full-nvfp4-trust": lambda b: Hadamard(NVFP4(backward="trust"), backend=b),
+    "had-half-nvfp4-outer-row-trust": lambda b: Hadamard(
+        NVFP4(backward="trust", outer_scale="row"), variant="half", backend=b
+    ),
     "had-full-fp8-row-trust": lambda b: Hadamard(FP(element="e4m3", backward="trust"), backend=b),
 }
 

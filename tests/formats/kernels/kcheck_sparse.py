@@ -37,6 +37,7 @@ VALUES = {
     "fp8-row-clipped": lambda b: FP(element="e4m3", backward="clipped", backend=b),
     "mxfp4-trust": lambda b: MX(element="e2m1", backward="trust", backend=b),
     "nvfp4-trust": lambda b: NVFP4(backward="trust", backend=b),  # needs the survivors' tensor absmax first
+    "nvfp4-outer-row-trust": lambda b: NVFP4(backward="trust", outer_scale="row", backend=b),
 }
 
 

@@ -63,7 +63,8 @@ def scale64(fmt, g: Tensor) -> Tensor:
         return int_step(g, fmt.levels, fmt.scale)
     if isinstance(fmt, NVFP4):
         e2m1, e4m3 = ELEMENTS["e2m1"], ELEMENTS["e4m3"]
-        s_t = amax.amax() / (e2m1.max * e4m3.max)
+        outer = amax.amax() if fmt.outer_scale == "tensor" else amax.amax(dim=-2, keepdim=True)
+        s_t = outer / (e2m1.max * e4m3.max)
         return round_element64(amax / (e2m1.max * s_t), e4m3) * s_t
     if isinstance(fmt, MX):
         return torch.exp2((torch.frexp(amax).exponent - 1 - fmt._el.emax).clamp(-127, 127).double())
