@@ -56,6 +56,16 @@ TRAINER_DEFAULTS = {
 
 
 class BenchCLI(LightningCLI):
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # an int only: Lightning's true (a random seed) and false (no seeding) would leave the data order,
+        # which follows the seed (`data.seed`), and the store's record of the seed undetermined
+        parser.add_argument(
+            "--seed_everything",
+            type=int,
+            default=self.seed_everything_default,
+            help=f"The seed of the weights and of the data order: an integer in [{min_seed_value}, {max_seed_value}].",
+        )
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("seed_everything", "data.seed")
@@ -154,11 +164,9 @@ _PARSE_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes
                 "Expected a <class 'NoneType'>", "Problem with given class_path")
 
 
-def check_seed(seed: bool | int) -> None:
-    """Lightning seeds numpy, which takes only [0, 2**32 - 1]; refused here, before any work, not in its traceback.
-    Lightning's true (a random seed) and false (none) are refused too: the data order follows the seed
-    (`data.seed` is linked to it), and the store keeps the seed a run trained with."""
-    if isinstance(seed, bool) or not min_seed_value <= seed <= max_seed_value:
+def check_seed(seed: int) -> None:
+    """Lightning seeds numpy, which takes only [0, 2**32 - 1]; refused here, before any work, not in its traceback."""
+    if not min_seed_value <= seed <= max_seed_value:
         raise BenchError(f"--seed_everything={seed} is not allowed; give an integer in [{min_seed_value}, {max_seed_value}] "
                          "(the data order follows it, and the store records it)")
 

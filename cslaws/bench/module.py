@@ -47,6 +47,13 @@ class Diverged(RuntimeError):
         self.step, self.total, self.value = step, total, value
 
 
+def format_progress(step: int, total: int) -> float:
+    """The formats' progress during optimizer step `step` (from 0) of `total`: 0 at the first step and 1 at
+    the last, so that a schedule that ends with training (a pruning ramp with ramp_end=1) trains its last
+    step, and is validated and stored, at its end state."""
+    return 1.0 if total <= 1 else min(1.0, step / (total - 1))
+
+
 class LanguageModel(L.LightningModule):
     """Next-token training of a Llama whose block linears compute over the given formats.
 
@@ -178,7 +185,7 @@ class LanguageModel(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
 
     def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> None:
-        fraction = self.global_step / max(1, self.total_steps)
+        fraction = format_progress(self.global_step, self.total_steps)
         for fmt in self.factory.formats:
             fmt.set_progress(fraction)
 

@@ -54,6 +54,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
+from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -76,10 +77,6 @@ from cslaws.models.llama import get_size, non_embedding_params
 #: other key in the matrix's `fit` block would fail every cell, so it is refused before the sweep starts.
 FIT_KEYS = ("model", "data", "trainer", "store", "checkpoint", "optimizer", "lr_scheduler", "seed_everything",
             "ckpt_path", "weights_only")
-
-#: The seeds numpy accepts (`bench fit` seeds every generator with the cell's seed).
-MAX_SEED = 2**32 - 1
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -252,9 +249,9 @@ def check_seeds(name: str, seeds: list[int]) -> None:
     """Distinct seeds that `bench fit` can seed with."""
     check_distinct(name, seeds)
     for seed in seeds:
-        if not 0 <= seed <= MAX_SEED:
+        if not min_seed_value <= seed <= max_seed_value:  # `bench fit`'s range (`check_seed`)
             raise BenchError(f"the matrix's {name} has seed {seed}, which is not allowed; seeds are whole numbers "
-                             f"from 0 to {MAX_SEED}")
+                             f"from {min_seed_value} to {max_seed_value}")
 
 
 def cells(cfg: Any) -> list[Cell]:

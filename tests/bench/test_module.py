@@ -4,7 +4,8 @@ import lightning as L
 import pytest
 
 from cslaws.bench.data import TextDataModule
-from cslaws.bench.module import LanguageModel, align_to_validation, cosine_with_warmup
+from cslaws.bench.module import LanguageModel, align_to_validation, cosine_with_warmup, format_progress
+from cslaws.formats.sparse import Magnitude
 
 
 def trainer(**kw) -> L.Trainer:
@@ -105,3 +106,25 @@ def test_weight_decay_only_on_matrices() -> None:
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_format_progress_runs_from_the_first_step_to_the_last() -> None:
+    assert [format_progress(s, 5) for s in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert format_progress(0, 1) == 1.0
+
+
+def test_a_ramp_that_ends_with_training_trains_and_validates_at_its_target(small_corpus) -> None:
+    """A cubic pruning ramp with ramp_end=1: the last step and the final validation run at 50% sparsity."""
+    dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=512, seq_len=32, batch_size=8, val_sequences=16)
+    weight = Magnitude(0.5, per_row=True, schedule="cubic", ramp_end=1.0)
+    model = LanguageModel(size="nano", tokens=12 * 8 * 32, vocab_size=512, weight=weight)
+    seen = []
+
+    class LastStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append(weight.current_sparsity)
+
+    trainer(callbacks=[LastStep()]).fit(model, datamodule=dm)
+    assert len(seen) == 12 and seen[0] == 0.0 and seen[-1] == 0.5
+    linear = next(m for m in model.model.modules() if hasattr(m, "weight_format"))
+    assert (weight.compress(linear.weight) == 0).float().mean().item() == 0.5
