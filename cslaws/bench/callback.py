@@ -70,6 +70,11 @@ def checkpoint_dir(root: str | Path, key: str) -> Path:
     return Path(root) / "checkpoints" / re.sub(r"[^\w.=-]+", "_", key)
 
 
+def step_ended(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the batch `batch_idx` just done ended an optimizer step (the last of its accumulated batches)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
 class RunCheckpoint(ModelCheckpoint):
     """Keeps one checkpoint per run, `last.ckpt`, refreshed every `every_n_steps` optimizer steps or every
     `every_minutes` of training (one of the two; both None: none while training), and at the end of training.
@@ -102,7 +107,7 @@ class RunCheckpoint(ModelCheckpoint):
         # Only at an optimizer step's end: with gradient accumulation, a save between micro-batches (a time
         # period falls anywhere) holds no accumulated gradient, and the resumed step would miss those batches.
         # A save that falls due meanwhile waits for the step's end.
-        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+        if step_ended(trainer, batch_idx):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -130,7 +135,6 @@ class StreamToStore(L.Callback):
         self.finished = False
         self._resume: dict[str, Any] | None = None
         self._resume_step = 0
-        self._last_step = -1
         self._pending: list[tuple[int, int, float | None, float | None]] = []
 
     def state_dict(self) -> dict[str, Any]:
@@ -158,7 +162,7 @@ class StreamToStore(L.Callback):
             # let `on_exception` write over it
             self.store.resume_run(resume["run_id"], self._resume_step, host=socket.gethostname(), pid=os.getpid())
             self.run_id = resume["run_id"]
-            self._last_step = self._resume_step
+            self._fail_dead_rows()
             return
         factory, dm = pl_module.factory, trainer.datamodule
         weight_bits, activation_bits = storage_bits(pl_module.model)
@@ -187,24 +191,24 @@ class StreamToStore(L.Callback):
             pid=os.getpid(),
         )
         self.run_id = self.store.start_run(record)
-        if self.cell is not None:
-            self._supersede_dead_rows()
+        self._fail_dead_rows()
 
-    def _supersede_dead_rows(self) -> None:
-        """A cell that starts again from scratch (its process died before its first checkpoint, so `--ckpt_path
-        last` found none) leaves the dead process's row `running`; it is failed here, naming the new row."""
+    def _fail_dead_rows(self) -> None:
+        """A process killed without warning (SIGKILL, out of memory, a lost node) leaves its run `running`; a
+        sweep cell that then starts again (from scratch, or from an older row's checkpoint) or a `bench fit`
+        run again would leave it so forever. Every `running` row of this host whose process is gone is failed
+        here, naming this run. Rows of other hosts cannot be checked and stay as they are."""
         host = socket.gethostname()
         for row in self.store.runs(status="running"):
-            if row.cell == self.cell and row.run_id != self.run_id and process_gone(row, host):
-                self.store.fail(row.run_id, f"superseded by run {self.run_id}: its process ended before a "
-                                            "checkpoint, and the cell started again from scratch")
+            if row.run_id != self.run_id and row.host == host and process_gone(row, host):
+                self.store.fail(row.run_id, f"its process (pid {row.pid} on {host}) ended without recording why "
+                                            f"(killed); found by run {self.run_id}")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        # global_step moves once per optimizer step; the other micro-batches of an accumulated step leave it.
-        if self.run_id is None or step == self._last_step:
+        # one point per optimizer step: the other micro-batches of an accumulated step have no step loss yet
+        if self.run_id is None or not step_ended(trainer, batch_idx):
             return
-        self._last_step = step
+        step = trainer.global_step
         if step % trainer.log_every_n_steps == 0:
             self._pending.append((step, step * pl_module.tokens_per_step, pl_module.step_loss, None))
 

@@ -13,8 +13,9 @@ comparability fields given on the command line (`--dataset`, `--tokenizer`, `--v
 `vocab_size` / `sequence_length` columns when present, so the imported runs form one comparable group.
 A label without a config, a row without a finite loss or whose N or D is not a positive whole number, or
 an `--exclude` label that no row has is an error: nothing is written then. A row the store already holds
-(the same CSV row, every column, with the same label, N, D and loss: the file imported again, under any name
-or with rows appended) is skipped, never stored twice.
+(the same CSV row, every column, with the same label, N, D, loss and comparability fields: the file imported
+again, under any name or with rows appended) is skipped, never stored twice; the same rows imported with
+another `--dataset`, `--tokenizer` or `--val-set` are other runs.
 """
 
 from __future__ import annotations
@@ -161,20 +162,13 @@ def _row_text(row: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {v}" for k, v in row.items())
 
 
-def _identity(record: RunRecord) -> tuple[str | None, str, int, int, float | None]:
-    """An imported run as importing its row again would record it: its CSV row's text (every column), label,
-    N, D and loss, not its file's name, so that a second import, of the file under another name or with rows
-    appended, does not count a run twice."""
-    return record.config, record.label, record.n_params, record.tokens, record.final_val_loss
-
-
 def new_runs(runs: list[RunRecord], held: list[RunRecord]) -> list[RunRecord]:
     """The runs the store does not hold yet. Counted, not only matched: a file may list the same row twice
     (two runs its tool could not tell apart), and each is a run."""
-    left = Counter(_identity(r) for r in held if r.code_version == "imported")
+    left = Counter(r.import_identity for r in held if r.imported)
     new = []
     for r in runs:
-        key = _identity(r)
+        key = r.import_identity
         if left[key] > 0:
             left[key] -= 1
         else:
@@ -193,5 +187,5 @@ def main(argv: Sequence[str]) -> int:
     for r in new:
         store.add_finished(r)
     print(f"imported {len(new)} runs from {args.runs} into {store.path}; "
-          f"{len(runs) - len(new)} already there (the same CSV row, label, N, D and loss) skipped")
+          f"{len(runs) - len(new)} already there (the same CSV row, label, N, D, loss and comparability fields) skipped")
     return 0

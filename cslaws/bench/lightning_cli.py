@@ -20,6 +20,7 @@ import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
@@ -124,12 +125,16 @@ class BenchCLI(LightningCLI):
         return "config-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def fit(self, model: LanguageModel, **kwargs) -> None:
-        """`Trainer.fit`; a diverged run (stored `failed` by the store callback) ends `bench` with one line,
-        exit code 1: it is a result of the settings, not a bug, so no traceback."""
+        """`Trainer.fit`; a diverged run or one stopped by SIGTERM (stored `failed` by the store callback) ends
+        `bench` with one line, exit code 1: neither is a bug, so no traceback. (Lightning's SIGTERMException
+        is a bare SystemExit, exit code 0, which would tell a sweep that the run succeeded.)"""
         try:
             self.trainer.fit(model, **kwargs)
         except Diverged as err:
             raise SystemExit(f"bench: {model.label} {model.size_name}: {err}; stored as failed (lower --model.lr?)") from None
+        except SIGTERMException:
+            raise SystemExit(f"bench: {model.label} {model.size_name}: stopped by SIGTERM at step {model.trained_steps} "
+                             f"of {model.total_steps}; stored as failed (resume: --ckpt_path last)") from None
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:

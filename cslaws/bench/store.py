@@ -135,6 +135,19 @@ class RunRecord:
         return (self.dataset, self.tokenizer, self.vocab_size, self.seq_len, self.val_set)
 
 
+    @property
+    def imported(self) -> bool:
+        return self.code_version == "imported"
+
+    @property
+    def import_identity(self) -> tuple:
+        """An imported run as importing its row again would record it: its CSV row's text (every column),
+        label, N, D, loss and comparability key, not its file's name nor the time of the import, so that a
+        second import (of the file under another name, or with rows appended) or a merge of two stores that
+        imported it does not count a run twice."""
+        return (self.config, self.label, self.n_params, self.tokens, self.final_val_loss, *self.comparability)
+
+
 _JSON_FIELDS = ("weight", "activation")
 
 
@@ -262,6 +275,7 @@ class ResultsStore:
         way) is a BenchError either way.
         """
         self.path = Path(path) if path is not None else default_store_path()
+        self.read_only = not create
         if not create:
             # reading only: an older store is read as it is (columns it lacks read as None), not migrated
             check_is_store(self.path)
@@ -344,19 +358,30 @@ class ResultsStore:
             )
             db.execute("DELETE FROM points WHERE run_id=? AND step > ?", (run_id, step))
 
+    def _select(self, query: str, args: tuple = ()) -> list[sqlite3.Row]:
+        """The rows of a query; a store opened to read (`create=False`) is read on a read-only connection,
+        so that reading neither changes the file (its journal mode) nor needs it writable (an archive)."""
+        if not self.read_only:
+            with self._tx() as db:
+                return db.execute(query, args).fetchall()
+
+        def read(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            db.row_factory = sqlite3.Row
+            return db.execute(query, args).fetchall()
+
+        return read_sqlite(self.path, read)
+
     def runs(self, status: str | None = "finished") -> list[RunRecord]:
         """Runs with the given status (None: all), oldest first."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; allowed: {', '.join(STATUSES)} or None")
         query, args = ("SELECT * FROM runs WHERE status=? ORDER BY run_id", (status,)) if status else ("SELECT * FROM runs ORDER BY run_id", ())
-        with self._tx() as db:
-            return [_from_row(r) for r in db.execute(query, args)]
+        return [_from_row(r) for r in self._select(query, args)]
 
     def curve(self, run_id: int) -> list[tuple[int, int, float | None, float | None]]:
-        with self._tx() as db:
-            rows = db.execute("SELECT step, tokens, train_loss, val_loss FROM points WHERE run_id=? ORDER BY step", (run_id,))
-            return [tuple(r) for r in rows]
+        rows = self._select("SELECT step, tokens, train_loss, val_loss FROM points WHERE run_id=? ORDER BY step", (run_id,))
+        return [tuple(r) for r in rows]
 
     def finished_cells(self) -> set[str]:
-        with self._tx() as db:
-            return {r[0] for r in db.execute("SELECT DISTINCT cell FROM runs WHERE status='finished' AND cell IS NOT NULL")}
+        rows = self._select("SELECT DISTINCT cell FROM runs WHERE status='finished' AND cell IS NOT NULL")
+        return {r[0] for r in rows}

@@ -5,29 +5,37 @@
 
 Merge: the array tasks of `bench sweep --emit slurm` each write their own store; merge folds them (or any
 stores) into one. A run's identity is (cell, label, model, seed, code_version, started_at): the start time
-is taken when the run is created and survives a resume, so the same run copied twice is recognised. A run
-whose identity OUT (or an earlier input) already holds is skipped when everything recorded about it is the
-same (every stored field but the row id and the training process's host and pid, and its whole loss
-curve); when anything differs the rows conflict, and the merge refuses with the list of conflicts before
-writing anything. The inputs are opened read-only and never changed; OUT is written in one transaction.
+is taken when the run is created and survives a resume, so the same run copied twice is recognised. An
+imported run's identity is the importer's (its CSV row, label, N, D, loss and comparability key: two stores
+that imported the same file hold the same runs) and, for a row a file lists twice, which copy it is.
+A run whose identity OUT (or an earlier input) already holds is skipped when everything recorded about it is
+the same (every stored field but the row id and the training process's host and pid, and, for an imported
+run, the file name and time of its import; and its whole loss curve). When the records differ, a finished
+record supersedes an unfinished one (a copy taken while the run was `running`, or had `failed` before it
+was resumed), and of two unfinished ones the one that trained more steps supersedes the other; two
+finished records that differ conflict, and the merge refuses with the list of conflicts before writing
+anything. The inputs are opened read-only and never changed; OUT is written in one transaction.
 """
 
 from __future__ import annotations
 
 import argparse
 import sqlite3
+from collections import Counter
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, insert_run, read_sqlite
+from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, check_is_store, insert_run, read_sqlite
 from cslaws.console import console
 from cslaws.errors import BenchError
 
 IDENTITY = ("cell", "label", "model", "seed", "code_version", "started_at")
 #: Not results: the row number differs between stores, host and pid name whichever process trained last.
 BOOKKEEPING = ("run_id", "host", "pid")
+#: Not results of an imported run either: the file's name and the time it was imported.
+IMPORT_BOOKKEEPING = ("source", "started_at", "finished_at")
 
 Curve = list[tuple[int, int, float | None, float | None]]
 
@@ -37,14 +45,30 @@ class StoredRun:
     record: RunRecord
     curve: Curve
     path: Path
+    #: Which copy of its import identity this run is in its store (a file may list a row twice).
+    copy: int = 0
 
     @property
     def identity(self) -> tuple:
+        if self.record.imported:
+            return ("imported", *self.record.import_identity, self.copy)
         return tuple(getattr(self.record, k) for k in IDENTITY)
 
     def content(self) -> tuple[dict, Curve]:
-        data = {k: v for k, v in asdict(self.record).items() if k not in BOOKKEEPING}
+        skip = BOOKKEEPING + (IMPORT_BOOKKEEPING if self.record.imported else ())
+        data = {k: v for k, v in asdict(self.record).items() if k not in skip}
         return data, self.curve
+
+    def supersedes(self, other: "StoredRun") -> bool | None:
+        """Whether this record of a run replaces `other`, a different record of the same run: a finished
+        record replaces an unfinished one, and of two unfinished ones the one trained further; None when
+        neither can (two finished records that differ conflict)."""
+        mine, theirs = self.record.status == "finished", other.record.status == "finished"
+        if mine and theirs:
+            return None
+        if mine != theirs:
+            return mine
+        return (self.record.steps or 0) > (other.record.steps or 0)
 
 
 def _runs_and_points(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
@@ -55,8 +79,7 @@ def _runs_and_points(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sq
 
 def read_store(path: Path) -> list[StoredRun]:
     """Every run of a store and its curve, opened read-only (nothing is migrated or written)."""
-    if not path.is_file():
-        raise BenchError(f"no results store at {path}")
+    check_is_store(path)
     try:
         rows, points = read_sqlite(path, _runs_and_points)
     except sqlite3.DatabaseError as err:
@@ -65,7 +88,13 @@ def read_store(path: Path) -> list[StoredRun]:
     for p in points:
         curves.setdefault(p[0], []).append(tuple(p[1:]))
     missing = {name: None for name in ADDED_COLUMNS}
-    return [StoredRun(_from_row({**missing, **dict(r)}), curves.get(r["run_id"], []), path) for r in rows]
+    runs = [StoredRun(_from_row({**missing, **dict(r)}), curves.get(r["run_id"], []), path) for r in rows]
+    copies: Counter = Counter()
+    for run in runs:
+        if run.record.imported:
+            run.copy = copies[run.record.import_identity]
+            copies[run.record.import_identity] += 1
+    return runs
 
 
 def _differences(a: StoredRun, b: StoredRun) -> list[str]:
@@ -74,33 +103,56 @@ def _differences(a: StoredRun, b: StoredRun) -> list[str]:
     return names + (["loss curve"] if ca != cb else [])
 
 
-def plan_merge(existing: list[StoredRun], inputs: list[StoredRun]) -> tuple[list[StoredRun], int]:
-    """(runs to add, duplicates skipped); a BenchError lists every conflict."""
+@dataclass
+class MergePlan:
+    """What a merge writes: runs to add, and held rows of OUT (by run_id) to replace by a later record of the
+    same run; and the input records skipped, as the same record (`same`) or an earlier one (`earlier`)."""
+
+    new: list[StoredRun]
+    replace: dict[int, StoredRun]
+    same: int
+    earlier: int
+
+
+def plan_merge(existing: list[StoredRun], inputs: list[StoredRun]) -> MergePlan:
+    """The merge of `inputs` into a store holding `existing`; a BenchError lists every conflict."""
     seen = {r.identity: r for r in existing}
-    new: list[StoredRun] = []
-    duplicates = 0
+    held_id = {r.identity: r.record.run_id for r in existing}
+    new: dict[tuple, StoredRun] = {}
+    replace: dict[int, StoredRun] = {}
+    same = earlier = 0
     conflicts: list[str] = []
     for run in inputs:
-        other = seen.get(run.identity)
+        key = run.identity
+        other = seen.get(key)
         if other is None:
-            seen[run.identity] = run
-            new.append(run)
+            seen[key] = new[key] = run
             continue
         diff = _differences(other, run)
-        if diff:
+        if not diff:
+            same += 1
+            continue
+        later = run.supersedes(other)
+        if later is None:
             conflicts.append(f"  run {run.record.run_id} of {run.path} and run {other.record.run_id} of {other.path} "
                              f"(cell {run.record.cell}, label {run.record.label}) differ in {', '.join(diff)}")
-        else:
-            duplicates += 1
+            continue
+        earlier += 1  # one of the two records is dropped
+        if later:
+            seen[key] = run
+            if key in held_id:
+                replace[held_id[key]] = run
+            else:
+                new[key] = run
     if conflicts:
         shown = conflicts[:10] + ([f"  ... and {len(conflicts) - 10} more"] if len(conflicts) > 10 else [])
         raise BenchError(f"{len(conflicts)} run(s) are recorded differently in two stores; nothing was merged:\n"
                          + "\n".join(shown))
-    return new, duplicates
+    return MergePlan(list(new.values()), replace, same, earlier - len(replace))
 
 
-def merge(out: Path, inputs: Sequence[Path]) -> tuple[int, int]:
-    """Fold the runs of `inputs` into `out`; (runs added, duplicates skipped)."""
+def merge(out: Path, inputs: Sequence[Path]) -> MergePlan:
+    """Fold the runs of `inputs` into `out`."""
     if not inputs:
         raise BenchError("bench store merge needs at least one input store: bench store merge OUT IN [IN ...]")
     resolved = {p.resolve() for p in inputs}
@@ -108,15 +160,18 @@ def merge(out: Path, inputs: Sequence[Path]) -> tuple[int, int]:
         raise BenchError(f"the output store {out} is also an input; merge into a store that is not read from")
     runs = [run for path in inputs for run in read_store(path)]
     existing = read_store(out) if out.exists() else []
-    new, duplicates = plan_merge(existing, runs)
+    plan = plan_merge(existing, runs)
     try:
         ResultsStore(out)  # creates the store, or migrates an older schema
     except sqlite3.DatabaseError as err:
         raise BenchError(f"{out} is not a results store (SQLite with a runs table): {err}") from err
     with closing(sqlite3.connect(out, timeout=60)) as db, db:  # one transaction: all runs or none
-        for run in new:
+        for run_id in plan.replace:
+            db.execute("DELETE FROM points WHERE run_id=?", (run_id,))
+            db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
+        for run in [*plan.replace.values(), *plan.new]:
             insert_run(db, run.record, run.curve)
-    return len(new), duplicates
+    return plan
 
 
 def _merge(argv: list[str]) -> int:
@@ -125,9 +180,11 @@ def _merge(argv: list[str]) -> int:
     p.add_argument("out", type=Path, help="the store to merge into (created if missing)")
     p.add_argument("inputs", type=Path, nargs="+", help="stores to read (never changed)")
     args = p.parse_args(argv)
-    added, duplicates = merge(args.out, args.inputs)
-    console().print(f"merged {added} run(s) from {len(args.inputs)} store(s) into {args.out}; "
-                    f"{duplicates} already there (same run, same record) skipped")
+    plan = merge(args.out, args.inputs)
+    console().print(f"merged {len(plan.new)} run(s) from {len(args.inputs)} store(s) into {args.out}; "
+                    f"{len(plan.replace)} held run(s) replaced by a later record of the same run (finished, or "
+                    f"trained further); skipped: {plan.same} already there (same run, same record), "
+                    f"{plan.earlier} earlier record(s) of a run held or merged in a later state")
     return 0
 
 

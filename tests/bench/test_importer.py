@@ -76,6 +76,10 @@ def test_importing_again_skips_the_runs_already_there(tmp_path: Path, capsys) ->
     out = capsys.readouterr().out
     assert "imported 0 runs" in out and "3 already there" in out
     assert len(ResultsStore(store).runs(None)) == 3, "a run imported twice is counted twice"
+    # the same rows on another validation set are other runs, not the ones held
+    assert bench([*argv, "--val-set", "C4 validation v2"]) == 0
+    assert "imported 3 runs" in capsys.readouterr().out
+    assert sorted(r.val_set for r in ResultsStore(store).runs(None)) == ["C4 validation (QuEST)"] * 3 + ["C4 validation v2"] * 3
 
 
 def test_the_same_rows_under_another_name_or_with_rows_appended_are_not_imported_twice(tmp_path: Path, capsys) -> None:

@@ -2,8 +2,10 @@
 budget or with a non-finite last validation, trainer settings that would train past the budget, and a finished
 run whose end-of-run report fails."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import lightning as L
 import pytest
@@ -17,6 +19,8 @@ from cslaws.bench.module import Diverged, LanguageModel
 from cslaws.bench.store import ResultsStore
 
 SEQ, BATCH = 16, 8
+#: A run long enough to be stopped in the middle, within one pass over `small_corpus`.
+STEPS_LONG = 600
 
 
 def fit(tmp_path, small_corpus, model: LanguageModel, batch_size: int = BATCH, refit: bool = False, **trainer_kw) -> tuple[L.Trainer, ResultsStore]:
@@ -55,7 +59,7 @@ def test_a_short_budget_records_the_steps_really_trained(tmp_path, small_corpus)
 def test_accumulated_steps_log_the_unscaled_mean_of_their_micro_batches(tmp_path, small_corpus) -> None:
     # Same global batch (8 sequences) and data order: one step of 8, or two micro-batches of 4. The per-step
     # losses agree to float rounding; Lightning's `outputs["loss"]` would be half of them.
-    curves = []
+    curves, points = [], []
     for batch_size, accumulate in ((BATCH, 1), (BATCH // 2, 2)):
         L.seed_everything(0)
         model = LanguageModel(size="nano", tokens=12 * BATCH * SEQ, vocab_size=300)
@@ -63,7 +67,9 @@ def test_accumulated_steps_log_the_unscaled_mean_of_their_micro_batches(tmp_path
         (run,) = store.runs()
         assert run.steps == 12 and run.tokens_per_step == BATCH * SEQ
         curves.append([(p[0], p[2]) for p in store.curve(run.run_id) if p[2] is not None])
+        points.append([p[0] for p in store.curve(run.run_id)])
     plain, accumulated = curves
+    assert points[0] == points[1], "a point per optimizer step, none for a micro-batch"
     assert [s for s, _ in accumulated] == list(range(1, 13)) == [s for s, _ in plain]
     assert [loss for _, loss in accumulated] == pytest.approx([loss for _, loss in plain], rel=1e-4)
 
@@ -91,6 +97,27 @@ def test_bench_fit_of_a_diverging_run_exits_with_one_line(tmp_path, small_corpus
     assert out.stderr.strip().splitlines()[-1].startswith("bench: dense nano: diverged: non-finite training loss")
     (run,) = ResultsStore(tmp_path / "s.db").runs("failed")
     assert run.error.startswith("diverged:") and run.steps < 40
+
+
+def test_bench_fit_stopped_by_sigterm_exits_non_zero_with_one_line(tmp_path, small_corpus) -> None:
+    """Lightning's SIGTERMException is a bare SystemExit (exit code 0): a sweep would count the run finished."""
+    cmd = [sys.executable, "-m", "cslaws", "fit", "--model.size", "nano", "--model.tokens", str(STEPS_LONG * BATCH * SEQ),
+           "--data.path", "text", "--data.data_files", "[" + ",".join(small_corpus) + "]", "--data.vocab_size", "300",
+           "--data.seq_len", str(SEQ), "--data.batch_size", str(BATCH), "--data.val_sequences", "16",
+           "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), "--store.path", str(tmp_path / "s.db")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((tmp_path / "s.db").exists() and ResultsStore(tmp_path / "s.db", create=False).runs("running")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended or did not start"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the training loop
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1].startswith("bench: dense nano: stopped by SIGTERM at step")
+    (run,) = ResultsStore(tmp_path / "s.db").runs("failed")
+    assert run.error.startswith("SIGTERMException") and run.steps < STEPS_LONG
 
 
 def test_a_finished_run_stays_finished_when_the_refit_raises(tmp_path, small_corpus, monkeypatch, capsys) -> None:

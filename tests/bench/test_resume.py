@@ -1,6 +1,6 @@
 """Checkpoints and resume: a killed run resumes to the loss of an uninterrupted one, in one store row; resuming a
-finished run is refused and leaves its row as it was; a cell that starts again from scratch fails the row its dead
-process left; and a checkpoint reloads as the same compressed model."""
+finished run is refused and leaves its row as it was; a new or resumed run fails the rows that dead processes left
+`running`; and a checkpoint reloads as the same compressed model."""
 
 import glob
 import os
@@ -54,8 +54,14 @@ def test_a_killed_run_resumes_to_the_loss_of_an_uninterrupted_one(tmp_path, smal
     step = torch.load(glob.glob(pattern)[0], weights_only=False)["global_step"]
     assert 0 < step < STEPS
 
+    # a row that another killed process left `running` (an older record of a cell, say) is failed by the resume
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = store.start_run(RunRecord(label="dense", model="nano", n_params=1, tokens=0, bits_per_value=16.0, seed=0, dataset="d",
+                                       tokenizer="t", code_version="v", host=socket.gethostname(), pid=gone.pid))
     run_lightning_cli(fit_args(tmp_path, small_corpus, "killed", "--ckpt_path", "last"))
-    (run,) = store.runs(None)
+    run, left = store.runs(None)
+    assert left.run_id == orphan and left.status == "failed" and f"found by run {dead.run_id}" in left.error
     assert run.run_id == dead.run_id and run.status == "finished" and run.steps == STEPS
     assert run.final_val_loss == pytest.approx(whole.final_val_loss, abs=1e-5)
     train_steps = [p[0] for p in store.curve(run.run_id) if p[2] is not None]
@@ -76,9 +82,11 @@ def test_resuming_a_finished_run_is_refused_and_leaves_its_row_as_it_was(tmp_pat
     assert store.curve(before.run_id)[-1][0] == 8
 
 
-def test_a_cell_started_again_from_scratch_fails_the_row_of_its_dead_process(tmp_path, small_corpus) -> None:
-    # a cell killed before its first checkpoint: the sweep relaunches it with --ckpt_path last, Lightning finds
-    # no checkpoint and the run starts again in a new row
+@pytest.mark.parametrize("cell", ["c", None], ids=["sweep cell", "plain fit"])
+def test_a_new_run_fails_the_rows_of_dead_processes(tmp_path, small_corpus, cell) -> None:
+    # a process killed without warning (before its first checkpoint) leaves its row `running`: a sweep cell
+    # relaunched with --ckpt_path last that finds no checkpoint, or the same `bench fit` run again, starts a new
+    # row, and fails the rows whose processes are gone
     store = ResultsStore(tmp_path / "cell.db")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -88,16 +96,18 @@ def test_a_cell_started_again_from_scratch_fails_the_row_of_its_dead_process(tmp
         return store.start_run(RunRecord(label="dense", model="nano", n_params=1, tokens=0, bits_per_value=16.0, seed=0,
                                          dataset="d", tokenizer="t", code_version="v", cell=cell, host=host, pid=pid))
 
-    stale, elsewhere, other_cell = running("c", host, dead.pid), running("c", "elsewhere", 1), running("x", host, dead.pid)
+    stale, other_cell = running("c", host, dead.pid), running("x", host, dead.pid)
+    elsewhere, alive = running("c", "elsewhere", 1), running("c", host, os.getpid())
     run_lightning_cli(fit_args(tmp_path, small_corpus, "cell", "--model.tokens", str(8 * BATCH * SEQ),
-                               "--store.cell", "c", "--ckpt_path", "last"))
+                               *(["--store.cell", cell] if cell else []), "--ckpt_path", "last"))
     rows = {r.run_id: r for r in store.runs(None)}
     (new,) = [r for r in rows.values() if r.status == "finished"]
-    assert new.cell == "c" and new.steps == 8
-    assert rows[stale].status == "failed" and rows[stale].error == (
-        f"superseded by run {new.run_id}: its process ended before a checkpoint, and the cell started again from scratch")
-    # a process on another host cannot be checked, and another cell is not this run's business
-    assert rows[elsewhere].status == "running" and rows[other_cell].status == "running"
+    assert new.cell == cell and new.steps == 8
+    for row in (stale, other_cell):
+        assert rows[row].status == "failed" and rows[row].error == (
+            f"its process (pid {dead.pid} on {host}) ended without recording why (killed); found by run {new.run_id}")
+    # a process on another host cannot be checked, and a live one is running
+    assert rows[elsewhere].status == "running" and rows[alive].status == "running"
 
 
 @pytest.mark.parametrize(

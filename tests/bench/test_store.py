@@ -103,3 +103,19 @@ def test_reading_leaves_no_files_beside_the_store_and_sees_a_writer_s_commits(tm
         with writer:
             writer.execute("UPDATE runs SET final_val_loss=2.5")
         assert read_sqlite(path, lambda db: db.execute("SELECT final_val_loss FROM runs").fetchone()[0]) == 2.5
+
+
+def test_a_store_opened_to_read_is_not_written(tmp_path) -> None:
+    """Reading (`create=False`) neither turns a rollback-journal store into WAL nor needs the file writable."""
+    path = tmp_path / "r.db"
+    store = ResultsStore(path)
+    run_id = store.add_finished(RunRecord(label="dense", model="nano", n_params=26784, tokens=1000, bits_per_value=16.0,
+                                          seed=0, dataset="d", tokenizer="t", code_version="v", cell="c", final_val_loss=3.0),
+                                [(1, 1000, 3.5, 3.0)])
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+    before = path.read_bytes()
+    reader = ResultsStore(path, create=False)
+    assert [r.final_val_loss for r in reader.runs()] == [3.0] and reader.curve(run_id) == [(1, 1000, 3.5, 3.0)]
+    assert reader.finished_cells() == {"c"}
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]

@@ -86,3 +86,57 @@ def test_merge_leaves_nothing_beside_its_inputs(tmp_path, capsys) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == files
     assert bench(["store", "merge", str(tmp_path / "out.db"), str(a)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files + ["out.db"])
+
+
+def _imported(row: str, started_at: float, source: str) -> RunRecord:
+    return RunRecord(label="w4a4", model="30M", n_params=30_000_000, tokens=3_000_000_000, bits_per_value=4.0, seed=0,
+                     dataset="C4", tokenizer="gpt2", code_version="imported", config=row, source=source,
+                     started_at=started_at, final_val_loss=3.1, finished_at=started_at)
+
+
+def test_stores_that_imported_the_same_file_merge_into_one_copy(tmp_path, capsys) -> None:
+    """Two imports of one CSV (other file names, other times) are the same runs; a row the file lists twice
+    is two runs, in the merge as in the import."""
+    rows = ["N: 30M\nloss: 3.1", "N: 30M\nloss: 3.1", "N: 50M\nloss: 3.0"]
+    for name, t in (("a", 100.0), ("b", 200.0)):
+        store = ResultsStore(tmp_path / f"{name}.db")
+        for k, row in enumerate(rows, 1):
+            store.add_finished(_imported(row, t + k, f"imported: {name}.csv row {k}"))
+    out = tmp_path / "out.db"
+    assert bench(["store", "merge", str(out), str(tmp_path / "a.db"), str(tmp_path / "b.db")]) == 0
+    assert "merged 3 run(s)" in capsys.readouterr().out
+    assert sorted(r.record.config for r in read_store(out)) == sorted(rows)
+    # the same rows under another comparability key are other runs
+    other = _imported(rows[2], 300.0, "imported: c.csv row 3")
+    other.val_set = "C4 validation v2"
+    ResultsStore(tmp_path / "c.db").add_finished(other)
+    assert bench(["store", "merge", str(out), str(tmp_path / "c.db")]) == 0
+    assert len(read_store(out)) == 4
+
+
+def test_a_later_record_of_a_run_replaces_the_one_merged_before(tmp_path, capsys) -> None:
+    """A store copied while its run was running, then again after it finished: the finished record replaces
+    the running one. A record older than the one held (a stale copy) is skipped."""
+    a = ResultsStore(tmp_path / "a.db")
+    run_id = a.start_run(_record("c1", 1.0))
+    a.set_trained(run_id, 10, 2560, 0.01)
+    a.log_point(run_id, 10, 2560, 4.2)
+    stale = tmp_path / "stale.db"
+    stale.write_bytes((tmp_path / "a.db").read_bytes())
+    out = tmp_path / "out.db"
+    assert bench(["store", "merge", str(out), str(tmp_path / "a.db")]) == 0
+    a.fail(run_id, "killed")
+    a.resume_run(run_id, 10, "h", 8)
+    a.set_trained(run_id, 20, 5120, 0.02)
+    a.log_point(run_id, 20, 5120, 3.9, 3.8)
+    a.finish(run_id, 3.8)
+    capsys.readouterr()
+    assert bench(["store", "merge", str(out), str(tmp_path / "a.db")]) == 0
+    assert "1 held run(s) replaced" in capsys.readouterr().out
+    (merged,) = read_store(out)
+    assert merged.record.status == "finished" and merged.record.steps == 20 and merged.record.final_val_loss == 3.8
+    assert merged.curve == [(10, 2560, 4.2, None), (20, 5120, 3.9, 3.8)]
+    before = _digest(out)
+    assert bench(["store", "merge", str(out), str(stale)]) == 0
+    assert "1 earlier record(s)" in capsys.readouterr().out
+    assert _digest(out) == before
