@@ -33,6 +33,7 @@ from cslaws.bench.store import ResultsStore, RunRecord, process_gone
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.formats.linear import storage_bits
+from cslaws.laws.capacity import run_capacity
 
 
 def code_version() -> str:
@@ -178,6 +179,7 @@ class StreamToStore(L.Callback):
             activation_bits=activation_bits,
             weight=factory.weight.spec(),
             activation=factory.activation.spec(),
+            capacity=run_capacity(factory.weight.spec(), factory.activation.spec()),
             seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
             dataset=dm.provenance["dataset"],
             tokenizer=dm.provenance["tokenizer"],

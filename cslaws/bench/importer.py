@@ -32,7 +32,7 @@ from cslaws.errors import BenchError
 from cslaws.formats import Format
 from cslaws.formats.dense import Dense
 from cslaws.bench.cli import shipped_configs
-from cslaws.laws.capacity import load_format_config, model_bits
+from cslaws.laws.capacity import load_format_config, model_bits, run_capacity
 from cslaws.models.llama import SIZES, non_embedding_params
 
 #: The comparability key of QuEST's runs (the defaults): C4, GPT-2 tokenizer padded to 50304, C4 validation.
@@ -141,6 +141,7 @@ def records(args: argparse.Namespace) -> list[RunRecord]:
         if not math.isfinite(loss):
             raise BenchError(f"{args.runs} row {k}: loss {loss!r} is not finite")
         weight, activation = configs[label]
+        weight_spec, activation_spec = (None if f is None else f.spec() for f in (weight, activation))
         n_params = _count(row, args.n_col, k, args.runs)
         vocab = _count(row, "vocab_size", k, args.runs) if row.get("vocab_size") else None
         size = size_of(n_params)
@@ -151,7 +152,7 @@ def records(args: argparse.Namespace) -> list[RunRecord]:
             dataset=args.dataset, tokenizer=args.tokenizer, val_set=args.val_set, vocab_size=vocab,
             seq_len=_count(row, "sequence_length", k, args.runs) if row.get("sequence_length") else None,
             code_version="imported", config=_row_text(row),
-            weight=None if weight is None else weight.spec(), activation=None if activation is None else activation.spec(),
+            weight=weight_spec, activation=activation_spec, capacity=run_capacity(weight_spec, activation_spec),
             source=f"imported: {args.runs.name} row {k}", status="finished", final_val_loss=loss,
         ))
     return out

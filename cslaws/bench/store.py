@@ -2,10 +2,11 @@
 
 A run row records everything needed to refit a law from the store alone, years later: model size and N,
 tokens D (optimizer steps actually trained x tokens per step), the passes over the training split
-(`epochs`), the weight and activation formats in full (class_path and init_args) and the bits per value
-each costs on the model's own layer shapes, seed, data set, tokenizer, vocabulary, sequence length and
-validation set (together the run's comparability key: losses in nats under different tokenizers or on
-different validation sets are not comparable), the code version, the resolved config, status and
+(`epochs`), the weight and activation formats in full (class_path and init_args), the bits per value
+each costs on the model's own layer shapes and their Gaussian errors (GMSE, of each capacity part too),
+seed, data set, tokenizer, vocabulary, sequence length and validation set (together the run's
+comparability key: losses in nats under different tokenizers or on different validation sets are not
+comparable), the code version, the resolved config, status and
 timestamps. Its loss curve sits in `points` (step, tokens, train loss, validation loss). Every write is one
 transaction, so a crash leaves a run `running` or `failed`, never half-written and counted as `finished`;
 the store refuses to mark a run finished without a finite loss.
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     weight TEXT,
     activation TEXT,
+    capacity TEXT,
     seed INTEGER NOT NULL,
     dataset TEXT NOT NULL,
     tokenizer TEXT NOT NULL,
@@ -77,7 +79,7 @@ CREATE INDEX IF NOT EXISTS runs_cell ON runs(cell, status);
 ADDED_COLUMNS = {
     "activation_bits": "REAL", "steps": "INTEGER", "tokens_per_step": "INTEGER", "epochs": "REAL",
     "seq_len": "INTEGER", "vocab_size": "INTEGER", "val_set": "TEXT", "source": "TEXT",
-    "host": "TEXT", "pid": "INTEGER",
+    "host": "TEXT", "pid": "INTEGER", "capacity": "TEXT",
 }
 
 
@@ -94,6 +96,8 @@ class RunRecord:
     cost and `activation_bits` the activation format's, both averaged over the model's compressed linears
     on their real shapes; `epochs` is the passes over the training split; `dataset`, `tokenizer`,
     `vocab_size`, `seq_len` and `val_set` (validation-set fingerprint) make up the comparability key;
+    `capacity` is the formats' Gaussian errors as measured when the run was stored (`laws.capacity.run_capacity`:
+    each side's GMSE and its capacity parts' family and GMSE), so the unified law refits from the store alone;
     `source` is None for runs trained here, else where an imported run came from; `host` and `pid` name the
     process that trains a `running` run (so that a sweep can tell a live run from one whose process died).
     """
@@ -110,6 +114,7 @@ class RunRecord:
     config: str = ""
     weight: dict[str, Any] | None = None
     activation: dict[str, Any] | None = None
+    capacity: dict[str, Any] | None = None
     activation_bits: float | None = None
     steps: int | None = None
     tokens_per_step: int | None = None
@@ -148,7 +153,7 @@ class RunRecord:
         return (self.config, self.label, self.n_params, self.tokens, self.final_val_loss, *self.comparability)
 
 
-_JSON_FIELDS = ("weight", "activation")
+_JSON_FIELDS = ("weight", "activation", "capacity")
 
 
 def _to_row(record: RunRecord) -> dict[str, Any]:
@@ -162,7 +167,7 @@ def _to_row(record: RunRecord) -> dict[str, Any]:
 def _from_row(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
     for k in _JSON_FIELDS:
-        data[k] = None if data[k] is None else json.loads(data[k])
+        data[k] = None if data.get(k) is None else json.loads(data[k])
     # a store read without migrating (ResultsStore(create=False)) may lack the columns added later
     return RunRecord(**{f.name: data.get(f.name) for f in fields(RunRecord) if f.name in data or f.name in ADDED_COLUMNS})
 

@@ -140,33 +140,52 @@ def gmse_of_spec(spec: dict[str, Any]) -> tuple[float, float, str]:
     return _gmse_of_spec(json.dumps(without_backend(spec), sort_keys=True))
 
 
-def _declared_parts(fmt: Format) -> list[Format]:
-    """`fmt.capacity_parts()`, each of which must name its unified-law family."""
-    parts = fmt.capacity_parts()
-    undeclared = [type(p).__name__ for p in parts if not p.family]
+def capacity_parts_of(fmt: Format) -> list[dict[str, Any]]:
+    """Each part whose capacity multiplies into the format's (unified law): its class, family ("" where
+    undeclared) and GMSE. GMSEs go through the per-spec cache: a part that is also a format of its own is
+    measured once."""
+    return [{"class": type(p).__name__, "family": p.family, "gmse": gmse_of_spec(p.spec())[0]} for p in fmt.capacity_parts()]
+
+
+def declared(parts: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """(family, GMSE) of capacity parts (`capacity_parts_of`), each of which must name its unified-law family."""
+    undeclared = [p["class"] for p in parts if not p["family"]]
     if undeclared:
         raise ValueError(
             f"format(s) {undeclared} declare no unified-law family; set the class attribute `family` "
             "(e.g. 'scalar', 'sparse', 'vq', or a new family name) to fit them with the unified form"
         )
-    return parts
+    return [(p["family"], float(p["gmse"])) for p in parts]
 
 
 def components_of(fmt: Format) -> list[tuple[str, float]]:
-    """(family, GMSE) of each part whose capacity multiplies into the format's (unified law). GMSEs go
-    through the per-spec cache: a part that is also a format of its own is measured once."""
-    return [(p.family, gmse_of_spec(p.spec())[0]) for p in _declared_parts(fmt)]
+    """(family, GMSE) of each part whose capacity multiplies into the format's (unified law)."""
+    return declared(capacity_parts_of(fmt))
 
 
-def components_of_spec(spec: dict[str, Any] | None) -> list[tuple[str, float]]:
-    """`components_of` for a stored format spec; none for a missing (dense) format."""
-    return [] if spec is None else components_of(format_from_spec(without_backend(spec)))
+def format_capacity(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the results store keeps of a format's Gaussian error: its GMSE and its capacity parts
+    (`capacity_parts_of`); None for a dense or absent format (no error, no parts)."""
+    if spec is None or spec.get("class_path", "").endswith(".Dense"):
+        return None
+    return {"gmse": gmse_of_spec(spec)[0], "parts": capacity_parts_of(format_from_spec(without_backend(spec)))}
 
 
-def part_gmses_of_spec(spec: dict[str, Any] | None) -> list[float]:
-    """GMSE of each capacity part of a stored format spec, whether or not its family is declared."""
-    parts = [] if spec is None else format_from_spec(without_backend(spec)).capacity_parts()
-    return [gmse_of_spec(p.spec())[0] for p in parts]
+def run_capacity(weight: dict[str, Any] | None, activation: dict[str, Any] | None) -> dict[str, Any]:
+    """`format_capacity` of a run's weight and activation formats, as a run row stores it (`capacity`)."""
+    return {"weight": format_capacity(weight), "activation": format_capacity(activation)}
+
+
+def stored_capacity(record: Any) -> dict[str, Any]:
+    """A run's capacity as stored with it; a run stored before versions recorded it is measured now, from its
+    format specs with this code version (a spec this version cannot build is the user's to resolve)."""
+    if record.capacity is not None:
+        return record.capacity
+    try:
+        return run_capacity(record.weight, record.activation)
+    except (ArgumentError, ImportError, ValueError) as err:  # ArgumentError: a class_path it cannot import
+        raise BenchError(f"run {record.run_id} ({record.label!r}) stored no GMSE (a store from before they were stored), "
+                         f"and this code version cannot rebuild its format to measure one: {' '.join(str(err).split())}") from err
 
 
 def _format_parser() -> ArgumentParser:
@@ -178,9 +197,10 @@ def _format_parser() -> ArgumentParser:
 
 
 def format_from_spec(spec: dict[str, Any]) -> Format:
-    """Build a format from its spec (class_path and init_args), as the results store records it."""
+    """Build a format from its spec (class_path and init_args), as the results store records it. The spec is
+    copied: jsonargparse turns the nested dicts of the object it parses into Namespaces."""
     parser = _format_parser()
-    return parser.instantiate(parser.parse_object({"weight": spec})).weight
+    return parser.instantiate(parser.parse_object({"weight": copy.deepcopy(spec)})).weight
 
 
 def load_format_config(path: str | Path) -> tuple[str, Format | None, Format | None]:

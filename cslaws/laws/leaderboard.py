@@ -6,7 +6,8 @@ runs and, where they differ, their range), the fitted multiplier eff with its bo
 eff x 16 / bits (with the mean weight bits: the multiplier per bit, relative to 16-bit dense; above 1
 means the format buys more than its memory saving), the most passes over the training split any of the
 format's runs made (epochs; "-" where older stores did not record them),
-the GMSE of the weight and activation formats (rebuilt from the stored specs), the capacity the unified
+the GMSE of the weight and activation formats (as each run stored it; measured from the stored specs for
+runs of older stores), the capacity the unified
 law predicts with the published constants, and the number of runs. Capacities multiply (Panferov et al.
 2025): the prediction is the product of rho over the format's parts, a composition's sparsifier and
 quantizer apart and weights apart from activations (`Format.capacity_parts`).
@@ -22,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from cslaws.laws.capacity import gmse_of_spec, part_gmses_of_spec, without_backend
+from cslaws.laws.capacity import stored_capacity, without_backend
 from cslaws.laws.fit import FitError, LawFit, Runs, fit_compression, rho
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
@@ -96,26 +97,55 @@ def _max_epochs(records: Iterable[Any]) -> dict[str, float | None]:
     return out
 
 
-def _gmse(spec: dict[str, Any] | None) -> float | None:
-    if spec is None or spec.get("class_path", "").endswith(".Dense"):
-        return None
-    return gmse_of_spec(spec)[0]
+def label_capacity(records: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Per label, its formats' stored Gaussian errors (`stored_capacity`). A label names one format
+    (`one_per_label`), and runs of one format whose stored GMSEs differ were measured by code versions that
+    disagree: neither is fitted as one format."""
+    one_per_label(records, "weight"), one_per_label(records, "activation")
+    seen: dict[str, dict[str, Any]] = {}
+    for r in records:
+        cap = stored_capacity(r)
+        if r.label in seen and not _same_capacity(seen[r.label], cap):
+            raise FitError(f"label {r.label!r} has runs whose stored GMSEs differ ({seen[r.label]} vs {cap}): its "
+                           "runs were measured by code versions that disagree; refit them apart")
+        seen[r.label] = cap
+    return seen
+
+
+def _same_capacity(a: Any, b: Any) -> bool:
+    """Equal structure, and GMSEs equal to float rounding (a sampled GMSE may differ in its last bits
+    between machines)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_capacity(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_capacity(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def _side_gmse(side: dict[str, Any] | None) -> float | None:
+    return None if side is None else side["gmse"]
+
+
+def side_parts(capacity: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's capacity parts: its weight format's, then its activation format's."""
+    return [p for side in ("weight", "activation") if capacity[side] is not None for p in capacity[side]["parts"]]
 
 
 def build(records: Sequence[Any], reference: str = "dense", k: int = 100, seed: int = 0) -> Leaderboard:
     """Fit the compression form over `records` (finished RunRecords), bootstrap it, and rank formats."""
     runs = runs_of(records)
     bits, act_bits, epochs = label_bits(records), label_bits(records, "activation_bits"), _max_epochs(records)
-    weights = one_per_label(records, "weight")
-    activations = one_per_label(records, "activation")
+    capacities = label_capacity(records)
     law = fit_compression(runs, reference)
     intervals = bootstrap(law, runs, k=k, seed=seed)
     eff_ci = intervals.eff_ci
     rows = []
     for label, eff in law.eff.items():
-        gw, ga = _gmse(weights[label]), _gmse(activations[label])
-        parts = part_gmses_of_spec(weights[label]) + part_gmses_of_spec(activations[label])
-        capacity = math.prod(float(rho(g)) for g in parts)
+        cap = capacities[label]
+        gw, ga = _side_gmse(cap["weight"]), _side_gmse(cap["activation"])
+        capacity = math.prod(float(rho(p["gmse"])) for p in side_parts(cap))
         lo, hi = eff_ci[label]
         w_mean, w_min, w_max = bits[label]  # bits_per_value is a required field: never None
         a_bits = None if act_bits[label] is None else act_bits[label][0]

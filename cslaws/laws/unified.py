@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cslaws.laws.capacity import components_of_spec
+from cslaws.laws.capacity import declared
 from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression, fit_unified, pinned
-from cslaws.laws.leaderboard import law_summary, one_per_label, runs_of
+from cslaws.laws.leaderboard import label_capacity, law_summary, runs_of, side_parts
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
 
@@ -101,9 +101,8 @@ def families_of(parts: dict[str, list[tuple[str, float]]]) -> set[str]:
 
 
 def format_parts(records: Sequence[Any]) -> dict[str, list[tuple[str, float]]]:
-    """Per label, its compressed parts as (family, GMSE): weights' then activations'."""
-    weights, activations = one_per_label(records, "weight"), one_per_label(records, "activation")
-    return {label: components_of_spec(weights[label]) + components_of_spec(activations[label]) for label in weights}
+    """Per label, its compressed parts as (family, GMSE), as its runs stored them: weights' then activations'."""
+    return {label: declared(side_parts(cap)) for label, cap in label_capacity(records).items()}
 
 
 def build_unified(

@@ -9,6 +9,7 @@ from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.formats.base import Format
 from cslaws.formats.int import Int
 from cslaws.formats.linear import storage_bits
+from cslaws.laws.capacity import gaussian_mse_of_levels
 
 
 def fit(model: LanguageModel, store_path, small_corpus, **trainer_kw) -> StreamToStore:
@@ -29,6 +30,10 @@ def test_a_run_is_recorded_with_what_defines_it(tmp_path, small_corpus) -> None:
     (run,) = store.runs()
     assert (run.label, run.model, run.n_params, run.tokens, run.seed) == ("int4", "nano", model.n_params, 20 * 128, 7)
     assert run.weight == Int(bits=4, backward="trust").spec() and run.activation["class_path"].endswith("Dense")
+    # the formats' Gaussian errors as measured at the start: INT4 with row scales is the Gaussian integral
+    exact = gaussian_mse_of_levels(Int(bits=4).gaussian_grid().numpy())
+    assert run.capacity == {"weight": {"gmse": exact, "parts": [{"class": "Int", "family": "scalar", "gmse": exact}]},
+                            "activation": None}
     assert (run.bits_per_value, run.activation_bits) == storage_bits(model.model) and run.activation_bits == 16.0
     assert (run.steps, run.tokens_per_step) == (20, 128)
     assert run.dataset.startswith("text:") and run.tokenizer.startswith("bytelevel-bpe-300@")
@@ -40,7 +45,8 @@ def test_a_run_is_recorded_with_what_defines_it(tmp_path, small_corpus) -> None:
 
 
 class Exploding(Format):
-    """Dense until its 30th call, then raises: a crash in the middle of training."""
+    """Dense until its 30th call in training, then raises: a crash in the middle of training (the GMSE measured
+    when the run starts calls it without autograd)."""
 
     bits_per_value = 16.0
 
@@ -49,7 +55,7 @@ class Exploding(Format):
         self.calls = 0
 
     def compress(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        self.calls += torch.is_grad_enabled()
         if self.calls > 30:
             raise RuntimeError("boom")
         return x

@@ -76,6 +76,7 @@ def test_importing_again_skips_the_runs_already_there(tmp_path: Path, capsys) ->
     out = capsys.readouterr().out
     assert "imported 0 runs" in out and "3 already there" in out
     assert len(ResultsStore(store).runs(None)) == 3, "a run imported twice is counted twice"
+    assert all(r.capacity["weight"]["gmse"] > 0 for r in ResultsStore(store).runs(None) if r.label != "dense")
     # the same rows on another validation set are other runs, not the ones held
     assert bench([*argv, "--val-set", "C4 validation v2"]) == 0
     assert "imported 3 runs" in capsys.readouterr().out

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cslaws.bench.store import ResultsStore
-from cslaws.laws.capacity import format_from_spec, model_bits
+from cslaws.laws.capacity import format_from_spec, model_bits, run_capacity
 from cslaws.models.llama import SIZES, non_embedding_params
 
 STORE = Path(__file__).resolve().parents[2] / "results" / "cpu-matrix.db"
@@ -53,6 +53,14 @@ def test_recorded_formats_rebuild_with_their_recorded_bits(runs) -> None:
         else:
             bits = model_bits(weight, activation, r.model)
             assert (r.bits_per_value, r.activation_bits) == pytest.approx((bits["weight"], bits["activation"]))
+
+
+def test_every_run_stores_the_gaussian_errors_this_code_measures(runs) -> None:
+    """The law's GMSE inputs are in the store (filled in after the study, which predates the column, by this
+    version's measurement: the same values the leaderboard measured from the specs before)."""
+    for r in runs:
+        assert r.capacity == run_capacity(r.weight, r.activation)
+        assert (r.capacity["weight"] is None) == (r.label == "dense")
 
 
 def test_every_run_has_its_loss_curve(runs) -> None:

@@ -3,7 +3,7 @@ from contextlib import closing
 
 import pytest
 
-from cslaws.bench.store import ResultsStore, RunRecord, check_is_store, read_sqlite
+from cslaws.bench.store import ADDED_COLUMNS, SCHEMA, ResultsStore, RunRecord, check_is_store, read_sqlite
 from cslaws.errors import BenchError
 
 
@@ -119,3 +119,25 @@ def test_a_store_opened_to_read_is_not_written(tmp_path) -> None:
     assert [r.final_val_loss for r in reader.runs()] == [3.0] and reader.curve(run_id) == [(1, 1000, 3.5, 3.0)]
     assert reader.finished_cells() == {"c"}
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
+
+
+def test_a_store_of_an_older_schema_reads_as_it_is_and_migrates_when_written(tmp_path) -> None:
+    """A store from before the columns of ADDED_COLUMNS: read without them (None), migrated when opened to write."""
+    path = tmp_path / "old.db"
+    first_schema = SCHEMA
+    for column, kind in ADDED_COLUMNS.items():
+        first_schema = first_schema.replace(f"    {column} {kind},\n", "")
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(first_schema)
+        db.execute("INSERT INTO runs (label, model, n_params, tokens, bits_per_value, weight, activation, seed, dataset, "
+                   "tokenizer, code_version, config, status, final_val_loss, started_at) VALUES ('int4', 'nano', 26784, "
+                   "1000, 4.4, NULL, NULL, 0, 'd', 't', 'v', '', 'finished', 3.0, 1.0)")
+    with closing(sqlite3.connect(path)) as db:
+        have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+    assert not have & set(ADDED_COLUMNS), "the test builds the first schema"
+    (run,) = ResultsStore(path, create=False).runs()
+    assert (run.final_val_loss, run.capacity, run.activation_bits, run.val_set) == (3.0, None, None, None)
+    ResultsStore(path)  # opened to write: migrated
+    with closing(sqlite3.connect(path)) as db:
+        assert set(ADDED_COLUMNS) <= {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+    assert ResultsStore(path).runs()[0].final_val_loss == 3.0

@@ -315,3 +315,16 @@ def test_a_pruning_schedule_is_measured_at_its_end():
     assert gmse(cubic)[0] == pytest.approx(0.5 - 2 * t * norm.pdf(t), rel=0.005)
     assert gmse(cubic)[0] == gmse(Magnitude(sparsity=0.5))[0]
     assert cubic.current_sparsity == 0.0, "measuring it moved the format's own schedule"
+
+
+def test_building_a_format_leaves_its_spec_as_it_was():
+    """jsonargparse turns the nested dicts of what it parses into Namespaces; a stored spec must stay data."""
+    from cslaws.formats.compose import Compose
+    from cslaws.formats.int import Int
+    from cslaws.formats.sparse import NM
+    from cslaws.laws.capacity import format_from_spec
+
+    spec = Compose([NM(2, 4), Int(bits=4)]).spec()
+    before = json.dumps(spec, sort_keys=True)
+    assert isinstance(format_from_spec(spec), Compose)
+    assert json.dumps(spec, sort_keys=True) == before

@@ -4,6 +4,8 @@ constants the runs were drawn from, brute-force planning, and bad input."""
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -363,3 +365,31 @@ def test_a_plan_past_the_measured_tokens_is_named_too():
                     "and are no better than its exponents. The plans of b lie outside the measured range of D [100, 800]: "
                     "they extrapolate the law (beta = 0.2) and are no better than its exponents.")
     assert extrapolation_note([choice("a", 20, 500)], records, law) == ""
+
+
+def test_the_leaderboard_reads_the_gmse_each_run_stored(capsys, tmp_path):
+    """Results are data: the GMSE a run stored is the one fitted, even where this code cannot rebuild the
+    format (a renamed class); a run stored without one is measured from its spec, or named when it cannot be."""
+    path = tmp_path / "stored.db"
+    store = ResultsStore(path)
+    n, d, loss, lab = synthetic(effs={"dense": 1.0, "int4": 0.7})
+    capacity = {"weight": {"gmse": 0.0123, "parts": [{"class": "Int", "family": "scalar", "gmse": 0.0123}]}, "activation": None}
+    renamed = {"class_path": "cslaws.formats.int_v1.Int", "init_args": {"bits": 4}}
+    for i, (ni, di, li, label) in enumerate(zip(n, d, loss, lab)):
+        store.add_finished(RunRecord(label=label, model="m", n_params=int(ni), tokens=int(di), bits_per_value=16.0, seed=i,
+                                     dataset="s", tokenizer="t", code_version="v", final_val_loss=float(li),
+                                     weight=None if label == "dense" else renamed,
+                                     capacity=None if label == "dense" else capacity))
+    assert bench(["leaderboard", "--store", str(path), "--bootstrap", "2", "--format", "json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out)["rows"] if r["label"] == "int4")
+    assert row["gmse_weight"] == 0.0123 and row["rho"] == pytest.approx(float(rho(0.0123)))
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE runs SET capacity = NULL WHERE run_id = (SELECT MIN(run_id) FROM runs WHERE label = 'int4')")
+    assert bench(["leaderboard", "--store", str(path), "--bootstrap", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "('int4') stored no GMSE" in err and "int_v1" in err and "Traceback" not in err
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE runs SET capacity = ? WHERE capacity IS NULL AND label = 'int4'",
+                   (json.dumps({**capacity, "weight": {**capacity["weight"], "gmse": 0.02}}),))
+    assert bench(["leaderboard", "--store", str(path), "--bootstrap", "2"]) == 2
+    assert "label 'int4' has runs whose stored GMSEs differ" in capsys.readouterr().err
