@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -43,6 +44,23 @@ def file_in_the_way(folder: Path) -> Path | None:
     None: an `--out` is checked with it before any work, as the write at the end would fail."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())  # the parents end in '.' or '/'
     return None if existing.is_dir() else existing
+
+
+def check_can_create(folder: Path, what: str) -> None:
+    """`folder` is a folder or can be made one, and files can be made in it: checked before any work, as a
+    write at the end would fail and lose it. `what` (an option and its value) starts the error."""
+    blocker = file_in_the_way(folder)
+    if blocker is not None:
+        raise BenchError(f"{what}: {blocker} is a file, not a folder; give a path in a folder (missing folders are made)")
+    # The nearest existing folder is where the missing folders, or the files, will be made: make (and remove) a
+    # file there, as its permission bits do not tell (root may not write in /sys, nor anyone in /proc).
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".bench-write-check-"):
+            pass
+    except OSError as err:
+        raise BenchError(f"{what}: cannot write in {existing} ({err.strerror or err}); give a path in a folder you "
+                         "can write to") from None
 
 
 def resolve_config(value: str) -> str:
@@ -92,7 +110,6 @@ LIGHTNING_COMMANDS = {
     "fit": "Train a model over a format and store the run (the main job).",
     "validate": "Score a model (a checkpoint) on the validation set.",
     "test": "Score a model (a checkpoint) on the validation set, as Lightning's test loop.",
-    "predict": "Lightning's predict loop.",
 }
 
 

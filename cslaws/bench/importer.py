@@ -95,6 +95,8 @@ def bits_of(weight: Format | None, activation: Format | None, size: str | None) 
 def _number(row: dict[str, str], col: str, k: int, path: Path) -> float:
     if col not in row:
         raise BenchError(f"{path} has no column {col!r}; columns: {', '.join(row)}")
+    if row[col] is None:  # csv's value for the columns a short row lacks
+        raise BenchError(f"{path} row {k} has no {col} (the row has fewer fields than the header)")
     try:
         return float(row[col])
     except ValueError:
@@ -138,8 +140,8 @@ def records(args: argparse.Namespace) -> list[RunRecord]:
         if label not in configs:
             raise BenchError(f"{args.runs} row {k}: label {label!r} has no config in {args.configs}; labels: {', '.join(sorted(configs))}")
         loss = _number(row, args.loss_col, k, args.runs)
-        if not math.isfinite(loss):
-            raise BenchError(f"{args.runs} row {k}: loss {loss!r} is not finite")
+        if not (math.isfinite(loss) and loss > 0):  # a cross-entropy in nats is positive
+            raise BenchError(f"{args.runs} row {k}: loss {loss!r} is not a positive finite number")
         weight, activation = configs[label]
         weight_spec, activation_spec = (None if f is None else f.spec() for f in (weight, activation))
         n_params = _count(row, args.n_col, k, args.runs)

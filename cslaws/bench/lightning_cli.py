@@ -57,6 +57,11 @@ TRAINER_DEFAULTS = {
 
 
 class BenchCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # no `predict`: a language model's data module here has training and validation windows only
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in LIGHTNING_COMMANDS}
+
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # an int only: Lightning's true (a random seed) and false (no seeding) would leave the data order,
         # which follows the seed (`data.seed`), and the store's record of the seed undetermined

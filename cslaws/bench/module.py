@@ -75,7 +75,8 @@ class LanguageModel(L.LightningModule):
         compile: `torch.compile(fullgraph=True)` the model: true, false, or "auto" (on for CUDA, off on
             CPU, where Inductor's compile time outweighs the gain at these sizes). The formats run as
             opaque custom ops (`cslaws/formats/ops.py`), so compiling changes the numerics by rounding
-            only; the choice made is recorded as the hyperparameter `compiled`. Off by default: the Triton
+            only; the choice made is recorded in the checkpoint as `compiled` (not a hyperparameter:
+            `--ckpt_path` re-parses those as options). Off by default: the Triton
             kernels that formats use on CUDA are not yet wrapped as compile-safe ops, so "auto" is opt-in
             until a GPU run has checked it.
     """
@@ -113,6 +114,7 @@ class LanguageModel(L.LightningModule):
         if compile not in (True, False, "auto"):
             raise BenchError(f"compile={compile!r} is not allowed; use true, false or auto")
         self.compile_model = compile
+        self.compiled = False  # set in `setup` for fitting: whether the model was compiled
         self.size_name = size
         self.size = get_size(size)
         self.factory = LinearFactory(_as_format(weight), _as_format(activation))
@@ -173,7 +175,7 @@ class LanguageModel(L.LightningModule):
         self.total_steps = align_to_validation(steps, self.trainer.val_check_interval)
         self.trainer.datamodule.set_train_sequences(self.total_steps * per_step // self.trainer.datamodule.seq_len)
         compiled = self.trainer.strategy.root_device.type == "cuda" if self.compile_model == "auto" else self.compile_model
-        self.hparams["compiled"] = compiled
+        self.compiled = compiled
         if compiled:
             self.model.compile(fullgraph=True)  # in place: the state dict keeps its keys
 
@@ -223,6 +225,7 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["format_progress"] = self.factory.weight.progress
+        checkpoint["compiled"] = self.compiled
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A format with a schedule (gradual pruning) computes as it did at the checkpoint's progress.

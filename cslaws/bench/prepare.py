@@ -133,7 +133,9 @@ class Source:
     def splits(self) -> list[str] | None:
         """The split names of a non-built-in source, without reading it; None where only loading tells (a single
         saved dataset, or a directory whose dataset card may define its own)."""
-        from datasets.data_files import EmptyDatasetError, get_data_patterns
+        from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+        from datasets.exceptions import DataFilesNotFoundError
+        from datasets.load import infer_module_for_data_files
 
         path = Path(self.path)
         if self.data_files:
@@ -142,11 +144,36 @@ class Source:
             return json.loads((path / "dataset_dict.json").read_text())["splits"]
         if (path / "state.json").exists() or (path / "README.md").exists():
             return None
+        base = str(path.resolve())
         try:
-            return [str(s) for s in get_data_patterns(str(path.resolve()))]
-        except EmptyDatasetError:
-            raise BenchError(f"dataset directory {self.path!r} holds no data files; give a directory of text, json, "
-                             "csv, parquet, ... files or one saved by `datasets`") from None
+            patterns = get_data_patterns(base)
+            # `load_dataset` picks its loader by the files' extensions: files of no type it knows (a prepared
+            # corpus's .bin files, a results .db) are the same dead end as no files, found here before any work.
+            infer_module_for_data_files(DataFilesDict.from_patterns(patterns, base_path=base), path=self.path)
+        except (EmptyDatasetError, DataFilesNotFoundError):
+            prepared = (f"; it is a prepared corpus, which bench fit reads with --data.path {self.path}"
+                        if (path / INDEX).exists() else "")
+            raise BenchError(f"dataset directory {self.path!r} holds no data files that a `datasets` loader reads "
+                             f"({', '.join(TEXT_LOADERS)} files, by their extensions){prepared}; give a directory of "
+                             "such files or one saved by `datasets`") from None
+        return [str(s) for s in patterns]
+
+    def unreadable(self, err: Exception) -> BenchError:
+        """The error for files a `datasets` loader failed on, naming them and why: its own error names neither
+        ('An error occurred while generating the dataset'), its cause says why but not where."""
+        from datasets.arrow_writer import SchemaInferenceError
+
+        cause = err.__cause__ or err
+        files = f"data files {', '.join(map(repr, self.data_files))}" if self.data_files else f"dataset directory {self.path!r}"
+        if isinstance(cause, UnicodeDecodeError):
+            why = "not UTF-8 text"
+        elif isinstance(cause, SchemaInferenceError):  # the writer's complaint when the files gave no row
+            why = "no rows (empty?)"
+        elif self.path in TEXT_LOADERS:
+            why = f"not valid {self.path.upper()} for the `datasets` loader {self.path!r}"
+        else:
+            why = "not valid for the `datasets` loader their file types select"
+        return BenchError(f"{files} could not be read: {why} ({type(cause).__name__}: {cause})")
 
     def stamp(self) -> list:
         """What identifies the source's content cheaply (for the cache of unprepared corpora): the built-ins'
@@ -173,8 +200,11 @@ class Source:
             ds = ds[self.split] if isinstance(ds, datasets.DatasetDict) else ds
             ds = ds.to_iterable_dataset() if self.streaming else ds
         else:
-            ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
-                                       streaming=self.streaming, cache_dir=cache_dir)
+            try:
+                ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
+                                           streaming=self.streaming, cache_dir=cache_dir)
+            except datasets.exceptions.DatasetGenerationError as err:  # what the loaders raise for a file they cannot parse
+                raise self.unreadable(err) from None
         if ds.column_names is not None and self.text_column not in ds.column_names:
             raise BenchError(f"text column {self.text_column!r} is not in the data set; its columns are {ds.column_names}")
         return ds
@@ -212,6 +242,7 @@ class TokenizerSpec:
 #: The `datasets` loaders that read rows with a text column from files (`load_dataset(name, data_files=...)`).
 #: Its full list of loaders is private and holds image, audio and genome readers, which make no corpus.
 TEXT_LOADERS = ("arrow", "csv", "json", "pandas", "parquet", "text", "webdataset", "xml")
+
 
 
 def load_tokenizer(path: str):
@@ -404,7 +435,11 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
     num_proc = num_proc or os.cpu_count() or 1
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:  # a folder that is not ours to write (permissions, a read-only file system): before any work
+        raise BenchError(f"--out {str(out)!r} cannot be created: {err.strerror} ({err.filename}); choose another --out, "
+                         "in a folder you can write to") from None
     try:
         ds = source.load(str(tmp / "hf"))
         if tokenizer.file is not None:

@@ -240,12 +240,35 @@ def read_sqlite(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
         return read(db)
 
 
-def _tables(path: Path) -> set[str]:
-    """The tables of the SQLite file at `path`, read only; a file that is not SQLite is a BenchError."""
+def _first_schema_columns() -> frozenset[str]:
+    """The columns of `runs` in every results store, however old: the schema's, less those added later."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(SCHEMA)
+        return frozenset(r[1] for r in db.execute("PRAGMA table_info(runs)")) - set(ADDED_COLUMNS)
+
+
+STORE_COLUMNS = _first_schema_columns()
+
+
+def _tables(path: Path) -> dict[str, set[str]]:
+    """The tables of the SQLite file at `path` and their columns, read only; a file that is not SQLite is a
+    BenchError."""
+    def read(db: sqlite3.Connection) -> dict[str, set[str]]:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {name: {r[1] for r in db.execute(f'PRAGMA table_info("{name}")')} for name in names}
+
     try:
-        return read_sqlite(path, lambda db: {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")})
+        return read_sqlite(path, read)
     except sqlite3.DatabaseError as err:
         raise BenchError(f"{path} is not a results store: {err} (a store is a SQLite file that bench writes)") from err
+
+
+def _check_runs_table(path: Path, tables: dict[str, set[str]]) -> None:
+    """A `runs` table of another application (its own columns) is not a store's."""
+    missing = STORE_COLUMNS - tables["runs"]
+    if missing:
+        raise BenchError(f"{path} has a `runs` table without a results store's columns ({', '.join(sorted(missing))}): "
+                         "another application's database, not a results store written by bench")
 
 
 def check_is_store(path: Path) -> None:
@@ -253,8 +276,10 @@ def check_is_store(path: Path) -> None:
     neither a missing store is created nor a foreign file (text, another SQLite database) is modified."""
     if not path.is_file():
         raise BenchError(f"no results store at {path}; train runs into it first (bench fit, bench sweep) or pass --store PATH")
-    if "runs" not in _tables(path):
+    tables = _tables(path)
+    if "runs" not in tables:
         raise BenchError(f"{path} is a SQLite file without a `runs` table, not a results store written by bench")
+    _check_runs_table(path, tables)
 
 
 def check_can_hold_store(path: Path) -> None:
@@ -266,6 +291,8 @@ def check_can_hold_store(path: Path) -> None:
         if tables and "runs" not in tables:
             raise BenchError(f"{path} is a SQLite database of another application (tables: {', '.join(sorted(tables))}), "
                              "not a results store; a store goes into a results store, an empty file or a new path")
+        if tables:
+            _check_runs_table(path, tables)
 
 
 class ResultsStore:

@@ -66,7 +66,7 @@ from rich.progress import (
 from rich.table import Table
 
 from cslaws.bench.budget import check_trainer_settings, requested_tokens
-from cslaws.bench.cli import resolve_config
+from cslaws.bench.cli import check_can_create, resolve_config
 from cslaws.bench.store import ResultsStore, RunRecord, default_store_path, process_gone
 from cslaws.console import console as rich_console
 from cslaws.errors import BenchError
@@ -222,6 +222,10 @@ def parse(argv: list[str]) -> Any:
     if unknown:
         raise BenchError(f"the matrix's fit settings: unknown key(s) {', '.join(unknown)}; a bench fit config "
                          f"has: {', '.join(FIT_KEYS)}")
+    check_not_owned(cfg.fit)
+    if cfg.store is not None and not cfg.store.strip():
+        raise BenchError(f"--store {cfg.store!r} is not a path; give the results store's file (or leave --store out "
+                         "for $CSLAWS_STORE or runs/results.db)")
     try:
         check_trainer_settings(cfg.fit.get("trainer") or {})
     except BenchError as err:
@@ -231,6 +235,28 @@ def parse(argv: list[str]) -> Any:
     if cfg.emit not in (None, "lines", "slurm"):
         raise BenchError(f"--emit {cfg.emit!r} is not allowed; use 'lines' or 'slurm'")
     return cfg
+
+
+#: `bench fit` settings that every cell sets itself (`Cell.command`), and the matrix entry that sets them: in
+#: the matrix's `fit` block they would be overridden without a word.
+SWEEP_OWNED = {
+    "seed_everything": "seeds", "ckpt_path": "the sweep (it resumes a cell's run)",
+    "model.size": "models", "model.tokens": "tokens", "model.tokens_per_param": "tokens_per_param",
+    "model.weight": "formats", "model.activation": "formats", "model.label": "formats",
+    "store.path": "--store", "store.cell": "the sweep (each cell's key)", "store.refit": "the sweep",
+    "store.keep_checkpoints": "--keep-checkpoints",
+}
+
+
+def check_not_owned(fit: dict[str, Any]) -> None:
+    """Refuse `fit` settings that each cell sets for itself (SWEEP_OWNED)."""
+    given = [key for key in fit if key in SWEEP_OWNED] + [
+        f"{key}.{sub}" for key, value in fit.items() if isinstance(value, dict) for sub in value
+        if f"{key}.{sub}" in SWEEP_OWNED]
+    if given:
+        owners = "; ".join(f"{key} by {SWEEP_OWNED[key]}" for key in given)
+        raise BenchError(f"the matrix's fit settings set {', '.join(given)}, which each cell sets for itself ({owners}); "
+                         "give them there, not under fit")
 
 
 def check_distinct(name: str, values: list[Any], key: Callable[[Any], Any] = lambda v: v) -> None:
@@ -390,6 +416,9 @@ def main(argv: list[str]) -> int:
     cfg = parse(argv[1:])
     console = rich_console()
     store_path = Path(cfg.store) if cfg.store else default_store_path()
+    work_dir = store_path.parent / "sweep"
+    if not cfg.dry_run:  # it holds the fit settings and the cells' logs: a folder that cannot be made stops here
+        check_can_create(work_dir, f"--store {store_path}: the sweep's folder {work_dir}")
     all_cells = cells(cfg)
     check_cells_build(all_cells, cfg)
     if cfg.dry_run or cfg.emit:  # only reading: a missing store holds nothing yet and is not created
@@ -417,7 +446,6 @@ def main(argv: list[str]) -> int:
         console.print(table)
         console.print(f"total to run: {sum(c.flops for c in todo):.3g} FLOPs")
         return 0
-    work_dir = store_path.parent / "sweep"
     work_dir.mkdir(parents=True, exist_ok=True)
     fit_config = write_fit_config(cfg, work_dir)
     if cfg.emit:

@@ -37,13 +37,13 @@ import json
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from cslaws.bench.cli import file_in_the_way
+from cslaws.bench.cli import check_can_create
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.laws import capacity as cap
@@ -58,7 +58,7 @@ from cslaws.laws.fit import (
     fit_chinchilla,
     fit_compression,
 )
-from cslaws.laws.plan import extrapolation_note, plan
+from cslaws.laws.plan import check_request, extrapolation_note, plan
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 from cslaws.laws.unified import check_constant
 from cslaws.models.llama import SIZES
@@ -85,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BenchError(f"{command}: {message}") from err
 
 
+class _Parser(argparse.ArgumentParser):
+    """The parser of every law command (and, through `add_subparsers`, of `bench law`'s actions): a bad option
+    is one line `bench: error: <command>: <message> (the options: bench <command> --help)`, exit code 2, as
+    for every other command of `bench`, not argparse's usage block and its own `bench <command>: error:`."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("bench ")
+        raise BenchError(f"{command}: {' '.join(message.split())} (the options: {self.prog} --help)")
+
+
 def _out(text: Any) -> None:
     console().print(text)
 
@@ -94,7 +104,7 @@ def _out(text: Any) -> None:
 
 
 def _law(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench law", description="Fit scaling laws: to runs in a CSV file (fit), or "
+    p = _Parser(prog="bench law", description="Fit scaling laws: to runs in a CSV file (fit), or "
                                 "the unified form over a results store (unified); check the compression law's "
                                 "D-independent gap on a store's runs (gaps); fit a penalty that may grow with D "
                                 "beside it (penalty).")
@@ -261,6 +271,7 @@ def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
     missing = [c for c in needed if c not in rows[0]]
     if missing:
         raise ValueError(f"{args.runs} has no column(s) {missing}; its columns are {list(rows[0])}")
+    _check_row_lengths(args.runs, rows, needed)
 
     def column(name: str) -> np.ndarray:
         try:
@@ -276,6 +287,18 @@ def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
         raise ValueError(f"--exclude-top must be in [0, {len(runs) - 1}] for {len(runs)} runs, got {args.exclude_top}")
     keep = np.argsort(runs.loss, kind="stable")[: len(runs) - args.exclude_top]
     return runs.subset(np.sort(keep)), args.exclude_top
+
+
+def _check_row_lengths(path: Path, rows: list[dict[str | None, Any]], needed: list[str]) -> None:
+    """Every row of the runs CSV at `path` has a field for each column of `needed`: `csv.DictReader` fills a
+    short row's missing fields with None; that is a malformed row, not a missing value (an empty field)."""
+    for number, row in enumerate(rows, start=1):
+        absent = [c for c in needed if row[c] is None]
+        if absent:
+            fields = sum(value is not None for key, value in row.items() if key is not None)
+            raise BenchError(f"--runs {path}: row {number} after the header has no field for column {absent[0]!r}: "
+                             f"it has {fields} field(s), the header {len(row)}; give every row a field per column "
+                             "(an empty field for a missing value)")
 
 
 def _runs_path(path: Path) -> Path:
@@ -313,7 +336,7 @@ def _interval(bounds: tuple[float, float] | None) -> str:
 
 
 def _capacity(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench capacity", description="Gaussian MSE, bits and predicted capacity of formats.")
+    p = _Parser(prog="bench capacity", description="Gaussian MSE, bits and predicted capacity of formats.")
     p.add_argument("names", nargs="*", help="registered short names (default args) or format configs (formats/int4.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--model-size", default=None, metavar="SIZE",
@@ -410,16 +433,8 @@ def _check_seed(seed: int) -> None:
         raise BenchError(f"--seed must be a non-negative integer, got {seed}")
 
 
-def _check_folder(out: Path, folder: Path) -> None:
-    """`folder`, where `--out out` is written, is a folder or can be made one; checked before the fits."""
-    blocker = file_in_the_way(folder)
-    if blocker is not None:
-        raise BenchError(f"--out {out}: {blocker} is a file, not a folder; give a path in a folder "
-                         "(missing folders are made)")
-
-
 def _leaderboard(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench leaderboard", description="Refit the compression law and rank formats.")
+    p = _Parser(prog="bench leaderboard", description="Refit the compression law and rank formats.")
     _store_args(p)
     p.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
     args = p.parse_args(argv)
@@ -465,7 +480,7 @@ def _plot(argv: list[str]) -> int:
     from cslaws.laws.plot import plot_all
     from cslaws.laws.unified import format_parts
 
-    p = argparse.ArgumentParser(prog="bench plot", description="Figures of the leaderboard fit.")
+    p = _Parser(prog="bench plot", description="Figures of the leaderboard fit.")
     _store_args(p)
     _rho_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
@@ -473,7 +488,7 @@ def _plot(argv: list[str]) -> int:
     fixed = _fixed(args)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
     _check_seed(args.seed)
-    _check_folder(args.out, args.out)
+    _check_figures_out(args.out)
     records = _store_records(args)
     _check_fixed(fixed, records)
     board = lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed)
@@ -487,7 +502,7 @@ def _report(argv: list[str]) -> int:
     from cslaws.laws.heldout import check_fit_on
     from cslaws.laws.report import ReportOptions, render
 
-    p = argparse.ArgumentParser(prog="bench report", description="One self-contained HTML page of a store's law fits: "
+    p = _Parser(prog="bench report", description="One self-contained HTML page of a store's law fits: "
                                 "leaderboard, figures, held-out checks, planner and runs.")
     _store_args(p)
     _rho_args(p)
@@ -496,9 +511,7 @@ def _report(argv: list[str]) -> int:
                         "format in turn is predicted from the others of its families)")
     p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     args = p.parse_args(argv)
-    if args.out.is_dir():
-        raise BenchError(f"--out {args.out} is a folder; give the path of the HTML file to write (e.g. report.html)")
-    _check_folder(args.out, args.out.parent)
+    _check_report_out(args.out, args.store)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
     _check_seed(args.seed)
     fixed = _fixed(args)
@@ -518,8 +531,64 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+#: The first bytes of every SQLite database (a results store among them), and of every PNG file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+
+
+def _starts_with(path: Path, header: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(header)) == header
+
+
+def _check_report_out(out: Path, store: Path | None) -> None:
+    """`bench report --out out`, before the fits: a new file in a folder that can hold it, or a page a report
+    wrote before (replaced); never the results store `--store store` names, nor any other existing file, which
+    the page would replace (a mistyped --out must not lose a store's runs)."""
+    from cslaws.bench.store import default_store_path
+    from cslaws.laws.report import REPORT_HEAD
+
+    if out.is_dir():
+        raise BenchError(f"--out {out} is a folder; give the path of the HTML file to write (e.g. report.html)")
+    check_can_create(out.parent, f"--out {out}")
+    if not out.exists():
+        return
+    store = default_store_path() if store is None else store
+    try:
+        if store.exists() and out.samefile(store):
+            what = "the results store the page is made from"
+        elif not out.is_file():
+            what = "not a regular file"
+        elif _starts_with(out, REPORT_HEAD):
+            return
+        elif _starts_with(out, SQLITE_HEADER):
+            what = "a SQLite database (a results store?)"
+        else:
+            what = "a file that bench report did not write"
+    except OSError as err:
+        what = f"a file that cannot be read ({err.strerror or err})"
+    raise BenchError(f"--out {out} is {what}; the page would replace it: give a new path, or that of a page "
+                     "bench report wrote before")
+
+
+def _check_figures_out(out: Path) -> None:
+    """`bench plot --out out`, before the fits: a folder that is or can be made, where the figures' PNG files
+    may replace those of an earlier plot but no other file that has one of their names (a store, a folder)."""
+    from cslaws.laws.plot import FIGURES, figure_path
+
+    check_can_create(out, f"--out {out}")
+    for path in (figure_path(out, stem) for stem in FIGURES):
+        try:
+            if not path.exists() or (path.is_file() and _starts_with(path, PNG_HEADER)):
+                continue
+            what = "not a PNG file"
+        except OSError as err:
+            what = f"a file that cannot be read ({err.strerror or err})"
+        raise BenchError(f"--out {out}: {path} is {what}; the figure would replace it: give another folder")
+
+
 def _plan(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench plan", description="Rank formats by predicted loss under a budget.")
+    p = _Parser(prog="bench plan", description="Rank formats by predicted loss under a budget.")
     _common_store_args(p)
     p.add_argument("--memory-bits", type=float, default=None, help="memory budget for the weights, in bits")
     p.add_argument("--flops", type=float, default=None, help="training compute budget C in FLOPs (C = 6 N D)")
@@ -528,6 +597,7 @@ def _plan(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.memory_bits is None and args.flops is None:
         p.error("give --memory-bits, --flops, or both")
+    check_request(args.memory_bits, args.flops, args.formats)
     records = _store_records(args)
     law = fit_compression(lb.runs_of(records), args.dense)
     # each label's mean stored weight bits over its runs, as in the leaderboard's eff x 16/bits

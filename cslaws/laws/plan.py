@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from cslaws.errors import BenchError
 from cslaws.laws.fit import LawFit
 
 
@@ -55,6 +56,19 @@ def best_point(law: LawFit, eff: float, bits: float, memory_bits: float | None, 
     return n, d, float(law.predict(n, d, eff))
 
 
+def check_request(memory_bits: float | None, flops: float | None, labels: Sequence[str] | None) -> None:
+    """The budgets and candidate labels of a plan, checked without the law: `bench plan` calls this before
+    its fit, so that a bad value is refused at once, not after it."""
+    for name, option, value in (("memory budget", "--memory-bits", memory_bits), ("compute budget", "--flops", flops)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BenchError(f"the {name} ({option}) must be a positive number, got {value}")
+    chosen = list(labels or [])
+    twice = [label for i, label in enumerate(chosen) if label in chosen[:i]]
+    if twice:
+        # a label listed twice would be planned twice: refused, not merged, as the list was likely mistyped
+        raise BenchError(f"the candidate formats (--formats) list {twice[0]!r} twice; give each label once")
+
+
 def plan(
     law: LawFit,
     bits: dict[str, float],
@@ -63,9 +77,7 @@ def plan(
     labels: list[str] | None = None,
 ) -> list[Choice]:
     """Candidate formats ranked by predicted loss under the budget (best first)."""
-    for name, value in (("memory budget", memory_bits), ("compute budget", flops)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"the {name} must be a positive number, got {value}")
+    check_request(memory_bits, flops, labels)
     chosen = list(law.eff) if labels is None else labels
     unknown = [s for s in chosen if s not in law.eff]
     if unknown:

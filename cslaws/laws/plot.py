@@ -324,13 +324,22 @@ def figures(board: Leaderboard, runs: Runs, fit: RhoFit,
     }
 
 
+#: The file stems of `figures`, known before any fit: `bench plot` checks the paths it will write first.
+FIGURES = ("loss_vs_n", "loss_gap", "gap_vs_d", "eff_vs_gmse", "iso_memory")
+
+
+def figure_path(out: Path, stem: str) -> Path:
+    """The PNG file of figure `stem` in the folder `out`."""
+    return out / f"{stem}.png"
+
+
 def plot_all(board: Leaderboard, runs: Runs, fit: RhoFit, parts: dict[str, list[tuple[str, float]]],
              out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, make in figures(board, runs, fit, parts).items():
         fig = make()
-        path = out / f"{stem}.png"
+        path = figure_path(out, stem)
         fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps a legend placed below the axes
         plt.close(fig)
         paths.append(path)

@@ -175,10 +175,22 @@ figcaption, .note { color: #555; font-size: 13px; } .warn { color: #8a4b00; font
 """
 
 
-def page(title: str, body: str) -> str:
+#: The title of the page `render` writes.
+TITLE = "Compression scaling report"
+
+
+def _head(title: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{STYLE}</style>\n</head>\n<body><main>\n{body}\n</main></body>\n</html>\n")
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n')
+
+
+def page(title: str, body: str) -> str:
+    return _head(title) + f"<style>{STYLE}</style>\n</head>\n<body><main>\n{body}\n</main></body>\n</html>\n"
+
+
+#: The first bytes of every page `render` writes: an existing file that begins with them is a page
+#: `bench report --out` may replace; it refuses any other file (the results store, say), which would be lost.
+REPORT_HEAD = _head(TITLE).encode()
 
 
 SECTIONS = (("leaderboard", "Leaderboard"), ("loss-vs-n", "Loss vs N"), ("loss-gap", "Loss difference to the reference"),
@@ -323,7 +335,7 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
     parts_of = format_parts(records)
     predictions = held_out_predictions(records, board, parts_of, options.fixed, options.k, options.seed, options.fit_on,
                                        shared=None if options.fit_on is None else fit)
-    head = ["<h1>Compression scaling report</h1>",
+    head = [f"<h1>{TITLE}</h1>",
             para(f"Store {options.store}; {len(records)} runs fitted ({options.selection}); reference "
                  f"{options.reference}; {options.k} bootstrap resamples, seed {options.seed}."),
             "<nav>" + "".join(f'<a href="#sec-{a}">{html.escape(t)}</a>' for a, t in SECTIONS) + "</nav>"]
@@ -342,4 +354,4 @@ def render(options: ReportOptions, records: Sequence[RunRecord], all_runs: Seque
         _holdout_section(records, board.law),
         _runs_section(all_runs, {r.run_id for r in records}),
     ]
-    return page("Compression scaling report", "\n".join(head + body))
+    return page(TITLE, "\n".join(head + body))

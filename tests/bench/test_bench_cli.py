@@ -133,12 +133,13 @@ def test_a_file_torch_did_not_write_is_refused_as_a_checkpoint(store, workdir, c
     assert not (workdir / "runs").exists(), "runs/ was written"
 
 
-ALL_COMMANDS = ("fit", "validate", "test", "predict", "law", "capacity", "leaderboard", "plot", "plan", "report",
+ALL_COMMANDS = ("fit", "validate", "test", "law", "capacity", "leaderboard", "plot", "plan", "report",
                 "sweep", "data", "store")
 
 
-@pytest.mark.parametrize(("args", "said"), [([], "a command is needed"), (["foo"], "unknown command 'foo'")],
-                         ids=["no command", "unknown command"])
+@pytest.mark.parametrize(("args", "said"), [([], "a command is needed"), (["foo"], "unknown command 'foo'"),
+                                            (["predict", "--model.size", "nano"], "unknown command 'predict'")],
+                         ids=["no command", "unknown command", "Lightning's predict, which has no data here"])
 def test_a_missing_or_unknown_command_lists_every_command(args, said, workdir, capsys) -> None:
     rc = main(args)
     assert_clean_error(rc, capsys.readouterr().err, said, ", ".join(ALL_COMMANDS))

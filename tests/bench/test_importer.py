@@ -106,6 +106,9 @@ def test_the_same_rows_under_another_name_or_with_rows_appended_are_not_imported
     ("N,D,loss,format,vocab_size\n1e6,1e9,3.0,dense,50k\n", "bad.csv row 1: vocab_size = '50k' is not a number"),
     ("N,D,loss,format,sequence_length\n1e6,1e9,3.0,dense,512.5\n",
      "bad.csv row 1: sequence_length = '512.5' is not a positive whole number"),
+    ("N,D,loss,format\n1e6,1e9,0,dense\n", "bad.csv row 1: loss 0.0 is not a positive finite number"),
+    ("N,D,loss,format\n1e6,1e9,3.0,dense\n1e6,1e9,-3,dense\n", "bad.csv row 2: loss -3.0 is not a positive finite number"),
+    ("format,N,D,loss\ndense,1e6,1e9\n", "bad.csv row 1 has no loss (the row has fewer fields than the header)"),
     (None, "expected a CSV file of runs"),  # no such file
     (b"SQLite format 3\x00\xde\xad\xbe\xef", "expected a CSV file of runs"),  # not text
 ])

@@ -214,3 +214,51 @@ def test_builtin_corpus_refuses_options_it_would_ignore(small_corpus) -> None:
         with pytest.raises(BenchError, match="is a built-in corpus: it takes no data files or configuration name, and has "
                                              "one split, train; leave --data-files, --name and --split out"):
             source.check()
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a folder no one may create in (Linux's /sys)")
+def test_out_in_a_folder_that_cannot_be_written_is_refused(small_corpus, monkeypatch) -> None:
+    """Refused before the source is read, as one error naming --out and the system's reason (sysfs refuses
+    even root; the reason reads 'Operation not permitted', or 'Read-only file system' in some containers)."""
+    monkeypatch.setattr(Source, "load", lambda *a: pytest.fail("the source was read"))
+    with pytest.raises(BenchError, match=r"--out '/sys/cslaws-c' cannot be created: \w.* \(/sys/\.cslaws-c\.partial-\d+\); "
+                                         "choose another --out, in a folder you can write to"):
+        prepare(Source("text", data_files=tuple(small_corpus)), TokenizerSpec(None, 300), Path("/sys/cslaws-c"),
+                num_proc=1, progress=False)
+
+
+def test_unreadable_data_files_are_named_with_the_cause(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "bad.json").write_text('{"text": "a"\n')
+    (tmp_path / "latin").mkdir()
+    (tmp_path / "latin" / "a.txt").write_bytes(b"caf\xe9\n")
+    cases = [
+        (["text", "--data-files", "latin.txt"], "data files 'latin.txt' could not be read: not UTF-8 text (UnicodeDecodeError: "
+                                                "'utf-8' codec can't decode byte 0xe9 in position 3"),
+        (["text", "--data-files", "empty.txt"], "data files 'empty.txt' could not be read: no rows (empty?) (SchemaInferenceError"),
+        (["json", "--data-files", "bad.json"], "data files 'bad.json' could not be read: not valid JSON for the `datasets` "
+                                               "loader 'json' (ArrowInvalid: JSON parse error"),
+        (["latin"], "dataset directory 'latin' could not be read: not UTF-8 text (UnicodeDecodeError"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv, message in cases:
+        err = bench_data([*argv, "--out", "c", "--num-proc", "1", "--vocab-size", "300"], capsys)
+        assert f"bench: error: {message}" in err and "Traceback" not in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no partial folder
+
+
+def test_directory_without_supported_data_files_is_refused(prepared, tmp_path, monkeypatch, capsys) -> None:
+    """A folder of files `datasets` has no loader for (a results .db, a prepared corpus's .bin) is refused before
+    any work, naming the loaders that read files."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "results.db").write_bytes(b"SQLite format 3\0")
+    err = bench_data(["d", "--out", "c"], capsys)
+    assert err == "bench: error: dataset directory 'd' holds no data files that a `datasets` loader reads (arrow, csv, " \
+                  "json, pandas, parquet, text, webdataset, xml files, by their extensions); give a directory of such " \
+                  "files or one saved by `datasets`\n"
+    err = bench_data([str(prepared), "--out", "c"], capsys)
+    assert f"it is a prepared corpus, which bench fit reads with --data.path {prepared};" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]

@@ -81,6 +81,15 @@ def test_a_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path) -> None:
     with pytest.raises(BenchError, match=r"other.db is a SQLite database of another application \(tables: foo\)"):
         ResultsStore(foreign)
     assert foreign.read_bytes() == before
+    # a table named `runs` does not make a store: its columns must be a store's
+    with closing(sqlite3.connect(foreign)) as db, db:
+        db.execute("CREATE TABLE runs (x)")
+        db.execute("INSERT INTO runs VALUES (1)")
+    before = foreign.read_bytes()
+    for create in (True, False):
+        with pytest.raises(BenchError, match=r"other.db has a `runs` table without a results store's columns \(activation, bits_per_value"):
+            ResultsStore(foreign, create=create)
+    assert foreign.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
     # an empty file, an empty SQLite file and a new path become stores
     (tmp_path / "zero.db").touch()
     with closing(sqlite3.connect(tmp_path / "empty.db")) as db:

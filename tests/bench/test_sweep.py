@@ -175,6 +175,10 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> No
         (["--model_seeds", "{nano: [0, -3]}"], "the matrix's model_seeds of 'nano' has seed -3, which is not allowed"),
         (["--fit", "{data: {seq_len: 8}, trainr: {max_steps: 3}}"], "the matrix's fit settings: unknown key\\(s\\) trainr; "
          "a bench fit config has: model, data, trainer"),
+        (["--fit", "{model: {size: micro, lr: 0.01}, seed_everything: 5}"], "the matrix's fit settings set seed_everything, "
+         "model.size, which each cell sets for itself \\(seed_everything by seeds; model.size by models\\)"),
+        (["--fit", "{store: {path: other.db}}"], "set store.path, which each cell sets for itself \\(store.path by --store\\)"),
+        (["--store", ""], "--store '' is not a path"),
     ],
 )
 def test_bad_matrix_input(args, message) -> None:
@@ -229,6 +233,16 @@ def test_a_dry_run_or_emit_only_reads_the_store(tmp_path, capsys, mode) -> None:
             main([*argv, "--store", str(path)])
         assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "foreign.db"] + (["sweep"] if "emit" in mode else [])
+
+
+@pytest.mark.parametrize("mode", ["--emit=lines", "--jobs=1"])
+def test_a_store_whose_folder_cannot_be_made_stops_the_sweep_before_any_work(tmp_path, mode) -> None:
+    (tmp_path / "notes.txt").write_text("a file where the store's folder would be\n")
+    argv = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]", mode,
+            "--store", str(tmp_path / "notes.txt" / "s.db")]
+    with pytest.raises(BenchError, match="--store .*notes.txt/s.db: the sweep's folder .*notes.txt/sweep: .*notes.txt is a file, not a folder"):
+        main(argv)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize("mode", ["--dry-run", "--emit=lines", "--jobs=1"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,10 +92,14 @@ def test_leaderboard_other_formats(capsys, store_path, fmt, monkeypatch):
 def test_plot_writes_four_figures(capsys, store_path, tmp_path):
     import matplotlib.image
 
+    from cslaws.laws.plot import FIGURES, figure_path
+
     assert main(["plot", "--store", str(store_path), "--out", str(tmp_path / "figs"), "--bootstrap", "5"]) == 0
     printed = capsys.readouterr().out.split()
     names = sorted(p.rsplit("/", 1)[1] for p in printed)
     assert names == ["eff_vs_gmse.png", "gap_vs_d.png", "iso_memory.png", "loss_gap.png", "loss_vs_n.png"]
+    # the paths checked before the fits are those written
+    assert printed == [str(figure_path(tmp_path / "figs", stem)) for stem in FIGURES]
     for p in printed:
         img = matplotlib.image.imread(p)
         assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0
@@ -233,10 +238,10 @@ def test_min_params_leaves_out_the_small_models(capsys, store_path):
     assert f"by --where - / --min-params {10 * sizes[-1]}" in capsys.readouterr().err
 
 
-def test_plan_needs_a_budget(capsys, store_path):
-    with pytest.raises(SystemExit):
-        main(["plan", "--store", str(store_path)])
-    assert "--memory-bits, --flops, or both" in capsys.readouterr().err
+def test_plan_needs_a_budget(capsys, no_store_read):
+    assert bench(["plan"]) == 2
+    assert capsys.readouterr().err.strip() == ("bench: error: plan: give --memory-bits, --flops, or both "
+                                               "(the options: bench plan --help)")
 
 
 def test_plan_unknown_format(capsys, store_path):
@@ -393,3 +398,121 @@ def test_the_leaderboard_reads_the_gmse_each_run_stored(capsys, tmp_path):
                    (json.dumps({**capacity, "weight": {**capacity["weight"], "gmse": 0.02}}),))
     assert bench(["leaderboard", "--store", str(path), "--bootstrap", "2"]) == 2
     assert "label 'int4' has runs whose stored GMSEs differ" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs that must not replace what is there, and checks that come before any fit
+
+
+def _one_error(capsys) -> str:
+    """The one line `bench: error: ...` a refused command printed (no traceback, no usage block)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("bench: error: "), err
+    return err.strip()
+
+
+def test_report_refuses_to_write_over_its_store_or_another_sqlite_file(capsys, no_store_read, constant_eff_store, tmp_path):
+    from shutil import copyfile
+
+    store = tmp_path / "runs.db"
+    copyfile(constant_eff_store, store)
+    before = store.read_bytes()
+    other = tmp_path / "other.db"
+    copyfile(constant_eff_store, other)
+    notes = tmp_path / "notes.html"
+    notes.write_text("<!DOCTYPE html><p>mine</p>")
+    for out, what in ((store, "the results store the page is made from"), (tmp_path / "." / "runs.db", "the results store"),
+                      (other, "a SQLite database"), (notes, "a file that bench report did not write")):
+        assert bench(["report", "--store", str(store), "--bootstrap", "2", "--out", str(out)]) == 2
+        assert f"bench: error: --out {out} is {what}" in _one_error(capsys)
+    assert store.read_bytes() == before and other.read_bytes() == before
+    assert notes.read_text() == "<!DOCTYPE html><p>mine</p>"
+
+
+def test_report_replaces_a_page_it_wrote_before(capsys, constant_eff_store, tmp_path, monkeypatch):
+    from cslaws.laws import report
+
+    monkeypatch.setattr(report, "render", lambda *_: report.page(report.TITLE, "the new page"))  # no fits
+    page = tmp_path / "report.html"
+    page.write_bytes(report.REPORT_HEAD + b"<style></style></head><body>an older page</body></html>")
+    assert bench(["report", "--store", str(constant_eff_store), "--bootstrap", "2", "--out", str(page)]) == 0
+    assert page.read_text() == report.page(report.TITLE, "the new page")
+    # the shipped page is one, as every page render writes begins with REPORT_HEAD
+    shipped = Path(__file__).resolve().parents[2] / "results" / "cpu-matrix.html"
+    if shipped.is_file():
+        assert shipped.read_bytes().startswith(report.REPORT_HEAD)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
+@pytest.mark.parametrize("argv", [["report", "--out", "/proc/cslaws/r.html"], ["report", "--out", "/proc/r.html"],
+                                  ["plot", "--out", "/proc/figs"]])
+def test_an_out_that_cannot_be_written_is_refused_before_any_fit(capsys, no_store_read, argv):
+    assert bench([*argv, "--bootstrap", "2"]) == 2
+    assert _one_error(capsys).startswith(f"bench: error: --out {argv[-1]}: cannot write in /proc (")
+
+
+def test_an_unwritable_out_folder_is_refused_before_any_fit(capsys, no_store_read, tmp_path):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root writes anyway: make the write fail as /sys does
+        pytest.skip("permission bits do not bind this user")
+    for argv in (["report", "--out", str(locked / "r.html")], ["plot", "--out", str(locked / "figs")]):
+        assert bench([*argv, "--bootstrap", "2"]) == 2
+        assert f"cannot write in {locked} (Permission denied)" in _one_error(capsys)
+
+
+def test_plot_replaces_its_own_figures_only(capsys, no_store_read, tmp_path):
+    from cslaws.laws.plot import FIGURES, figure_path
+
+    store_like = figure_path(tmp_path, FIGURES[1])
+    store_like.write_bytes(b"SQLite format 3\x00 and the runs")
+    figure_path(tmp_path, FIGURES[0]).write_bytes(b"\x89PNG\r\n\x1a\n an earlier figure")
+    assert bench(["plot", "--out", str(tmp_path), "--bootstrap", "2"]) == 2
+    assert f"--out {tmp_path}: {store_like} is not a PNG file" in _one_error(capsys)
+    assert store_like.read_bytes() == b"SQLite format 3\x00 and the runs"
+
+
+def test_law_fit_names_a_row_with_too_few_fields(capsys, tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("N,D,loss\n1e6,1e9\n")
+    assert bench(["law", "fit", "--runs", str(path)]) == 2
+    assert _one_error(capsys) == (f"bench: error: --runs {path}: row 1 after the header has no field for column 'loss': "
+                                  "it has 2 field(s), the header 3; give every row a field per column (an empty field "
+                                  "for a missing value)")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--flops", "-1"], "the compute budget (--flops) must be a positive number, got -1.0"),
+    (["--memory-bits", "nan", "--flops", "1e18"], "the memory budget (--memory-bits) must be a positive number, got nan"),
+    (["--flops", "1e18", "--formats", "int4", "dense", "int4"],
+     "the candidate formats (--formats) list 'int4' twice; give each label once"),
+])
+def test_plan_refuses_a_bad_budget_or_a_label_twice_before_the_fit(capsys, no_store_read, argv, message):
+    assert bench(["plan", *argv]) == 2
+    assert _one_error(capsys) == f"bench: error: {message}"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["leaderboard", "--min-params", "abc"], "leaderboard: argument --min-params: invalid int value: 'abc'"),
+    (["plot", "--out", "figs", "--bootstrap", "x"], "plot: argument --bootstrap: invalid int value: 'x'"),
+    (["report"], "report: the following arguments are required: --out"),
+    (["plan", "--flops", "lots"], "plan: argument --flops: invalid float value: 'lots'"),
+    (["capacity", "--format", "xml"], "capacity: argument --format: invalid choice: 'xml'"),
+    (["law", "fit", "--runs", "r.csv", "--exclude-top", "1.5"], "law fit: argument --exclude-top: invalid int value"),
+    (["law", "gaps", "--nope"], "law: unrecognized arguments: --nope"),
+])
+def test_a_bad_option_is_one_error_line(capsys, no_store_read, argv, message):
+    assert bench(argv) == 2
+    err = _one_error(capsys)
+    command = argv[0] if argv[0] != "law" or "unrecognized" in message else " ".join(argv[:2])
+    assert err.startswith(f"bench: error: {message}") and err.endswith(f"(the options: bench {command} --help)"), err
+
+
+def test_help_still_prints_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench(["leaderboard", "--help"])
+    assert exit_info.value.code == 0 and "--min-params N" in capsys.readouterr().out
+

@@ -124,6 +124,12 @@ def test_page_is_self_contained(page):
     assert refs and all(ref.startswith("#") and ref[1:] in ids for ref in refs)
 
 
+def test_the_page_begins_with_the_head_that_report_out_may_replace(page):
+    from cslaws.laws.report import REPORT_HEAD
+
+    assert page.text.encode("utf-8").startswith(REPORT_HEAD)
+
+
 def test_leaderboard_matches_bench_leaderboard_json(page, determined, capsys):
     assert bench(["leaderboard", "--store", str(determined), "--format", "json", "--bootstrap", str(K)]) == 0
     board = json.loads(capsys.readouterr().out)
