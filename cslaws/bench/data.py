@@ -259,6 +259,11 @@ class TextDataModule(L.LightningDataModule):
         more than `max_epochs` passes over the training split."""
         if self.index is None:
             raise RuntimeError("set_train_sequences needs the data set up first (TextDataModule.setup)")
+        self.check_passes(n)
+        self.train_sequences = n
+
+    def check_passes(self, n: int) -> None:
+        """Refuse a budget of `n` sequences that needs more than `max_epochs` passes over the training split."""
         passes = self.epochs_for(n)
         if passes > self.max_epochs:
             raise BenchError(
@@ -269,7 +274,6 @@ class TextDataModule(L.LightningDataModule):
                 f"(built in: {', '.join(corpora.BUILTINS)}; or `bench data prepare`), or allow repetition with "
                 f"--data.max_epochs {math.ceil(passes * 100) / 100:g}"
             )
-        self.train_sequences = n
 
     def train_dataloader(self) -> StatefulDataLoader:
         # Our own sampler, in the fixed order and interleaved across ranks: Lightning's substitute would

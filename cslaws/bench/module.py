@@ -13,7 +13,7 @@ the checkpoint.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -45,6 +45,23 @@ class Diverged(RuntimeError):
     def __init__(self, step: int, total: int, value: float) -> None:
         super().__init__(f"diverged: non-finite training loss {value} at step {step} of {total}")
         self.step, self.total, self.value = step, total, value
+
+
+def step_tokens(dm: Any, trainer: L.Trainer) -> int:
+    """Tokens per optimizer step: batch_size x seq_len x devices x accumulate_grad_batches."""
+    return dm.tokens_per_batch * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def budget_steps(requested_tokens: int, per_step: int, val_check_interval: float | int) -> int:
+    """The optimizer steps a budget trains: whole steps of `per_step` tokens, aligned so that the last
+    validation falls on the last step (`align_to_validation`)."""
+    steps = requested_tokens // per_step
+    if steps < 1:
+        raise BenchError(
+            f"the token budget of {requested_tokens} tokens is smaller than one step of {per_step} tokens "
+            "(batch_size x seq_len x devices x accumulate_grad_batches); raise tokens or tokens_per_param"
+        )
+    return align_to_validation(steps, val_check_interval)
 
 
 def format_progress(step: int, total: int) -> float:
@@ -137,8 +154,7 @@ class LanguageModel(L.LightningModule):
 
     @property
     def tokens_per_step(self) -> int:
-        dm = self.trainer.datamodule
-        return dm.tokens_per_batch * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        return step_tokens(self.trainer.datamodule, self.trainer)
 
     @property
     def tokens(self) -> int:
@@ -165,14 +181,8 @@ class LanguageModel(L.LightningModule):
         if stage != "fit":
             return
         per_step = self.tokens_per_step
-        steps = self.requested_tokens // per_step
-        if steps < 1:
-            raise BenchError(
-                f"the token budget of {self.requested_tokens} tokens is smaller than one step of {per_step} tokens "
-                "(batch_size x seq_len x devices x accumulate_grad_batches); raise tokens or tokens_per_param"
-            )
         # One step count for the epoch, the schedule, the formats' progress and the record.
-        self.total_steps = align_to_validation(steps, self.trainer.val_check_interval)
+        self.total_steps = budget_steps(self.requested_tokens, per_step, self.trainer.val_check_interval)
         self.trainer.datamodule.set_train_sequences(self.total_steps * per_step // self.trainer.datamodule.seq_len)
         compiled = self.trainer.strategy.root_device.type == "cuda" if self.compile_model == "auto" else self.compile_model
         self.compiled = compiled

@@ -17,7 +17,8 @@ it on its host, or with `bench fit ... --store.cell KEY --ckpt_path last`). Fail
 from scratch. `--dry-run` and `--emit` only read the store (a missing one is empty, and is not created).
 `--keep-checkpoints` passes `--store.keep_checkpoints true` to every fit. Before anything is planned or run,
 each format's first cell is built as `bench fit` builds it (nothing trains), so a bad `fit` value is refused
-once, up front.
+once, up front; so is a cell's budget that `bench fit` would refuse (below one step, or, when the sweep runs,
+more passes over the corpus than `data.max_epochs`).
 
 A matrix file:
 
@@ -305,7 +306,8 @@ def write_fit_config(cfg: Any, directory: Path) -> Path:
 def check_cells_build(all_cells: list[Cell], cfg: Any) -> None:
     """Build each format's first cell as `bench fit` builds it (model, data, trainer, callbacks; nothing
     runs and no file is written): a value the matrix's `fit` block or a format config gives wrongly
-    (`data.seq_len: -5`, `trainer.accelerator: tpu`) is refused here, once, not in every cell's log."""
+    (`data.seq_len: -5`, `trainer.accelerator: tpu`) is refused here, once, not in every cell's log. Then
+    every cell's budget is checked as `bench fit` checks it when training starts (`check_budgets`)."""
     from cslaws.bench.lightning_cli import run_lightning_cli  # Lightning's import costs seconds: only here
 
     first = {}
@@ -316,9 +318,30 @@ def check_cells_build(all_cells: list[Cell], cfg: Any) -> None:
         for cell in first.values():
             args = cell.command(Path(tmp) / "check.db", fit_config, program=())[1:]  # no subcommand: build only
             try:
-                run_lightning_cli(args, run=False)
+                cli = run_lightning_cli(args, run=False)
             except BenchError as err:
                 raise BenchError(f"the matrix's cell {cell.key} does not build: {err}") from None
+    check_budgets(all_cells, cli.datamodule, cli.trainer, passes=not (cfg.dry_run or cfg.emit))
+
+
+def check_budgets(all_cells: list[Cell], dm: Any, trainer: Any, passes: bool) -> None:
+    """Each cell's budget as `bench fit` refuses it when training starts: less than one step, or steps that
+    no validation ends on; with `passes`, more passes over the training split than `data.max_epochs` (the
+    corpus is prepared for it, as the first cell would; a dry run or `--emit` leaves that to the cells). The
+    shared `fit` settings make the step of every cell the same."""
+    from cslaws.bench.module import budget_steps, step_tokens
+
+    per_step = step_tokens(dm, trainer)
+    if passes:
+        dm.prepare_data()
+        dm.setup("fit")
+    for cell in all_cells:
+        try:
+            steps = budget_steps(cell.requested_tokens, per_step, trainer.val_check_interval)
+            if passes:
+                dm.check_passes(steps * per_step // dm.seq_len)
+        except (BenchError, ValueError) as err:  # ValueError: `align_to_validation`'s refusal
+            raise BenchError(f"the matrix's cell {cell.key} cannot train: {err}") from None
 
 
 @contextmanager

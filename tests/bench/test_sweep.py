@@ -235,6 +235,22 @@ def test_a_dry_run_or_emit_only_reads_the_store(tmp_path, capsys, mode) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "foreign.db"] + (["sweep"] if "emit" in mode else [])
 
 
+@pytest.mark.parametrize("mode", ["--dry-run", "--jobs=1"])
+def test_a_budget_bench_fit_would_refuse_stops_the_sweep_before_any_work(tmp_path, small_corpus, mode) -> None:
+    """Every cell's budget is checked as `bench fit` checks it when training starts: at least one step and,
+    when the sweep runs, at most data.max_epochs passes over the training split (it once failed each cell)."""
+    data = {"path": "text", "data_files": small_corpus[:1], "seq_len": 16, "batch_size": 8, "vocab_size": 300, "val_sequences": 16}
+    base = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--fit", yaml.safe_dump({"data": data}),
+            "--store", str(tmp_path / "s.db"), mode]
+    with pytest.raises(BenchError, match=r"cell nano/dense/tpp0.001/s0/\w+ cannot train: the token budget of 27 tokens is "
+                                         "smaller than one step of 128 tokens"):
+        main([*base, "--tokens_per_param", "[2, 0.001]"])
+    if mode == "--jobs=1":
+        with pytest.raises(BenchError, match=r"cell nano/dense/tpp100/s0/\w+ cannot train: the token budget needs [\d.]+ passes"):
+            main([*base, "--tokens_per_param", "[2, 100]"])
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("mode", ["--emit=lines", "--jobs=1"])
 def test_a_store_whose_folder_cannot_be_made_stops_the_sweep_before_any_work(tmp_path, mode) -> None:
     (tmp_path / "notes.txt").write_text("a file where the store's folder would be\n")
