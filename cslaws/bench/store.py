@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+from cslaws.bench.cli import check_can_create
 from cslaws.errors import BenchError
 
 STATUSES = ("running", "finished", "failed")
@@ -283,9 +284,13 @@ def check_is_store(path: Path) -> None:
 
 
 def check_can_hold_store(path: Path) -> None:
-    """Refuse an existing file that a store must not be written into, reading it only: a file that is not
-    SQLite, or another application's database (tables, none of them `runs`). A results store, an empty file
-    (0 bytes, or SQLite without tables) or a new path may hold one."""
+    """Refuse a path that a store must not be written into, reading it only: a folder, a path in a folder that
+    cannot be written (SQLite writes its journal beside the store), a file that is not SQLite, or another
+    application's database. A results store, an empty file (0 bytes, or SQLite without tables) or a new path
+    may hold one."""
+    if path.is_dir():
+        raise BenchError(f"the results store {path} is a folder; a store is a file (such as {path / 'results.db'})")
+    check_can_create(path.parent, f"the results store {path}")
     if path.is_file() and path.stat().st_size > 0:
         tables = _tables(path)
         if tables and "runs" not in tables:

@@ -105,6 +105,22 @@ def test_bad_fit_value_is_one_error_before_anything_is_written(args, expected, s
     assert not (workdir / "runs").exists(), "runs/ was written"
 
 
+@pytest.mark.parametrize(("make", "said"), [
+    (lambda p: p.write_text("notes\n"), "is not a results store"),
+    (lambda p: p.mkdir(), "is a folder; a store is a file"),
+    (lambda p: None, "is a file, not a folder"),  # the store's folder would be a file
+], ids=["text file", "folder", "file in the way"])
+def test_a_store_path_that_cannot_hold_a_store_is_refused_before_any_work(make, said, workdir, capsys) -> None:
+    path = workdir / "target"
+    make(path)
+    store = path if path.exists() else workdir / "notes.txt" / "results.db"
+    (workdir / "notes.txt").write_text("a file\n")
+    files = sorted(p.name for p in workdir.iterdir())
+    rc = main(["fit", "--model.size", "nano", "--store.path", str(store)])
+    assert_clean_error(rc, capsys.readouterr().err, said)
+    assert sorted(p.name for p in workdir.iterdir()) == files, "runs/ (the logger, a checkpoint) or a store was written"
+
+
 def test_validate_refuses_a_missing_checkpoint(workdir, capsys) -> None:
     rc = main(["validate", "--model.size", "nano", "--ckpt_path", "nosuch.ckpt"])
     assert_clean_error(rc, capsys.readouterr().err, "--ckpt_path nosuch.ckpt", "no such checkpoint file")
