@@ -10,6 +10,7 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import csv
 import importlib
 import sys
 import tempfile
@@ -61,6 +62,28 @@ def check_can_create(folder: Path, what: str) -> None:
     except OSError as err:
         raise BenchError(f"{what}: cannot write in {existing} ({err.strerror or err}); give a path in a folder you "
                          "can write to") from None
+
+
+def read_csv_rows(path: Path, option: str) -> list[dict[str, str]]:
+    """The rows of the CSV file of runs `path` (given as `option`) by its header: one field per column in every
+    row (`csv.DictReader` would fill a short row with None and keep a long row's extra fields apart, so that
+    a shifted row reads as other values), and a byte-order mark, as spreadsheets write it, is not part of the
+    first column's name."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            body = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:  # a binary file (a results store, say) is no CSV
+        raise BenchError(f"{option} {path}: not a CSV text file ({err}); expected a CSV of runs: a header row, then "
+                         "one run per row") from None
+    if header is None:
+        return []
+    for number, fields in enumerate(body, start=1):
+        if fields and len(fields) != len(header):
+            raise BenchError(f"{option} {path}: row {number} after the header has {len(fields)} field(s), the header "
+                             f"{len(header)}; give every row a field per column (an empty field for a missing value)")
+    return [dict(zip(header, fields)) for fields in body if fields]
 
 
 def resolve_config(value: str) -> str:

@@ -21,7 +21,6 @@ another `--dataset`, `--tokenizer` or `--val-set` are other runs.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from collections import Counter
 from pathlib import Path
@@ -31,7 +30,7 @@ from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, de
 from cslaws.errors import BenchError
 from cslaws.formats import Format
 from cslaws.formats.dense import Dense
-from cslaws.bench.cli import shipped_configs
+from cslaws.bench.cli import read_csv_rows, shipped_configs
 from cslaws.laws.capacity import load_format_config, model_bits, run_capacity
 from cslaws.models.llama import SIZES, non_embedding_params
 
@@ -95,8 +94,6 @@ def bits_of(weight: Format | None, activation: Format | None, size: str | None) 
 def _number(row: dict[str, str], col: str, k: int, path: Path) -> float:
     if col not in row:
         raise BenchError(f"{path} has no column {col!r}; columns: {', '.join(row)}")
-    if row[col] is None:  # csv's value for the columns a short row lacks
-        raise BenchError(f"{path} row {k} has no {col} (the row has fewer fields than the header)")
     try:
         return float(row[col])
     except ValueError:
@@ -112,23 +109,15 @@ def _count(row: dict[str, str], col: str, k: int, path: Path) -> int:
     return int(value)
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise BenchError(f"cannot read --runs {path}: {err}; expected a CSV file of runs (a header row, then one run per row)") from err
-
-
 def records(args: argparse.Namespace) -> list[RunRecord]:
     """One finished RunRecord per CSV row (all rows checked before any is written)."""
     configs = configs_by_label(args.configs)
-    rows = _read_rows(args.runs)
+    rows = read_csv_rows(args.runs, "--runs")
     if not rows:
         raise BenchError(f"{args.runs} has no runs")
     if args.label_col not in rows[0]:
         raise BenchError(f"{args.runs} has no column {args.label_col!r}; columns: {', '.join(rows[0])}")
-    labels = {row[args.label_col] for row in rows} - {None}  # a short row's label is None: refused below
+    labels = {row[args.label_col] for row in rows}
     unknown = [x for x in args.exclude if x not in labels]
     if unknown:
         raise BenchError(f"--exclude {' '.join(unknown)}: no such label in {args.runs}; labels: {', '.join(sorted(labels))}")

@@ -32,7 +32,6 @@ per label, relative to `--dense`.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from importlib.resources import files
@@ -43,7 +42,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from cslaws.bench.cli import check_can_create
+from cslaws.bench.cli import check_can_create, read_csv_rows
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.laws import capacity as cap
@@ -260,18 +259,12 @@ def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
         raise ValueError("give either --d-col (tokens) or --flop-col (FLOPs, D = C / (6 N)), not both")
     d_col = args.flop_col or args.d_col or "D"
     needed = [args.n_col, d_col, args.loss_col] + ([args.format_col] if args.format_col else [])
-    try:
-        with open(_runs_path(args.runs), newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (UnicodeDecodeError, csv.Error) as err:  # a binary file (a results store, say) is no CSV
-        raise BenchError(f"--runs {args.runs}: not a CSV text file ({err}); expected a CSV of runs, one per row, "
-                         f"with columns {needed}") from None
+    rows = read_csv_rows(_runs_path(args.runs), "--runs")
     if not rows:
         raise FitError(f"{args.runs} has no runs")
     missing = [c for c in needed if c not in rows[0]]
     if missing:
         raise ValueError(f"{args.runs} has no column(s) {missing}; its columns are {list(rows[0])}")
-    _check_row_lengths(args.runs, rows, needed)
 
     def column(name: str) -> np.ndarray:
         try:
@@ -287,18 +280,6 @@ def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
         raise ValueError(f"--exclude-top must be in [0, {len(runs) - 1}] for {len(runs)} runs, got {args.exclude_top}")
     keep = np.argsort(runs.loss, kind="stable")[: len(runs) - args.exclude_top]
     return runs.subset(np.sort(keep)), args.exclude_top
-
-
-def _check_row_lengths(path: Path, rows: list[dict[str | None, Any]], needed: list[str]) -> None:
-    """Every row of the runs CSV at `path` has a field for each column of `needed`: `csv.DictReader` fills a
-    short row's missing fields with None; that is a malformed row, not a missing value (an empty field)."""
-    for number, row in enumerate(rows, start=1):
-        absent = [c for c in needed if row[c] is None]
-        if absent:
-            fields = sum(value is not None for key, value in row.items() if key is not None)
-            raise BenchError(f"--runs {path}: row {number} after the header has no field for column {absent[0]!r}: "
-                             f"it has {fields} field(s), the header {len(row)}; give every row a field per column "
-                             "(an empty field for a missing value)")
 
 
 def _runs_path(path: Path) -> Path:

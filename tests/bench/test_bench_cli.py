@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cslaws.bench.cli import main
+from cslaws.bench.cli import main, read_csv_rows
 # Imported at collection, not first inside a test: Lightning's loggers keep the stderr they were created
 # with, and a test's captured stderr is closed after it (the next test would log into a closed file).
 from cslaws.bench.lightning_cli import check_ckpt_path
@@ -250,3 +250,12 @@ def test_real_bench_command_prints_one_error(args, expected, tmp_path) -> None:
     done = run_bench(*args, cwd=tmp_path)
     assert_clean_error(done.returncode, done.stderr, *expected)
     assert not (tmp_path / "runs").exists()
+
+
+def test_csv_rows_by_their_header(tmp_path) -> None:
+    path = tmp_path / "runs.csv"
+    path.write_bytes("\ufeffN,D,loss\n1e6,2e7,3.5\n\n2e6,4e7,3.2\n".encode())  # a spreadsheet's byte-order mark
+    assert read_csv_rows(path, "--runs") == [{"N": "1e6", "D": "2e7", "loss": "3.5"}, {"N": "2e6", "D": "4e7", "loss": "3.2"}]
+    path.write_text("N,D,loss\n1e6,2e7\n")
+    with pytest.raises(BenchError, match=r"--runs .*runs.csv: row 1 after the header has 2 field\(s\), the header 3"):
+        read_csv_rows(path, "--runs")

@@ -352,7 +352,7 @@ def test_law_fit_names_a_file_that_is_not_a_csv(capsys, store_path):
     assert bench(["law", "fit", "--runs", str(store_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bench: error: --runs {store_path}: not a CSV text file")
-    assert "expected a CSV of runs, one per row, with columns ['N', 'D', 'loss']" in err
+    assert "expected a CSV of runs: a header row, then one run per row" in err
 
 
 def test_a_plan_past_the_measured_tokens_is_named_too():
@@ -475,13 +475,15 @@ def test_plot_replaces_its_own_figures_only(capsys, no_store_read, tmp_path):
     assert store_like.read_bytes() == b"SQLite format 3\x00 and the runs"
 
 
-def test_law_fit_names_a_row_with_too_few_fields(capsys, tmp_path):
+def test_law_fit_names_a_row_with_too_few_or_too_many_fields(capsys, tmp_path):
     path = tmp_path / "short.csv"
     path.write_text("N,D,loss\n1e6,1e9\n")
     assert bench(["law", "fit", "--runs", str(path)]) == 2
-    assert _one_error(capsys) == (f"bench: error: --runs {path}: row 1 after the header has no field for column 'loss': "
-                                  "it has 2 field(s), the header 3; give every row a field per column (an empty field "
-                                  "for a missing value)")
+    assert _one_error(capsys) == (f"bench: error: --runs {path}: row 1 after the header has 2 field(s), the header 3; "
+                                  "give every row a field per column (an empty field for a missing value)")
+    path.write_text("N,D,loss\n1e6,1e9,3.0,4.0\n")  # a field too many: its values shifted
+    assert bench(["law", "fit", "--runs", str(path)]) == 2
+    assert "row 1 after the header has 4 field(s), the header 3" in _one_error(capsys)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
