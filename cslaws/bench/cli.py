@@ -100,10 +100,11 @@ def resolve_config(value: str) -> str:
 
 
 def check_yaml(path: str) -> None:
-    """Refuse a config file that is not YAML, naming the file and the place: the parser's own message
-    names only `<unicode string>`, which does not tell a user with several configs which one is broken."""
+    """Refuse a config file that is not YAML, naming the file and the place (the parser's own message names
+    only `<unicode string>`, which does not tell a user with several configs which one is broken), or whose
+    YAML is not a mapping of settings (the parser's "Unexpected config: hello" names neither)."""
     try:
-        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -111,6 +112,9 @@ def check_yaml(path: str) -> None:
         raise BenchError(f"config {path} is not valid YAML{where}: {problem}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise BenchError(f"config {path} cannot be read: {err}") from err
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"a {type(data).__name__} ({str(data)[:40]!r})"
+        raise BenchError(f"config {path} holds {held}, not a mapping of settings (such as `model: ...`)")
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:

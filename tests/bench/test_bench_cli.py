@@ -173,6 +173,15 @@ def test_malformed_yaml_config_is_named(workdir, capsys) -> None:
     assert_clean_error(rc, capsys.readouterr().err, "bad.yaml", "not valid YAML", "line 3")
 
 
+@pytest.mark.parametrize(("text", "held"), [("hello\n", "a str ('hello')"), ("", "nothing"), ("- nano\n", "a list")])
+def test_a_config_that_is_not_a_mapping_is_named(text, held, workdir, capsys) -> None:
+    (workdir / "odd.yaml").write_text(text)
+    for argv in (["fit", "--config", "odd.yaml"], ["sweep", "--matrix", "odd.yaml", "--dry-run"]):
+        rc = main(argv)
+        assert_clean_error(rc, capsys.readouterr().err, f"config odd.yaml holds {held}", "not a mapping of settings")
+    assert [p.name for p in workdir.iterdir()] == ["odd.yaml"]
+
+
 def test_config_with_an_unknown_key_is_a_parse_error(workdir, capsys) -> None:
     (workdir / "typo.yaml").write_text("model:\n  sizee: nano\n")
     rc = main(["fit", "--config", "typo.yaml"])
