@@ -137,7 +137,10 @@ class LanguageModel(L.LightningModule):
         self.factory = LinearFactory(_as_format(weight), _as_format(activation))
         self.hparams["weight"] = self.factory.weight.spec()
         self.hparams["activation"] = self.factory.activation.spec()
-        self.label = label or default_label(self.factory.weight, self.factory.activation)
+        if label is not None and not label.strip():
+            raise BenchError(f"label={label!r} is not allowed; a format's label names it in the store and the "
+                             "leaderboard (leave it out for the formats' own name)")
+        self.label = default_label(self.factory.weight, self.factory.activation) if label is None else label
         check_fits(self.factory.weight, self.factory.activation, size)
         self.model = Llama(self.size, vocab_size, self.factory)
         self.lr = lr if lr is not None else self.size.lr

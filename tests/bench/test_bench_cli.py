@@ -84,6 +84,7 @@ BAD_FIT_VALUES = {
     "seed past numpy's": (["--seed_everything", str(2**32)], ["--seed_everything=4294967296", "[0, 4294967295]"]),
     "random seed": (["--seed_everything", "true"], ["seed_everything", "Expected a <class 'int'>", "True"]),
     "tensor-wide activation scale": (["--model.activation", "NVFP4"], ["model:", "statistic of the whole tensor", "outer_scale row"]),
+    "empty label": (["--model.label", ""], ["label=''", "names it in the store"]),
     "negative lr": (["--model.lr", "-1"], ["model", "lr=-1.0", "positive and finite"]),
     "missing checkpoint": (["--ckpt_path", "nosuch.ckpt"], ["--ckpt_path nosuch.ckpt", "no such checkpoint file", "last"]),
     "part of the validation set": (["--trainer.limit_val_batches", "2"], ["trainer.limit_val_batches=2", "whole validation set"]),
