@@ -183,8 +183,10 @@ def parse(argv: list[str]) -> Any:
             argv[i] = "--matrix=" + resolve_config(arg.split("=", 1)[1])
     try:
         cfg = matrix_parser().parse_args(argv)
-    except ArgumentError as err:  # `bench` reports it as one error, without the usage block
-        raise BenchError(f"sweep: {' '.join(str(err).split())} (the options: bench sweep --help)") from err
+    except ArgumentError as err:  # `bench` reports it as one error, as `bench fit` does (its import is slow: here only)
+        from cslaws.bench.lightning_cli import parse_text
+
+        raise BenchError(f"sweep: {parse_text(err)} (the options: bench sweep --help)") from err
     check_distinct("models", cfg.models)
     for name in cfg.models:
         get_size(name)

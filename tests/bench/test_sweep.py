@@ -179,6 +179,8 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> No
          "model.size, which each cell sets for itself \\(seed_everything by seeds; model.size by models\\)"),
         (["--fit", "{store: {path: other.db}}"], "set store.path, which each cell sets for itself \\(store.path by --store\\)"),
         (["--store", ""], "--store '' is not a path"),
+        (["--tokens_per_param", "null", "--tokens", "[1.5]"], r"^sweep: Parser key \"tokens\": Expected a <class 'int'>. Got "
+         r"value: 1.5 \(the options: bench sweep --help\)$"),
     ],
 )
 def test_bad_matrix_input(args, message) -> None:
