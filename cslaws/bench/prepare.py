@@ -34,6 +34,7 @@ import argparse
 import ctypes
 import hashlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -49,6 +50,7 @@ import numpy as np
 from cslaws.bench import corpora
 from cslaws.bench.cli import file_in_the_way
 from cslaws.bench.wordcache import encoder
+from cslaws.console import quiet_logs
 from cslaws.errors import BenchError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -201,8 +203,10 @@ class Source:
             ds = ds.to_iterable_dataset() if self.streaming else ds
         else:
             try:
-                ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
-                                           streaming=self.streaming, cache_dir=cache_dir)
+                # a loader logs its failure too ("Failed to load JSON from file ..."): `unreadable` says it, once
+                with quiet_logs("datasets", level=logging.CRITICAL):
+                    ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
+                                               streaming=self.streaming, cache_dir=cache_dir)
             except datasets.exceptions.DatasetGenerationError as err:  # what the loaders raise for a file they cannot parse
                 raise self.unreadable(err) from None
         if ds.column_names is not None and self.text_column not in ds.column_names:

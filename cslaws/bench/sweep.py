@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import shlex
@@ -46,8 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +68,7 @@ from cslaws.bench.budget import check_trainer_settings, requested_tokens
 from cslaws.bench.cli import check_can_create, resolve_config
 from cslaws.bench.store import ResultsStore, RunRecord, default_store_path, process_gone
 from cslaws.console import console as rich_console
+from cslaws.console import quiet_logs
 from cslaws.errors import BenchError
 from cslaws.laws.capacity import check_fits, load_format_config
 from cslaws.models.llama import get_size, non_embedding_params
@@ -315,7 +314,8 @@ def check_cells_build(all_cells: list[Cell], cfg: Any) -> None:
     first = {}
     for cell in all_cells:
         first.setdefault(cell.format_config, cell)
-    with tempfile.TemporaryDirectory() as tmp, quiet_lightning():
+    # Lightning's INFO lines ("GPU available", "Seed set") are about a trainer that never runs here
+    with tempfile.TemporaryDirectory() as tmp, quiet_logs("lightning.pytorch", "lightning.fabric"):
         fit_config = write_fit_config(cfg, Path(tmp))
         for cell in first.values():
             args = cell.command(Path(tmp) / "check.db", fit_config, program=())[1:]  # no subcommand: build only
@@ -344,20 +344,6 @@ def check_budgets(all_cells: list[Cell], dm: Any, trainer: Any, passes: bool) ->
                 dm.check_passes(steps * per_step // dm.seq_len)
         except (BenchError, ValueError) as err:  # ValueError: `align_to_validation`'s refusal
             raise BenchError(f"the matrix's cell {cell.key} cannot train: {err}") from None
-
-
-@contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Lightning's INFO lines ("GPU available", "Seed set") are about a trainer that never runs here."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
 
 
 def parts_dir(store: Path) -> Path:

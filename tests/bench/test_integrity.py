@@ -17,6 +17,7 @@ from cslaws.bench.cli import main as bench
 from cslaws.bench.data import TextDataModule
 from cslaws.bench.module import Diverged, LanguageModel
 from cslaws.bench.store import ResultsStore
+from cslaws.errors import BenchError
 
 SEQ, BATCH = 16, 8
 #: A run long enough to be stopped in the middle, within one pass over `small_corpus`.
@@ -99,6 +100,14 @@ def test_bench_fit_of_a_diverging_run_exits_with_one_line(tmp_path, small_corpus
     assert run.error.startswith("diverged:") and run.steps < 40
 
 
+def _running(path) -> bool:
+    """Whether the store at `path` holds a running run yet (a store being created has no tables yet)."""
+    try:
+        return bool(ResultsStore(path, create=False).runs("running"))
+    except BenchError:
+        return False
+
+
 def test_bench_fit_stopped_by_sigterm_exits_non_zero_with_one_line(tmp_path, small_corpus) -> None:
     """Lightning's SIGTERMException is a bare SystemExit (exit code 0): a sweep would count the run finished."""
     cmd = [sys.executable, "-m", "cslaws", "fit", "--model.size", "nano", "--model.tokens", str(STEPS_LONG * BATCH * SEQ),
@@ -107,7 +116,7 @@ def test_bench_fit_stopped_by_sigterm_exits_non_zero_with_one_line(tmp_path, sma
            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), "--store.path", str(tmp_path / "s.db")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not ((tmp_path / "s.db").exists() and ResultsStore(tmp_path / "s.db", create=False).runs("running")):
+    while not _running(tmp_path / "s.db"):
         assert proc.poll() is None and time.time() < deadline, "the run ended or did not start"
         time.sleep(0.05)
     time.sleep(1.0)  # into the training loop
