@@ -194,6 +194,9 @@ ACTIONS = ("merge", "import")
 def main(argv: list[str]) -> int:
     """`bench store ACTION ...`; argv starts with "store"."""
     rest = argv[1:]
+    if rest[:1] in (["-h"], ["--help"]):
+        print(__doc__.split("\n\n")[1])  # the actions' lines; each action's --help lists its options
+        return 0
     if not rest or rest[0] not in ACTIONS:
         raise BenchError(f"bench store needs an action, one of {', '.join(ACTIONS)}; got {rest[:1] or 'nothing'}")
     if rest[0] == "import":

@@ -308,7 +308,8 @@ def check_cells_build(all_cells: list[Cell], cfg: Any) -> None:
     """Build each format's first cell as `bench fit` builds it (model, data, trainer, callbacks; nothing
     runs and no file is written): a value the matrix's `fit` block or a format config gives wrongly
     (`data.seq_len: -5`, `trainer.accelerator: tpu`) is refused here, once, not in every cell's log. Then
-    every cell's budget is checked as `bench fit` checks it when training starts (`check_budgets`)."""
+    every cell's budget is checked as `bench fit` checks it when training starts (`check_budgets`). For a dry run
+    or `--emit` the cells run elsewhere, so the build uses this machine's CPU in place of the matrix's devices."""
     from cslaws.bench.lightning_cli import run_lightning_cli  # Lightning's import costs seconds: only here
 
     first = {}
@@ -319,11 +320,18 @@ def check_cells_build(all_cells: list[Cell], cfg: Any) -> None:
         fit_config = write_fit_config(cfg, Path(tmp))
         for cell in first.values():
             args = cell.command(Path(tmp) / "check.db", fit_config, program=())[1:]  # no subcommand: build only
+            if cfg.dry_run or cfg.emit:  # the cells run on other machines (a GPU cluster): this one's devices don't count
+                args += ELSEWHERE
             try:
                 cli = run_lightning_cli(args, run=False)
             except BenchError as err:
                 raise BenchError(f"the matrix's cell {cell.key} does not build: {err}") from None
     check_budgets(all_cells, cli.datamodule, cli.trainer, passes=not (cfg.dry_run or cfg.emit))
+
+
+#: Build-check settings for cells that run elsewhere (`--dry-run`, `--emit`): the machine that plans or writes
+#: the script (a login node) need not have the accelerator the matrix asks for.
+ELSEWHERE = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
 
 
 def check_budgets(all_cells: list[Cell], dm: Any, trainer: Any, passes: bool) -> None:

@@ -140,3 +140,9 @@ def test_a_later_record_of_a_run_replaces_the_one_merged_before(tmp_path, capsys
     assert bench(["store", "merge", str(out), str(stale)]) == 0
     assert "1 earlier record(s)" in capsys.readouterr().out
     assert _digest(out) == before
+
+
+def test_store_help_lists_its_actions(capsys) -> None:
+    assert bench(["store", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "bench store merge OUT IN" in out and "bench store import" in out
