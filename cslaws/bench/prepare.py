@@ -203,8 +203,9 @@ class Source:
             ds = ds.to_iterable_dataset() if self.streaming else ds
         else:
             try:
-                # a loader logs its failure too ("Failed to load JSON from file ..."): `unreadable` says it, once
-                with quiet_logs("datasets", level=logging.CRITICAL):
+                # a loader logs its failure too ("Failed to load JSON from file ..."): `unreadable` says it, once;
+                # the loaders' loggers only, so that the library's own warnings still show
+                with quiet_logs("datasets.packaged_modules", level=logging.CRITICAL):
                     ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
                                                streaming=self.streaming, cache_dir=cache_dir)
             except datasets.exceptions.DatasetGenerationError as err:  # what the loaders raise for a file they cannot parse

@@ -103,8 +103,11 @@ def label_capacity(records: Sequence[Any]) -> dict[str, dict[str, Any]]:
     disagree: neither is fitted as one format."""
     one_per_label(records, "weight"), one_per_label(records, "activation")
     seen: dict[str, dict[str, Any]] = {}
+    measured: dict[str, dict[str, Any]] = {}  # per label, for runs that stored none: one format, measured once
     for r in records:
-        cap = stored_capacity(r)
+        if r.capacity is None and r.label not in measured:
+            measured[r.label] = stored_capacity(r)
+        cap = r.capacity if r.capacity is not None else measured[r.label]
         if r.label in seen and not _same_capacity(seen[r.label], cap):
             raise FitError(f"label {r.label!r} has runs whose stored GMSEs differ ({seen[r.label]} vs {cap}): its "
                            "runs were measured by code versions that disagree; refit them apart")
