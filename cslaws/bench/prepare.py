@@ -11,12 +11,14 @@ A prepared corpus is a directory (nanoGPT-style):
   by an end-of-text token, as raw uint16 (the vocabulary fits) or uint32;
 - `tokenizer.json`: the tokenizer (`tokenizers` library) the ids are in;
 - `index.json`, written last: token counts, dtype, tokenizer and its fingerprint, corpus fingerprint, the
-  split (seed, fraction and the validation documents' row numbers) and the training tokens' unigram entropy.
+  split (its rule, seed, fraction and the validation documents' row numbers) and the training tokens' unigram entropy.
 
 Why this way:
-- The validation split is chosen per document (row of the source) from a hash of the split seed and the row
-  number, before anything is tokenized: the same documents for every run, whatever its seq_len or
-  batch_size, and the tokenizer is trained on a bounded sample of the training documents only.
+- The validation split is chosen per document from a hash of the split seed and the document's text, before
+  anything is tokenized: the same documents for every run, whatever its seq_len or batch_size; copies of one
+  text fall on the same side, so no validation document is also trained on (`english` repeats stage directions
+  such as "_Exeunt_" hundreds of times: split by row, 61 of its 799 validation documents had a copy in
+  training); and the tokenizer is trained on a bounded sample of the training documents only.
 - Documents are encoded by `wordcache.encoder`: a cache of words' ids for byte-level BPE tokenizers (exact,
   about 5-6x faster than the library on one core), the `tokenizers` library for any other. The ids travel as
   raw bytes of the output dtype, joined per batch: no Python int per token.
@@ -70,12 +72,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("CSLAWS_CACHE", Path.home() / ".cache" / "cslaws"))
 
 
-def is_validation(row: int, split_seed: int, val_fraction: float) -> bool:
-    """Whether source row `row` is a validation document: a hash of (seed, row) below the fraction.
+#: How `is_validation` draws the documents: part of the cache key and of the index, so that a corpus split by
+#: an older rule (by row number, before 2026-12-03) is neither reused from the cache nor mistaken for this one.
+SPLIT_RULE = "text"
 
-    Per row, so it is the same whatever the batching, the worker count or the corpus length."""
-    digest = hashlib.blake2b(f"{split_seed}:{row}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") < val_fraction * 2**64
+
+def is_validation(text: str, split_seed: int, val_fraction: float) -> bool:
+    """Whether a document is a validation document: a hash of (seed, its text) below the fraction.
+
+    Per document and by content, so it is the same whatever the batching, the worker count, the corpus length or
+    the document's position, and every copy of a text is on the same side."""
+    h = hashlib.blake2b(f"{split_seed}:".encode(), digest_size=8)
+    h.update(text.encode())
+    return int.from_bytes(h.digest(), "little") < val_fraction * 2**64
 
 
 @dataclass(frozen=True)
@@ -295,9 +304,9 @@ def rows(ds, column: str) -> Iterator[tuple[int, list[str]]]:
 def training_sample(ds, column: str, split_seed: int, val_fraction: float, max_bytes: float) -> Iterator[str]:
     """The first `max_bytes` of text of the training documents (never a validation one)."""
     taken = 0
-    for start, texts in rows(ds, column):
-        for i, text in enumerate(texts):
-            if text and not is_validation(start + i, split_seed, val_fraction):
+    for _, texts in rows(ds, column):
+        for text in texts:
+            if text and not is_validation(text, split_seed, val_fraction):
                 yield text
                 taken += len(text)
                 if taken >= max_bytes:
@@ -369,7 +378,7 @@ def _encode(start: int, texts: list[str]) -> Encoded:
     val: list[bytes] = []
     val_rows, digests = [], []
     for (row, text), ids in zip(keep, w["encode"]([t for _, t in keep])):
-        if is_validation(row, w["seed"], w["fraction"]):
+        if is_validation(text, w["seed"], w["fraction"]):
             val += (ids, w["eot"])
             val_rows.append(row)
         else:
@@ -501,7 +510,7 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
             "eot_id": eot,
             "tokenizer": kind,
             "tokenizer_fingerprint": tokenizer_fingerprint(Tokenizer.from_file(str(tmp / "tokenizer.json"))),
-            "split": {"seed": split_seed, "val_fraction": val_fraction, "val_fingerprint": writer.val_digest.hexdigest()[:16],
+            "split": {"rule": SPLIT_RULE, "seed": split_seed, "val_fraction": val_fraction, "val_fingerprint": writer.val_digest.hexdigest()[:16],
                       "val_documents": writer.val_rows},
             "train_unigram_entropy": writer.entropy,
             "seconds": round(time.perf_counter() - started, 3),
@@ -593,7 +602,7 @@ def cached_prepare(source: Source, tokenizer: TokenizerSpec, val_fraction: float
                    num_proc: int | None = None) -> Path:
     """The prepared corpus of an unprepared source, in the cache (`$CSLAWS_CACHE`, default ~/.cache/cslaws),
     prepared on first use; keyed by everything that defines its content."""
-    key = json.dumps([FORMAT_VERSION, source.label, source.name, source.split, source.text_column, source.stamp(),
+    key = json.dumps([FORMAT_VERSION, SPLIT_RULE, source.label, source.name, source.split, source.text_column, source.stamp(),
                       tokenizer.stamp(), val_fraction, split_seed])
     out = cache_root() / "corpora" / f"{source.path.replace('/', '_')[:40]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (out / INDEX).exists():

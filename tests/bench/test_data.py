@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cslaws.bench.data import TextDataModule, TrainWindows
+from cslaws.bench.data import TextDataModule, TrainWindows, ValWindows
 from cslaws.bench.prepare import Source, TokenizerSpec, prepare
 from cslaws.errors import BenchError
 
@@ -55,8 +55,14 @@ def test_validation_set_is_the_same_documents_whatever_seq_len_and_batch_size(pr
     c = make(None, path=str(prepared), seq_len=32, batch_size=5)
     val = np.fromfile(prepared / "val.bin", dtype=np.uint16)
     batches = lambda dm: torch.cat(list(dm.val_dataloader()))  # noqa: E731
-    assert batches(a).tolist() == [val[i * 32: i * 32 + 33].tolist() for i in range(40)]
-    assert batches(b).tolist() == [val[i * 16: i * 16 + 17].tolist() for i in range(80)]
+    for dm, seq_len, count in ((a, 32, 40), (b, 16, 80)):
+        got = batches(dm)
+        # Which window of the file each scored sequence is, found by search: they are spread over the whole
+        # file, from its first window to within one stride of its last, in strides of floor or ceil(n / count).
+        n = (len(val) - 1) // seq_len
+        starts = [next(j for j in range(n) if val[j * seq_len: j * seq_len + seq_len + 1].tolist() == w.tolist()) for w in got]
+        assert len(got) == count and starts[0] == 0 and n - 1 - starts[-1] < n / count
+        assert set(np.diff(starts)) <= {n // count, -(-n // count)} and n > 2 * count
     assert torch.equal(batches(a), batches(c))
     assert a.provenance["val_set"] == c.provenance["val_set"] != b.provenance["val_set"]  # seq_len is part of the key
     assert a.provenance["dataset"] == b.provenance["dataset"]
@@ -89,7 +95,7 @@ def test_budget_beyond_one_pass_is_refused_unless_allowed(prepared) -> None:
 def test_prepared_corpus_must_match_the_run(prepared, tmp_path) -> None:
     with pytest.raises(BenchError, match="vocab_size=1024 does not match prepared corpus .* give --data.vocab_size 512"):
         TextDataModule(path=str(prepared), vocab_size=1024)
-    (tmp_path / "o.txt").write_text("another corpus, another tokenizer\n" * 300)
+    (tmp_path / "o.txt").write_text("".join(f"another corpus, another tokenizer {i}\n" for i in range(300)))
     other = prepare(Source("text", data_files=(str(tmp_path / "o.txt"),)), TokenizerSpec(None, 300), tmp_path / "o",
                     val_fraction=0.2, num_proc=1, progress=False)
     with pytest.raises(BenchError, match="was tokenized with another tokenizer .*leave --data.tokenizer out"):
@@ -102,6 +108,15 @@ def test_prepared_corpus_must_match_the_run(prepared, tmp_path) -> None:
     (incomplete / "train.bin").write_bytes(b"")
     with pytest.raises(BenchError, match="half' is not a complete prepared corpus"):
         TextDataModule(path=str(incomplete))
+
+
+def test_validation_windows_sample_every_part_of_the_file() -> None:
+    """A validation file of two sources in turn (as `english`: Shakespeare, then the Bible) is scored on both, in
+    proportion to their tokens; the first windows alone would be the first source's."""
+    tokens = np.array([1] * 3001 + [2] * 1000, np.uint16)
+    windows = ValWindows(tokens, 10, 40)
+    sources = [set(windows[i].tolist()) for i in range(len(windows))]
+    assert sources.count({1}) == 30 and sources.count({2}) == 9 and sources.count({1, 2}) == 1
 
 
 def test_too_few_validation_windows_are_refused(prepared) -> None:

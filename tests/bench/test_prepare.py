@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 from pathlib import Path
@@ -25,7 +26,7 @@ def prepared(small_corpus, tmp_path_factory) -> Path:
 def test_index_and_files_are_a_direct_tokenization_of_the_documents(prepared, small_corpus) -> None:
     index = read_index(prepared)
     rows = lines_of(small_corpus)
-    val_rows = [i for i, t in enumerate(rows) if t and is_validation(i, 0, 0.02)]
+    val_rows = [i for i, t in enumerate(rows) if t and is_validation(t, 0, 0.02)]
     assert index["split"]["val_documents"] == val_rows
     assert 0.01 < len(val_rows) / sum(map(bool, rows)) < 0.03
     assert index["documents"] == sum(map(bool, rows)) and index["dtype"] == "uint16" and index["vocab_size"] == 512
@@ -54,13 +55,11 @@ def test_workers_write_the_same_files_as_one_process(prepared, small_corpus, tmp
 
 def test_bpe_never_sees_the_validation_documents(tmp_path) -> None:
     """A word that occurs only in validation documents gets no token; the same kind of word in training does."""
-    rows = [f"the plain line number {i} of some ordinary text" for i in range(600)]
-    val = [i for i in range(600) if is_validation(i, 0, 0.05)]
-    train = [i for i in range(600) if i not in val]
-    for i in val:
-        rows[i] = "zqxvbk " * 50
-    for i in train[:len(val)]:
-        rows[i] = "wjfypg " * 50
+    odd = (f"{i} " + "zqxvbk " * 50 for i in range(10_000))
+    val = [t for t in odd if is_validation(t, 0, 0.05)][:30]
+    common = (f"{i} " + "wjfypg " * 50 for i in range(10_000))
+    train = [t for t in common if not is_validation(t, 0, 0.05)][:30]
+    rows = [f"the plain line number {i} of some ordinary text" for i in range(540)] + val + train
     f = tmp_path / "c.txt"
     f.write_text("\n".join(rows))
     out = prepare(Source("text", data_files=(str(f),)), TokenizerSpec(None, 400), tmp_path / "p", val_fraction=0.05,
@@ -68,6 +67,20 @@ def test_bpe_never_sees_the_validation_documents(tmp_path) -> None:
     vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab()
     assert any("wjfypg" in t for t in vocab)
     assert not any("zqx" in t or "vbk" in t for t in vocab)
+
+
+def test_copies_of_a_document_are_never_split_between_training_and_validation(tmp_path) -> None:
+    """A text that occurs many times (a stage direction, a boilerplate line) is all validation or all training."""
+    texts = [f"a repeated line of kind {k}" for k in range(60)]
+    rows = [texts[(7 * i) % 60] for i in range(1200)]  # each text 20 times, its copies far apart
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(rows))
+    out = prepare(Source("text", data_files=(str(f),)), TokenizerSpec(None, 300), tmp_path / "p", val_fraction=0.1,
+                  num_proc=1, progress=False)
+    index = read_index(out)
+    val = {rows[i] for i in index["split"]["val_documents"]}
+    assert index["split"]["rule"] == "text" and 0 < len(val) < 60
+    assert sorted(index["split"]["val_documents"]) == [i for i, t in enumerate(rows) if t in val]  # every copy
 
 
 def big_vocab_tokenizer(path: Path, words: list[str]) -> str:
@@ -82,7 +95,8 @@ def big_vocab_tokenizer(path: Path, words: list[str]) -> str:
 
 
 def test_large_vocabulary_is_stored_as_uint32(tmp_path) -> None:
-    rows = [f"alpha beta gamma {'delta' if i % 3 else 'omega'}" for i in range(300)]
+    # 120 distinct documents (orders of four of the five words), so that some are drawn for validation
+    rows = [" ".join(p) for p in itertools.permutations(["alpha", "beta", "gamma", "delta", "omega"], 4)] * 2
     f = tmp_path / "c.txt"
     f.write_text("\n".join(rows))
     tok_path = big_vocab_tokenizer(tmp_path / "tok.json", ["alpha", "beta", "gamma", "delta", "omega"])
@@ -90,7 +104,7 @@ def test_large_vocabulary_is_stored_as_uint32(tmp_path) -> None:
     index = read_index(out)
     assert index["dtype"] == "uint32" and index["vocab_size"] == 70_000
     train = np.fromfile(out / "train.bin", dtype=np.uint32)
-    first = [i for i in range(300) if not is_validation(i, 0, 0.02)][0]
+    first = [i for i, t in enumerate(rows) if not is_validation(t, 0, 0.02)][0]
     ids = {w: 66_002 + k for k, w in enumerate(["alpha", "beta", "gamma", "delta", "omega"])}
     assert train[:5].tolist() == [ids[w] for w in rows[first].split()] + [66_000]
     with pytest.raises(BenchError, match="vocab_size=512 does not match the tokenizer .* 70000 tokens"):
