@@ -162,12 +162,16 @@ class Source:
             # corpus's .bin files, a results .db) are the same dead end as no files, found here before any work.
             infer_module_for_data_files(DataFilesDict.from_patterns(patterns, base_path=base), path=self.path)
         except (EmptyDatasetError, DataFilesNotFoundError):
-            prepared = (f"; it is a prepared corpus, which bench fit reads with --data.path {self.path}"
-                        if (path / INDEX).exists() else "")
-            raise BenchError(f"dataset directory {self.path!r} holds no data files that a `datasets` loader reads "
-                             f"({', '.join(TEXT_LOADERS)} files, by their extensions){prepared}; give a directory of "
-                             "such files or one saved by `datasets`") from None
+            raise self.no_data_files() from None
         return [str(s) for s in patterns]
+
+    def no_data_files(self) -> BenchError:
+        """The error for a dataset directory with no file that a `datasets` loader reads."""
+        prepared = (f"; it is a prepared corpus, which bench fit reads with --data.path {self.path}"
+                    if (Path(self.path) / INDEX).exists() else "")
+        return BenchError(f"dataset directory {self.path!r} holds no data files that a `datasets` loader reads "
+                          f"({', '.join(TEXT_LOADERS)} files, by their extensions){prepared}; give a directory of "
+                          "such files or one saved by `datasets`")
 
     def unreadable(self, err: Exception) -> BenchError:
         """The error for files a `datasets` loader failed on, naming them and why: its own error names neither
@@ -213,12 +217,15 @@ class Source:
         else:
             try:
                 # a loader logs its failure too ("Failed to load JSON from file ..."): `unreadable` says it, once;
-                # the loaders' loggers only, so that the library's own warnings still show
-                with quiet_logs("datasets.packaged_modules", level=logging.CRITICAL):
+                # the loaders' loggers only, so that the library's own warnings still show. A local README.md
+                # without a dataset card's metadata block is no fault ("Repo card metadata block was not found").
+                with quiet_logs("datasets.packaged_modules", "huggingface_hub.repocard", level=logging.CRITICAL):
                     ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
                                                streaming=self.streaming, cache_dir=cache_dir)
             except datasets.exceptions.DatasetGenerationError as err:  # what the loaders raise for a file they cannot parse
                 raise self.unreadable(err) from None
+            except datasets.exceptions.DataFilesNotFoundError:  # a directory whose dataset card `splits` could not read first
+                raise self.no_data_files() from None
         if ds.column_names is not None and self.text_column not in ds.column_names:
             raise BenchError(f"text column {self.text_column!r} is not in the data set; its columns are {ds.column_names}")
         return ds
@@ -286,25 +293,33 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
-def rows(ds, column: str) -> Iterator[tuple[int, list[str]]]:
-    """(first row number, texts) batches of about BATCH_BYTES of text, in source order."""
+def rows(ds, source: Source) -> Iterator[tuple[int, list[str]]]:
+    """(first row number, texts) batches of about BATCH_BYTES of the source's text, in source order."""
+    import pyarrow
+    from datasets.exceptions import DatasetGenerationError
+
     start, texts, size, row = 0, [], 0, 0
-    for batch in ds.iter(batch_size=256):
-        for text in batch[column]:
-            texts.append(text or "")
-            size += len(texts[-1])
-            row += 1
-            if size >= BATCH_BYTES:
-                yield start, texts
-                start, texts, size = row, [], 0
+    try:
+        # a streamed source is parsed only now, as it is read: a file its loader cannot parse raises here
+        with quiet_logs("datasets.packaged_modules", level=logging.CRITICAL):
+            for batch in ds.iter(batch_size=256):
+                for text in batch[source.text_column]:
+                    texts.append(text or "")
+                    size += len(texts[-1])
+                    row += 1
+                    if size >= BATCH_BYTES:
+                        yield start, texts
+                        start, texts, size = row, [], 0
+    except (UnicodeDecodeError, pyarrow.ArrowInvalid, json.JSONDecodeError, DatasetGenerationError) as err:
+        raise source.unreadable(err) from None
     if texts:
         yield start, texts
 
 
-def training_sample(ds, column: str, split_seed: int, val_fraction: float, max_bytes: float) -> Iterator[str]:
+def training_sample(ds, source: Source, split_seed: int, val_fraction: float, max_bytes: float) -> Iterator[str]:
     """The first `max_bytes` of text of the training documents (never a validation one)."""
     taken = 0
-    for _, texts in rows(ds, column):
+    for _, texts in rows(ds, source):
         for text in texts:
             if text and not is_validation(text, split_seed, val_fraction):
                 yield text
@@ -462,7 +477,7 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
         else:
             # The model's vocabulary is the size asked for; a small corpus may give the BPE fewer merges.
             vocab_size = tokenizer.vocab_size or 2048
-            tok = train_bpe(training_sample(ds, source.text_column, split_seed, val_fraction, tokenizer.sample_mb * 1e6), vocab_size)
+            tok = train_bpe(training_sample(ds, source, split_seed, val_fraction, tokenizer.sample_mb * 1e6), vocab_size)
             kind = f"bytelevel-bpe-{vocab_size}"
         eot = end_of_text_id(tok, tokenizer.file or "trained here")
         tok.save(str(tmp / "tokenizer.json"))
@@ -475,7 +490,7 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
         with bar as advance:
             if num_proc == 1:
                 _init_worker(*init)
-                for start, texts in rows(ds, source.text_column):
+                for start, texts in rows(ds, source):
                     writer.add(enc := _encode(start, texts))
                     advance(enc)
             else:
@@ -483,7 +498,7 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
                 os.environ["TOKENIZERS_PARALLELISM"] = "false"
                 with multiprocessing.get_context("spawn").Pool(num_proc, _start_worker, init) as pool:
                     pending: deque = deque()
-                    for start, texts in rows(ds, source.text_column):
+                    for start, texts in rows(ds, source):
                         pending.append(pool.apply_async(_encode, (start, texts)))
                         while len(pending) >= 2 * num_proc or (pending and pending[0].ready()):
                             writer.add(enc := pending.popleft().get())

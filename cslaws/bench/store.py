@@ -165,10 +165,14 @@ def _to_row(record: RunRecord) -> dict[str, Any]:
     return row
 
 
-def _from_row(row: sqlite3.Row) -> RunRecord:
+def _from_row(row: sqlite3.Row, path: Path) -> RunRecord:
     data = dict(row)
     for k in _JSON_FIELDS:
-        data[k] = None if data.get(k) is None else json.loads(data[k])
+        try:
+            data[k] = None if data.get(k) is None else json.loads(data[k])
+        except json.JSONDecodeError as err:  # a store edited by hand, or damaged: say where, not only what
+            raise BenchError(f"store {str(path)!r}: run {data.get('run_id')} has a {k!r} that is not JSON ({err}); "
+                             "the file was edited or damaged: restore it from a copy") from None
     # a store read without migrating (ResultsStore(create=False)) may lack the columns added later
     return RunRecord(**{f.name: data.get(f.name) for f in fields(RunRecord) if f.name in data or f.name in ADDED_COLUMNS})
 
@@ -413,7 +417,7 @@ class ResultsStore:
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; allowed: {', '.join(STATUSES)} or None")
         query, args = ("SELECT * FROM runs WHERE status=? ORDER BY run_id", (status,)) if status else ("SELECT * FROM runs ORDER BY run_id", ())
-        return [_from_row(r) for r in self._select(query, args)]
+        return [_from_row(r, self.path) for r in self._select(query, args)]
 
     def curve(self, run_id: int) -> list[tuple[int, int, float | None, float | None]]:
         rows = self._select("SELECT step, tokens, train_loss, val_loss FROM points WHERE run_id=? ORDER BY step", (run_id,))

@@ -88,7 +88,7 @@ def read_store(path: Path) -> list[StoredRun]:
     for p in points:
         curves.setdefault(p[0], []).append(tuple(p[1:]))
     missing = {name: None for name in ADDED_COLUMNS}
-    runs = [StoredRun(_from_row({**missing, **dict(r)}), curves.get(r["run_id"], []), path) for r in rows]
+    runs = [StoredRun(_from_row({**missing, **dict(r)}, path), curves.get(r["run_id"], []), path) for r in rows]
     copies: Counter = Counter()
     for run in runs:
         if run.record.imported:

@@ -256,8 +256,10 @@ def test_unreadable_data_files_are_named_with_the_cause(tmp_path, monkeypatch, c
                                                "loader 'json' (ArrowInvalid: JSON parse error"),
         (["latin"], "dataset directory 'latin' could not be read: not UTF-8 text (UnicodeDecodeError"),
     ]
+    # streamed, a source is parsed only as its rows are read, after loading: the same error, from there
+    streamed = [([*argv, "--streaming"], message) for argv, message in cases if argv[-1] != "empty.txt"]
     before = sorted(p.name for p in tmp_path.iterdir())
-    for argv, message in cases:
+    for argv, message in cases + streamed:
         err = bench_data([*argv, "--out", "c", "--num-proc", "1", "--vocab-size", "300"], capsys)
         assert err.startswith(f"bench: error: {message}") and len(err.splitlines()) == 1, err  # the loader's log line too
         assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no partial folder
@@ -273,6 +275,9 @@ def test_directory_without_supported_data_files_is_refused(prepared, tmp_path, m
     assert err == "bench: error: dataset directory 'd' holds no data files that a `datasets` loader reads (arrow, csv, " \
                   "json, pandas, parquet, text, webdataset, xml files, by their extensions); give a directory of such " \
                   "files or one saved by `datasets`\n"
+    # a README.md (a dataset card, read by `datasets` itself) does not make the folder readable: the same one line
+    (tmp_path / "d" / "README.md").write_text("# my results\n")
+    assert bench_data(["d", "--out", "c"], capsys) == err
     err = bench_data([str(prepared), "--out", "c"], capsys)
     assert f"it is a prepared corpus, which bench fit reads with --data.path {prepared};" in err
     assert [p.name for p in tmp_path.iterdir()] == ["d"]

@@ -27,6 +27,20 @@ def test_run_lifecycle_and_curve(tmp_path) -> None:
     assert store.curve(rid) == [(10, 1000, 5.0, None), (20, 2000, None, 4.5)]
 
 
+def test_a_spec_that_is_not_json_is_an_error_naming_the_store_and_the_run(tmp_path) -> None:
+    from cslaws.bench.store_cli import read_store
+
+    store = ResultsStore(tmp_path / "r.db")
+    store.finish(store.start_run(record()), 4.5)
+    rid = store.start_run(record(seed=1))
+    store.finish(rid, 4.4)
+    with closing(sqlite3.connect(tmp_path / "r.db")) as db, db:
+        db.execute("UPDATE runs SET weight = '{bad' WHERE run_id = ?", (rid,))
+    for read in (lambda: ResultsStore(tmp_path / "r.db", create=False).runs(), lambda: read_store(tmp_path / "r.db")):
+        with pytest.raises(BenchError, match=f"store '.*r.db': run {rid} has a 'weight' that is not JSON .*restore it"):
+            read()
+
+
 def test_failed_runs_are_not_finished(tmp_path) -> None:
     store = ResultsStore(tmp_path / "r.db")
     rid = store.start_run(record(cell="c1"))
