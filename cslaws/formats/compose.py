@@ -160,6 +160,7 @@ class Compose(Format):
     def storage_bits(self, shape: tuple[int, ...]) -> float:
         """The rule of `bits_per_value` with the value format's scales on the real shape."""
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
+        self.sparsifier.storage_bits(shape)  # its cost is metadata_bits; pricing it checks that it fits (N:M groups)
         return self._code_bits() + (self.value.storage_bits(shape) - e) + self.sparsifier.metadata_bits
 
     def _code_bits(self) -> float:

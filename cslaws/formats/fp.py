@@ -127,9 +127,12 @@ class FP(ScalarQuantizer):
         return QuantPlan("fp", self.granularity, self.group_size, self.backward, self.trust, element=(el.mbits, el.emin, el.emax, el.max))
 
     def _quantize(self, g: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        scale = exact_div(absmax(g, keep), self._el.max).clamp_min_(TINY)
+        amax = absmax(g, keep)
+        scale = exact_div(amax.clone(), self._el.max).clamp_min_(TINY)
         q, quantum = fp_round(g / scale, self._el)
-        return q.mul_(scale), quantum.mul_(scale), scale * self._el.max
+        # The grid's edge is the absmax itself (nothing is clipped): (absmax / max) * max can round one ulp
+        # below it, which cut the largest value's gradient in 2-3% of rows under the clipped rule.
+        return q.mul_(scale), quantum.mul_(scale), torch.maximum(scale * self._el.max, amax)
 
 
 def mx_scale(amax: Tensor, el: Element) -> Tensor:

@@ -22,17 +22,12 @@ a boolean mask of the positions that receive one; the backward pass is `grad_x =
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Literal
 
-import torch
 from torch import Tensor
 
 Backward = Literal["ste", "clipped", "trust"]
 BACKWARDS: tuple[str, ...] = ("ste", "clipped", "trust")
-
-#: A quantize function: (x, need_mask) -> (Q(x), mask of positions that get a gradient, or None = all).
-QuantizeFn = Callable[[Tensor, bool], "tuple[Tensor, Tensor | None]"]
-
 
 def check_backward(backward: str, trust: float) -> None:
     """Raise on an unknown backward rule or a non-positive trust factor."""
@@ -72,29 +67,3 @@ def rule_mask(backward: str, x: Tensor, q: Tensor, threshold: Tensor | float, cl
 def clip_mask(x: Tensor, clip: Tensor | float) -> Tensor:
     """Clipped-STE mask: True where `|x| <= clip` (inclusive)."""
     return x.abs() <= clip
-
-
-class _Rule(torch.autograd.Function):
-    """Forward `Q(x)`; backward multiplies the incoming gradient by the saved mask (if any)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, quantize: QuantizeFn) -> Tensor:
-        q, mask = quantize(x, ctx.needs_input_grad[0])
-        ctx.has_mask = mask is not None
-        if mask is not None:
-            ctx.save_for_backward(mask)
-        return q
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        if not ctx.has_mask:
-            return grad, None
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
-
-
-def with_rule(x: Tensor, quantize: QuantizeFn) -> Tensor:
-    """Apply `quantize` to `x`, with the backward `grad * mask` where the mask comes from `quantize`."""
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return quantize(x, False)[0]
-    return _Rule.apply(x, quantize)

@@ -276,13 +276,20 @@ class NM(Sparsifier):
         self.m = m
         self._init_backward(backward, rbbm_p)
 
-    def _groups(self, t: Tensor) -> Tensor:
-        row = t.shape[-1]
+    def _check_row(self, row: int) -> None:
         if row % self.m:
             raise ValueError(
                 f"{self.n}:{self.m} sparsity needs rows whose length is a multiple of M={self.m}, got {row}"
             )
-        return t.unflatten(-1, (row // self.m, self.m))
+
+    def _groups(self, t: Tensor) -> Tensor:
+        self._check_row(t.shape[-1])
+        return t.unflatten(-1, (t.shape[-1] // self.m, self.m))
+
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        # the cost does not depend on the shape, but pricing a layer is how its fit is checked (`check_fits`)
+        self._check_row(shape[-1])
+        return self.bits_per_value
 
     def keep_mask(self, x: Tensor) -> Tensor:
         return nm_mask(self._groups(x.abs()), self.n).flatten(-2)

@@ -129,7 +129,7 @@ def _law(argv: list[str]) -> int:
                    help="fit on the reference and these formats only, and predict every other format from its GMSE "
                         "alone, beside its eff measured by the free fit on all runs (held-out check)")
     u.add_argument("--bootstrap", type=int, default=None, metavar="K",
-                   help="K bootstrap resamples for intervals (default: none; 100 with --fit-on)")
+                   help="K bootstrap resamples for intervals (default: none; with --fit-on 100, and at least 2)")
     u.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     u.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     g = sub.add_parser("gaps", help="each format's loss gap to the reference and its change per doubling of D at "
@@ -209,7 +209,8 @@ def _law_unified(args: argparse.Namespace) -> int:
     from cslaws.laws.unified import build_unified, check_fixed_families, format_parts, parse_fixed, render_tables
 
     fixed = parse_fixed(args.fix)
-    _check_bootstrap(args.bootstrap, intervals_optional=True)
+    # the held-out predictions are judged against the measured intervals: --fit-on needs resamples
+    _check_bootstrap(args.bootstrap, intervals_optional=args.fit_on is None)
     _check_seed(args.seed)
     records = _store_records(args)
     parts = format_parts(records)

@@ -55,10 +55,21 @@ _EXP_MIN = 1e-3
 #: share two values of D (a matrix of `tokens`) leave B, beta and E a flat valley along which beta runs to
 #: infinity and B = e^b overflows; capped, that is a boundary solution reported in `LawFit.at_bound`.
 _EXP_MAX = 3.0
+#: Search range of a free unified-law constant (F, C, Lsat), around the published 0.41, 1.39 and 1.0. Without
+#: it, GMSEs that do not determine a constant let it run off (two INT formats: C to 3e8, with F following,
+#: each bootstrap refit staying out there), which read as a narrow interval; at the range's end, it is a
+#: boundary solution reported in `LawFit.at_bound` as not determined.
+_FAMILY_MIN, _FAMILY_MAX = 1e-2, 1e2
 #: Token budgets whose tokens per parameter D/N differ by less than this (relative) are one budget:
 #: training whole optimizer steps moves D off the asked-for ratio by up to a few tenths of a percent (more
 #: on the smallest models), which must not pass for a second budget.
 BUDGET_TOLERANCE = 0.02
+
+
+def distinct_values(x: np.ndarray, rtol: float) -> int:
+    """How many distinct values `x` has, those within a relative `rtol` of their sorted neighbour counted as one."""
+    v = np.sort(np.asarray(x, dtype=np.float64))
+    return int(len(v) > 0) + int(np.sum(v[1:] > v[:-1] * (1.0 + rtol)))
 
 
 def rho(gmse: np.ndarray | float, F: float = RHO_F, C: float = RHO_C, Lsat: float = RHO_LSAT) -> np.ndarray:
@@ -151,6 +162,9 @@ class LawFit:
     holdout: Holdout | None = None
     holdout_note: str = ""
     at_bound: list[str] = field(default_factory=list)
+    #: Distinct token counts among the runs (within BUDGET_TOLERANCE); below 3, B, beta and E are not
+    #: determined wherever the optimiser stops (0: not counted).
+    d_values: int = 0
     theta: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     optima: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     #: Unified form: a run index for each key of `eff` (runs with the same compressed tensors share one).
@@ -174,6 +188,7 @@ class LawFit:
         if self.holdout is None:
             out["holdout_note"] = self.holdout_note
         out["at_bound"] = list(self.at_bound)
+        out["d_values"] = self.d_values
         return out
 
     def family_eff(self, components: Sequence[tuple[str, float]]) -> float:
@@ -367,7 +382,8 @@ class _Problem:
     search.
     """
 
-    def __init__(self, runs: Runs, model, extra_bounds: list[tuple[float | None, float | None]] | None = None) -> None:
+    def __init__(self, runs: Runs, model, extra_bounds: list[tuple[float | None, float | None]] | None = None,
+                 extra_names: Sequence[str] = ()) -> None:
         logn, logd, self.logl = _data(runs)
         self.mu_n, self.mu_d = float(logn.mean()), float(logd.mean())
         self.data = (logn - self.mu_n, logd - self.mu_d, self.logl)
@@ -376,6 +392,8 @@ class _Problem:
         extra = extra_bounds if extra_bounds is not None else [(None, None)] * model.n_extra
         self.bounds = [(None, None), (None, None), (self.e_min, None), (_EXP_MIN, _EXP_MAX), (_EXP_MIN, _EXP_MAX),
                        *extra]
+        self.extra_names = list(extra_names)
+        self.d_values = distinct_values(runs.d, BUDGET_TOLERANCE)
 
     def centre(self, theta: np.ndarray) -> np.ndarray:
         t = np.array(theta, dtype=np.float64)
@@ -417,6 +435,9 @@ class _Problem:
 
         names = ["E" if theta[2] <= self.e_min + 1e-6 else "", "alpha" if pinned(theta[3]) else "",
                  "beta" if pinned(theta[4]) else ""]
+        # a free extra constant at an end of its range (a pinned one has lo == hi and is no finding)
+        names += [name for name, x, (lo, hi) in zip(self.extra_names, theta[5:], self.bounds[5:])
+                  if lo is not None and hi is not None and lo < hi and (x <= lo + 1e-6 or x >= hi - 1e-6)]
         return [n for n in names if n]
 
 
@@ -517,7 +538,7 @@ def _law_from_solution(form: str, sol: _Solution, runs: Runs, problem: _Problem,
     return LawFit(
         form=form, A=math.exp(a), B=math.exp(b), E=math.exp(e), alpha=alpha, beta=beta, eff=eff,
         objective=sol.objective, rmse_log=_rmse_log(theta, runs, model), n_runs=len(runs), reference=reference,
-        family=family, at_bound=problem.at_bound(theta), theta=theta, optima=sol.optima, problem=problem,
+        family=family, at_bound=problem.at_bound(theta), d_values=problem.d_values, theta=theta, optima=sol.optima, problem=problem,
     )
 
 
@@ -671,8 +692,8 @@ def fit_unified(
             value = pinned(fixed, fam, name)
             if value is not None:
                 family0[3 * j + k] = published[3 * j + k] = math.log(value)
-            bounds.append((None, None) if value is None else (math.log(value),) * 2)
-    problem = _Problem(runs, model, bounds)
+            bounds.append((math.log(_FAMILY_MIN), math.log(_FAMILY_MAX)) if value is None else (math.log(value),) * 2)
+    problem = _Problem(runs, model, bounds, [f"{name}[{fam}]" for fam in model.families for name in FAMILY_PARAMS])
     starts = np.stack([np.concatenate([per_format.theta[:5], f0]) for f0 in (family0, published)])
     law = _law_from_solution("unified", problem.solve(starts), runs, problem, "dense")
     log_eff_runs = model.log_eff(law.theta[None, :])[0]

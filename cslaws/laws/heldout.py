@@ -75,15 +75,17 @@ def undetermined(law: LawFit, intervals: Bootstrap | None, fixed: dict[str, floa
                  gmses: dict[str, Sequence[float]]) -> dict[str, str]:
     """Per family of a unified fit, why its free constants are not determined by the runs (absent: they are).
 
-    Three signs: an exponent of the law sits at its search bound (`LawFit.at_bound`: the N or D term is not
-    determined, so no eff is); a constant barely moves rho at the family's measured GMSEs (MIN_SENSITIVITY);
-    its bootstrap interval spans more than MAX_INTERVAL_RATIO. E alone at its bound is no sign: a narrow
+    Four signs: an exponent of the law sits at its search bound (`LawFit.at_bound`: the N or D term is not
+    determined, so no eff is); a constant sits at an end of its search range (also `at_bound`: it ran off, and a
+    bootstrap that refits from there stays there, so its interval can look narrow); a constant barely moves rho
+    at the family's measured GMSEs (MIN_SENSITIVITY); its bootstrap interval spans more than
+    MAX_INTERVAL_RATIO. E alone at its bound is no sign: a narrow
     range of N rarely determines the irreducible loss (QuEST's 104 runs do not either), and the measured effs
     the predictions are set against come from the same fit (`caveat` says so).
     """
     ci = intervals.ci if intervals is not None else {}
     out = {}
-    exponents = [name for name in law.at_bound if name != "E"]
+    exponents = [name for name in law.at_bound if name in ("alpha", "beta")]
     for fam, consts in law.family.items():
         reasons = [f"exponents at their search bound ({', '.join(exponents)})"] if exponents else []
         sens = rho_sensitivity(np.asarray(gmses[fam]), **consts)
@@ -91,7 +93,9 @@ def undetermined(law: LawFit, intervals: Bootstrap | None, fixed: dict[str, floa
             if pinned(fixed, fam, name) is not None:
                 continue
             value = consts[name]
-            if not np.max(np.abs(np.nan_to_num(sens[name]))) >= MIN_SENSITIVITY:
+            if f"{name}[{fam}]" in law.at_bound:
+                reasons.append(f"{name}={value:.3g} ran to an end of its search range")
+            elif not np.max(np.abs(np.nan_to_num(sens[name]))) >= MIN_SENSITIVITY:
                 reasons.append(f"{name}={value:.3g} barely moves rho at the measured GMSEs")
             elif f"{name}[{fam}]" in ci:
                 lo, hi = ci[f"{name}[{fam}]"]

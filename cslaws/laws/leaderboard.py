@@ -186,6 +186,10 @@ def law_summary(law: LawFit) -> str:
         text += f"; {law.holdout_note}"
     if law.at_bound:
         text += f"; at search bound (not determined by the runs): {', '.join(law.at_bound)}"
+    if 0 < law.d_values < 3:
+        # B D^-beta + E takes only as many values as there are D: a valley of equal fit, whether or not the
+        # optimiser stopped at beta's bound. eff (the N term) is not affected; extrapolations in D (bench plan) are.
+        text += f"; B, beta and E not determined by the runs: they have {law.d_values} value(s) of D"
     return text
 
 

@@ -23,7 +23,7 @@ from cslaws.laws.fit import (
 )
 from cslaws.laws.uncertainty import bootstrap
 
-from conftest import TRUE, TRUE_EFF, synthetic
+from conftest import SIZES, TRUE, TRUE_EFF, law_loss, synthetic
 
 
 def _reference_objective(p: np.ndarray, logn, logd, logl, idx) -> float:
@@ -302,3 +302,23 @@ def test_two_shared_token_budgets_recover_the_multipliers():
     assert law.eff["int4"] == pytest.approx(TRUE_EFF["int4"], rel=1e-3)
     assert law.eff["int2"] == pytest.approx(TRUE_EFF["int2"], rel=1e-3)
     assert law.alpha == pytest.approx(TRUE["alpha"], rel=1e-3)
+
+
+def test_runs_at_two_values_of_d_leave_the_d_term_undetermined_and_say_so():
+    """Every size at the same two D (a matrix of `tokens`): B D^-beta + E takes two values, so B, beta and E trade
+    along a valley of equal fit, wherever the optimiser stops in it; the summary says so, at a bound or not."""
+    from cslaws.laws.fit import distinct_values
+    from cslaws.laws.leaderboard import law_summary
+
+    rng = np.random.default_rng(3)
+    n = np.repeat(SIZES, 2)
+    d = np.tile([2e9, 4e9], len(SIZES))
+    d[::4] *= 1.005  # whole optimizer steps miss a budget by a little: still one value of D
+    loss = law_loss(n, d) * np.exp(rng.normal(0.0, 0.002, len(n)))
+    law = fit_compression(Runs.of(n, d, loss, ["dense"] * len(n)), holdout=False)
+    assert law.d_values == 2 and distinct_values(d, 0.001) == 3
+    assert "B, beta and E not determined by the runs: they have 2 value(s) of D" in law_summary(law)
+    assert distinct_values(np.array([1.0, 1.005, 2.0, 4.0]), 0.02) == 3 and distinct_values(np.array([]), 0.02) == 0
+    n, d, loss, label = synthetic()
+    tpp = fit_compression(Runs.of(n, d, loss, label), holdout=False)
+    assert tpp.d_values > 3 and "not determined" not in law_summary(tpp)

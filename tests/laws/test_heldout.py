@@ -109,6 +109,22 @@ def test_only_an_exponent_at_its_bound_leaves_the_law_undetermined(store):
     assert undetermined(alpha_at_bound, None, {"Lsat": 1.0}, gmses) == {"scalar": "exponents at their search bound (alpha)"}
 
 
+def test_a_constant_that_runs_off_is_stopped_at_its_range_and_named(tmp_path):
+    """int4 as good as dense and int3 below it: with Lsat = 1 no finite (F, C) fits both, and C runs off (the
+    CPU study's int4 and int3 took it to 3e8, each bootstrap refit staying there: a narrow interval that read
+    as determined, and int2 predicted at 0.000). It stops at the end of its search range and is named there."""
+    from cslaws.laws.fit import _FAMILY_MAX, fit_unified
+    from cslaws.laws.heldout import undetermined
+
+    int_store(tmp_path / "r.db", {4: 1.0, 3: 0.9, 2: 0.7}.__getitem__, noise=0.0, w4a4=False)
+    records = [r for r in ResultsStore(tmp_path / "r.db", create=False).runs() if r.label in ("dense", "int3", "int4")]
+    parts = format_parts(records)
+    law = fit_unified(lb.runs_of(records), [parts[r.label] for r in records], fixed={"Lsat": 1.0}, holdout=False)
+    assert law.family["scalar"]["C"] == pytest.approx(_FAMILY_MAX) and "C[scalar]" in law.at_bound
+    gmses = {"scalar": [g for r in records for _, g in parts[r.label]]}
+    assert "C=100 ran to an end of its search range" in undetermined(law, None, {"Lsat": 1.0}, gmses)["scalar"]
+
+
 def test_a_pin_of_a_family_that_a_fitted_subset_lacks_is_left_out_of_that_fit(capsys, tmp_path):
     """`--fix sparse.C=1.39` names a family of the store; a fit on the INT formats alone (`--fit-on`, or a
     held-out INT format's "other formats") has no sparse run for it to act on, and must still run."""

@@ -249,7 +249,7 @@ def quantize_fwd_kernel(
         v, quantum = _fp_round(tl.div_rn(x, scale), MBITS, EMIN, EMAX, MAXV)
         q = v * scale
         step = quantum * scale
-        clip = scale * MAXV
+        clip = tl.maximum(scale * MAXV, stat)  # the absmax itself: scale * MAXV can round one ulp below it
     elif KIND == MX:
         xexp = tl.minimum(tl.maximum(tl.where(stat > 0.0, _floor_log2(stat) - EMAX, -127), -127), 127)
         scale = _exp2i(xexp)
