@@ -56,8 +56,7 @@ def test_recorded_formats_rebuild_with_their_recorded_bits(runs) -> None:
 
 
 def test_every_run_stores_the_gaussian_errors_this_code_measures(runs) -> None:
-    """The law's GMSE inputs are in the store (filled in after the study, which predates the column, by this
-    version's measurement: the same values the leaderboard measured from the specs before)."""
+    """The law's GMSE inputs are in the store, as each run measured them when it started."""
     for r in runs:
         assert r.capacity == run_capacity(r.weight, r.activation)
         assert (r.capacity["weight"] is None) == (r.label == "dense")
