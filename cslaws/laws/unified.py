@@ -164,6 +164,11 @@ def render_tables(report: UnifiedReport):
     for r in report.rows:
         formats.add_row(escape(r.label), escape(describe_parts(r.components)), f"{r.eff_free:.3f}",
                         f"{r.eff_unified:.3f}", str(r.runs))
-    hints = [f"bench capacity --F {c['F']:.4g} --C {c['C']:.4g} --Lsat {c['Lsat']:.4g} ...   ({fam} formats)"
+    from cslaws.laws.heldout import judged  # heldout builds on this module
+
+    # a family whose constants the runs do not determine gets the reason, not a command to predict with
+    unknown = judged(report).undetermined
+    hints = [f"{fam} formats: none; its constants are not determined by the runs ({unknown[fam]})" if fam in unknown else
+             f"bench capacity --F {c['F']:.4g} --C {c['C']:.4g} --Lsat {c['Lsat']:.4g} ...   ({fam} formats)"
              for fam, c in report.law.family.items()]
     return Group(fams, formats, escape("Predict untrained formats with these constants:\n  " + "\n  ".join(hints)))

@@ -109,7 +109,7 @@ def test_only_an_exponent_at_its_bound_leaves_the_law_undetermined(store):
     assert undetermined(alpha_at_bound, None, {"Lsat": 1.0}, gmses) == {"scalar": "exponents at their search bound (alpha)"}
 
 
-def test_a_constant_that_runs_off_is_stopped_at_its_range_and_named(tmp_path):
+def test_a_constant_that_runs_off_is_stopped_at_its_range_and_named(capsys, tmp_path):
     """int4 as good as dense and int3 below it: with Lsat = 1 no finite (F, C) fits both, and C runs off (the
     CPU study's int4 and int3 took it to 3e8, each bootstrap refit staying there: a narrow interval that read
     as determined, and int2 predicted at 0.000). It stops at the end of its search range and is named there."""
@@ -123,6 +123,12 @@ def test_a_constant_that_runs_off_is_stopped_at_its_range_and_named(tmp_path):
     assert law.family["scalar"]["C"] == pytest.approx(_FAMILY_MAX) and "C[scalar]" in law.at_bound
     gmses = {"scalar": [g for r in records for _, g in parts[r.label]]}
     assert "C=100 ran to an end of its search range" in undetermined(law, None, {"Lsat": 1.0}, gmses)["scalar"]
+    # the command gives no constants to predict with, and says why
+    assert bench(["law", "unified", "--store", str(tmp_path / "r.db"), "--fit-on", "int3", "int4", "--fix", "Lsat=1",
+                  "--bootstrap", "4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "scalar formats: none; its constants are not determined by the runs (C=100 ran to an end" in out
+    assert "bench capacity --F" not in out
 
 
 def test_a_pin_of_a_family_that_a_fitted_subset_lacks_is_left_out_of_that_fit(capsys, tmp_path):
