@@ -44,6 +44,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def cache_root() -> Path:
 #: How `is_validation` draws the documents: part of the cache key and of the index, so that a corpus split by
 #: an older rule (by row number, before 2026-12-03) is neither reused from the cache nor mistaken for this one.
 SPLIT_RULE = "text"
+
+
+def quiet_loaders() -> AbstractContextManager[None]:
+    """Quiet a `datasets` loader's own log of a file it cannot parse ("Failed to load JSON from file ..."),
+    which `Source.unreadable` says once, and a dataset card's complaint about a local README.md without a card's
+    metadata block, which is no fault. The loaders' loggers only, so the library's own warnings still show."""
+    return quiet_logs("datasets.packaged_modules", "huggingface_hub.repocard", level=logging.CRITICAL)
 
 
 def is_validation(text: str, split_seed: int, val_fraction: float) -> bool:
@@ -216,10 +224,7 @@ class Source:
             ds = ds.to_iterable_dataset() if self.streaming else ds
         else:
             try:
-                # a loader logs its failure too ("Failed to load JSON from file ..."): `unreadable` says it, once;
-                # the loaders' loggers only, so that the library's own warnings still show. A local README.md
-                # without a dataset card's metadata block is no fault ("Repo card metadata block was not found").
-                with quiet_logs("datasets.packaged_modules", "huggingface_hub.repocard", level=logging.CRITICAL):
+                with quiet_loaders():
                     ds = datasets.load_dataset(self.path, self.name, split=self.split, data_files=list(self.data_files) or None,
                                                streaming=self.streaming, cache_dir=cache_dir)
             except datasets.exceptions.DatasetGenerationError as err:  # what the loaders raise for a file they cannot parse
@@ -265,7 +270,6 @@ class TokenizerSpec:
 TEXT_LOADERS = ("arrow", "csv", "json", "pandas", "parquet", "text", "webdataset", "xml")
 
 
-
 def load_tokenizer(path: str):
     from tokenizers import Tokenizer
 
@@ -301,7 +305,7 @@ def rows(ds, source: Source) -> Iterator[tuple[int, list[str]]]:
     start, texts, size, row = 0, [], 0, 0
     try:
         # a streamed source is parsed only now, as it is read: a file its loader cannot parse raises here
-        with quiet_logs("datasets.packaged_modules", level=logging.CRITICAL):
+        with quiet_loaders():
             for batch in ds.iter(batch_size=256):
                 for text in batch[source.text_column]:
                     texts.append(text or "")

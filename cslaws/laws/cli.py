@@ -222,11 +222,11 @@ def _law_unified(args: argparse.Namespace) -> int:
     # with --fit-on, one fit on the chosen formats: the tables print it, the predictions use it
     chosen = records if fit_on is None else fitted_on(records, fit_on, args.dense)
     report = build_unified(chosen, fixed, reference=args.dense, k=k, seed=args.seed)
-    result, tables = report.to_dict(), [render_tables(report)]
+    rho_fit = judged(report)  # which families the runs determine: the hints and the predictions both follow it
+    result, tables = report.to_dict(), [render_tables(report, rho_fit.undetermined)]
     if fit_on is not None:
         board = lb.build(records, reference=args.dense, k=k, seed=args.seed)
-        predictions = held_out_predictions(records, board, parts, fixed, k, args.seed, fit_on=fit_on,
-                                           shared=judged(report))
+        predictions = held_out_predictions(records, board, parts, fixed, k, args.seed, fit_on=fit_on, shared=rho_fit)
         result |= {"fit_on": fit_on, "held_out": predictions_to_dict(predictions)}
         tables.append(render_predictions(predictions, parts))
     if args.format == "json":

@@ -39,6 +39,11 @@ RHO_F, RHO_C, RHO_LSAT = 0.41, 1.39, 1.0
 SHARED = ("A", "B", "E", "alpha", "beta")
 FAMILY_PARAMS = ("F", "C", "Lsat")
 
+
+def constant_key(name: str, family: str) -> str:
+    """How a family's constant is named in bootstrap samples and intervals and in `LawFit.at_bound`: "C[scalar]"."""
+    return f"{name}[{family}]"
+
 # Starting grid for the five shared log-parameters (a, b, e, alpha, beta), after Besiroglu et al. (2024)
 # with a finer exponent axis; log-multipliers are profiled on _LOG_EFF_GRID.
 _GRID_A = np.arange(0.0, 30.0, 5.0)
@@ -693,7 +698,7 @@ def fit_unified(
             if value is not None:
                 family0[3 * j + k] = published[3 * j + k] = math.log(value)
             bounds.append((math.log(_FAMILY_MIN), math.log(_FAMILY_MAX)) if value is None else (math.log(value),) * 2)
-    problem = _Problem(runs, model, bounds, [f"{name}[{fam}]" for fam in model.families for name in FAMILY_PARAMS])
+    problem = _Problem(runs, model, bounds, [constant_key(name, fam) for fam in model.families for name in FAMILY_PARAMS])
     starts = np.stack([np.concatenate([per_format.theta[:5], f0]) for f0 in (family0, published)])
     law = _law_from_solution("unified", problem.solve(starts), runs, problem, "dense")
     log_eff_runs = model.log_eff(law.theta[None, :])[0]

@@ -24,7 +24,7 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from cslaws.laws import leaderboard as lb
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, pinned, rho, unified_eff
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, constant_key, pinned, rho, unified_eff
 from cslaws.laws.uncertainty import Bootstrap
 from cslaws.laws.unified import UnifiedReport, build_unified, describe_parts
 
@@ -93,12 +93,13 @@ def undetermined(law: LawFit, intervals: Bootstrap | None, fixed: dict[str, floa
             if pinned(fixed, fam, name) is not None:
                 continue
             value = consts[name]
-            if f"{name}[{fam}]" in law.at_bound:
+            key = constant_key(name, fam)
+            if key in law.at_bound:
                 reasons.append(f"{name}={value:.3g} ran to an end of its search range")
             elif not np.max(np.abs(np.nan_to_num(sens[name]))) >= MIN_SENSITIVITY:
                 reasons.append(f"{name}={value:.3g} barely moves rho at the measured GMSEs")
-            elif f"{name}[{fam}]" in ci:
-                lo, hi = ci[f"{name}[{fam}]"]
+            elif key in ci:
+                lo, hi = ci[key]
                 if not (lo > 0 and hi / lo <= MAX_INTERVAL_RATIO):
                     reasons.append(f"{name}'s {100 * intervals.level:.0f}% interval [{lo:.3g}, {hi:.3g}] spans "
                                    f"more than {MAX_INTERVAL_RATIO:g}x")
@@ -116,7 +117,7 @@ def eff_interval(parts: Sequence[tuple[str, float]], boot: Bootstrap) -> tuple[f
     """Bootstrap interval of prod rho over `parts` under the resampled family constants."""
     draws = np.ones(len(boot.samples["A"]))
     for fam, g in parts:
-        draws = draws * rho(g, *(boot.samples[f"{p}[{fam}]"] for p in FAMILY_PARAMS))
+        draws = draws * rho(g, *(boot.samples[constant_key(p, fam)] for p in FAMILY_PARAMS))
     tail = 50.0 * (1.0 - boot.level)
     lo, hi = np.percentile(draws, [tail, 100.0 - tail])
     return float(lo), float(hi)

@@ -37,6 +37,7 @@ from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E
 
 from cslaws.laws.fit import (  # noqa: E402
     FAMILY_PARAMS,
+    constant_key,
     RHO_C,
     RHO_F,
     RHO_LSAT,
@@ -291,7 +292,7 @@ def _draw_fitted_rho(ax, grid: np.ndarray, fit: RhoFit) -> None:
         ax.plot(grid, rho(grid, **c), color=colour,
                 label=f"fitted rho, {fam} (F={c['F']:.3g}, C={c['C']:.3g}, Lsat={c['Lsat']:.3g})")
         if boot is not None:
-            draws = rho(grid[None, :], *(boot.samples[f"{p}[{fam}]"][:, None] for p in FAMILY_PARAMS))
+            draws = rho(grid[None, :], *(boot.samples[constant_key(p, fam)][:, None] for p in FAMILY_PARAMS))
             tail = 50.0 * (1.0 - boot.level)
             lo, hi = np.percentile(draws, [tail, 100.0 - tail], axis=0)
             ax.fill_between(grid, lo, hi, color=colour, alpha=0.15, lw=0)

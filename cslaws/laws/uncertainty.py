@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, Runs, _PerFormat
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, Runs, _PerFormat, constant_key
 
 _REFIT_ITERS = 2000
 
@@ -83,7 +83,7 @@ def bootstrap(law: LawFit, runs: Runs, k: int = 100, seed: int = 0, level: float
     else:
         for j, fam in enumerate(model.families):
             for m, name in enumerate(FAMILY_PARAMS):
-                samples[f"{name}[{fam}]"] = np.exp(thetas[:, 5 + 3 * j + m])
+                samples[constant_key(name, fam)] = np.exp(thetas[:, 5 + 3 * j + m])
         log_eff = model.log_eff(thetas)
         eff = {key: np.exp(log_eff[:, run]) for key, run in law.eff_runs.items()}
     return Bootstrap(samples, eff, level)

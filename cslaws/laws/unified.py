@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cslaws.laws.capacity import declared
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, fit_compression, fit_unified, pinned
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, constant_key, fit_compression, fit_unified, pinned
 from cslaws.laws.leaderboard import label_capacity, law_summary, runs_of, side_parts
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
@@ -134,8 +134,8 @@ def family_rows(report: UnifiedReport) -> list[list[str]]:
         for name in FAMILY_PARAMS:
             if pinned(report.fixed, fam, name) is not None:
                 cells.append(f"{consts[name]:.4g} (fixed)")
-            elif f"{name}[{fam}]" in ci:
-                lo, hi = ci[f"{name}[{fam}]"]
+            elif constant_key(name, fam) in ci:
+                lo, hi = ci[constant_key(name, fam)]
                 cells.append(f"{consts[name]:.4g} [{lo:.3g}, {hi:.3g}]")
             else:
                 cells.append(f"{consts[name]:.4g}")
@@ -147,7 +147,9 @@ def describe_parts(components: Sequence[tuple[str, float]]) -> str:
     return " x ".join(f"{fam}({g:.4g})" for fam, g in components) or "-"
 
 
-def render_tables(report: UnifiedReport):
+def render_tables(report: UnifiedReport, undetermined: dict[str, str]):
+    """The constants, the formats, and per family the command to predict with, or, for a family in
+    `undetermined` (`heldout.judged`), why its constants are not determined by the runs."""
     from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
@@ -164,11 +166,8 @@ def render_tables(report: UnifiedReport):
     for r in report.rows:
         formats.add_row(escape(r.label), escape(describe_parts(r.components)), f"{r.eff_free:.3f}",
                         f"{r.eff_unified:.3f}", str(r.runs))
-    from cslaws.laws.heldout import judged  # heldout builds on this module
-
-    # a family whose constants the runs do not determine gets the reason, not a command to predict with
-    unknown = judged(report).undetermined
-    hints = [f"{fam} formats: none; its constants are not determined by the runs ({unknown[fam]})" if fam in unknown else
+    hints = [f"{fam} formats: none; its constants are not determined by the runs ({undetermined[fam]})"
+             if fam in undetermined else
              f"bench capacity --F {c['F']:.4g} --C {c['C']:.4g} --Lsat {c['Lsat']:.4g} ...   ({fam} formats)"
              for fam, c in report.law.family.items()]
     return Group(fams, formats, escape("Predict untrained formats with these constants:\n  " + "\n  ".join(hints)))
