@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentError, Namespace
@@ -90,6 +91,8 @@ class BenchCLI(LightningCLI):
         config = self.config[command] if command else self.config
         check_seed(config.seed_everything)
         check_ckpt_path(config.get("ckpt_path"))
+        if command in SCORING_COMMANDS:
+            check_scored_checkpoint(command, config.ckpt_path)
 
     def instantiate_classes(self) -> None:
         """Build the model, data module, formats and callbacks; a value they refuse is the user's input.
@@ -120,14 +123,31 @@ class BenchCLI(LightningCLI):
     def before_fit(self) -> None:
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))
         store_cb.config_text = self.parser.dump(self.config, skip_none=False)
-        self.trainer.checkpoint_callback.dirpath = str(checkpoint_dir(self.trainer.default_root_dir, store_cb.cell or self.config_key()))
+        self.point_checkpoint()
 
-    def config_key(self) -> str:
-        """A hash of the resolved fit config without `ckpt_path`: the same run, resumed or not, has the same key."""
-        config = self.config[self.subcommand].clone()
-        config.ckpt_path = None
-        text = json.dumps(config.as_dict(), sort_keys=True, default=str)
-        return "config-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    def before_validate(self) -> None:
+        self.find_last()
+
+    def before_test(self) -> None:
+        self.find_last()
+
+    def point_checkpoint(self) -> None:
+        """Point the checkpoint callback at the run's own directory, named by its sweep cell, else by
+        `config_key`, where `--ckpt_path last` finds it (`bench fit` resumes from it, `bench validate` scores it)."""
+        config = self.config[self.subcommand]
+        key = config.store.cell or config_key(config)
+        self.trainer.checkpoint_callback.dirpath = str(checkpoint_dir(self.trainer.default_root_dir, key))
+
+    def find_last(self) -> None:
+        """For `--ckpt_path last`, point the checkpoint callback at the run's own last.ckpt, which must exist:
+        Lightning alone looks in no run's directory, warns, and scores the untrained model."""
+        if self.config[self.subcommand].ckpt_path != "last":
+            return
+        self.point_checkpoint()
+        last = Path(self.trainer.checkpoint_callback.dirpath) / f"{RunCheckpoint.CHECKPOINT_NAME_LAST}{RunCheckpoint.FILE_EXTENSION}"
+        if not get_filesystem(str(last)).exists(str(last)):
+            raise BenchError(f"--ckpt_path last: no checkpoint of this run at {last}; give the options the run was "
+                             "trained with (or its --store.cell), or a checkpoint file")
 
     def fit(self, model: LanguageModel, **kwargs) -> None:
         """`Trainer.fit`; a diverged run or one stopped by SIGTERM (stored `failed` by the store callback) ends
@@ -202,6 +222,31 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
         if not zipfile.is_zipfile(f):
             raise BenchError(f"--ckpt_path {ckpt_path}: not a checkpoint (a file that torch.save wrote, such as "
                              "a run's last.ckpt)")
+
+
+#: The commands that score a trained model: they need its checkpoint.
+SCORING_COMMANDS = ("validate", "test")
+
+
+def config_key(config: Namespace) -> str:
+    """A hash of a resolved run config without `ckpt_path` (and `verbose`, which only `validate` and `test`
+    have): the same run, resumed or not, or scored by `bench validate`, has the same key."""
+    config = config.clone()
+    config.ckpt_path = None
+    config.pop("verbose", None)
+    text = json.dumps(config.as_dict(), sort_keys=True, default=str)
+    return "config-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_scored_checkpoint(command: str, ckpt_path: str | None) -> None:
+    """`bench validate` / `bench test` score a trained run's checkpoint: a file, or `last` (the last.ckpt of the run
+    that `bench fit` with the same options trained). Without one Lightning would score the untrained model."""
+    if ckpt_path is None:
+        raise BenchError(f"bench {command} scores a trained run: give --ckpt_path, a checkpoint file or `last` (the "
+                         "last.ckpt of the run that `bench fit` with these same options trained)")
+    if ckpt_path in ("best", "hpc"):
+        raise BenchError(f"--ckpt_path {ckpt_path}: bench {command} scores a checkpoint file or `last`; a run keeps "
+                         "its last.ckpt only (no best, no HPC checkpoint)")
 
 
 def parse_message(err: ArgumentError, args: list[str]) -> str:

@@ -131,6 +131,16 @@ def test_validate_refuses_a_missing_checkpoint(workdir, capsys) -> None:
     assert not (workdir / "runs").exists(), "runs/ was written"
 
 
+@pytest.mark.parametrize("command", ["validate", "test"])
+@pytest.mark.parametrize("ckpt_path, words", [(None, "scores a trained run: give --ckpt_path"),
+                                              ("best", "--ckpt_path best: bench {} scores a checkpoint file or `last`")])
+def test_scoring_needs_a_run_s_checkpoint(command, ckpt_path, words, workdir, capsys) -> None:
+    # Lightning scores the untrained model without a checkpoint, and for `best` with no best saved raises deep inside
+    rc = main([command, "--model.size", "nano", *(["--ckpt_path", ckpt_path] if ckpt_path else [])])
+    assert_clean_error(rc, capsys.readouterr().err, words.format(command))
+    assert not (workdir / "runs").exists(), "runs/ was written"
+
+
 @pytest.mark.parametrize("ckpt_path", ["last", "best", "hpc", "registry:model"])
 def test_checkpoint_keywords_are_left_to_lightning(ckpt_path, workdir) -> None:
     # `last` with no checkpoint yet starts fresh (a sweep resumes every cell with it): not a missing file.

@@ -177,3 +177,15 @@ def test_a_checkpoint_file_validates_to_the_run_s_final_loss(tmp_path, small_cor
     assert torch.load(ckpt, weights_only=False)["compiled"] is False
     cli = run_lightning_cli(["validate", *args[1:], "--ckpt_path", ckpt])
     assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(run.final_val_loss, abs=1e-6)
+
+
+def test_validate_last_scores_the_run_that_the_same_options_trained(tmp_path, small_corpus) -> None:
+    """`bench validate <the fit's options> --ckpt_path last` finds that run's last.ckpt (Lightning alone looks in
+    no run's directory, warns, and scores the untrained model); options of a run never trained are refused."""
+    args = fit_args(tmp_path, small_corpus, "v", "--model.tokens", str(8 * BATCH * SEQ))
+    run_lightning_cli(args)
+    (run,) = ResultsStore(tmp_path / "v.db").runs()
+    cli = run_lightning_cli(["validate", *args[1:], "--ckpt_path", "last"])
+    assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(run.final_val_loss, abs=1e-6)
+    with pytest.raises(BenchError, match=r"--ckpt_path last: no checkpoint of this run at .*config-\w+/last\.ckpt"):
+        run_lightning_cli(["validate", *args[1:], "--seed_everything", "1", "--ckpt_path", "last"])
