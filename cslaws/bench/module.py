@@ -238,12 +238,17 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["format_progress"] = self.factory.weight.progress
+        checkpoint["format_tensors"] = [[f.tensors() for f in fmt.walk()] for fmt in self.factory.formats]
         checkpoint["compiled"] = self.compiled
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # A format with a schedule (gradual pruning) computes as it did at the checkpoint's progress.
+        # A format with a schedule (gradual pruning) computes as it did at the checkpoint's progress, and one
+        # built by an algorithm (a VQ codebook) with what it computed with then.
         for fmt in self.factory.formats:
             fmt.set_progress(checkpoint["format_progress"])
+        for fmt, saved in zip(self.factory.formats, checkpoint.get("format_tensors", [])):  # none before v0.x
+            for f, tensors in zip(fmt.walk(), saved, strict=True):
+                f.load_tensors(tensors)
 
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.dim() >= 2]

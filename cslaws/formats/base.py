@@ -24,7 +24,7 @@ registered short name with `make_format("myfmt", bits=4)`.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from torch import Tensor
 
@@ -115,9 +115,46 @@ class Format:
         composition; nothing for dense."""
         return [self]
 
+    def inner(self) -> list["Format"]:
+        """The formats this one wraps (Hadamard's, Compose's parts); none for a plain format."""
+        return []
+
+    def walk(self) -> Iterator["Format"]:
+        """This format, then every format inside it, depth first: a fixed order for a fixed spec."""
+        yield self
+        for f in self.inner():
+            yield from f.walk()
+
     def set_progress(self, fraction: float) -> None:
-        """Fraction of training done, in [0, 1]; formats with schedules (gradual pruning) read it."""
+        """Fraction of training done, in [0, 1]; formats with schedules (gradual pruning) read it. Wrappers
+        pass it on to the formats inside them."""
         self.progress = fraction
+        for f in self.inner():
+            f.set_progress(fraction)
+
+    def run_on_torch(self) -> None:
+        """Take the torch code on every device: called by a format that wraps this one (Hadamard, Compose) when
+        that one is given `backend="torch"`, which must hold inside it too (else on a GPU the formats inside
+        would still run Triton, and a torch-vs-Triton comparison would compare Triton with itself). A format
+        with a Triton kernel takes `backend="torch"`; one forced to "triton" contradicts it; wrappers pass
+        it on. Formats without a kernel run torch already."""
+        backend = getattr(self, "backend", None)
+        if backend == "triton":
+            raise ValueError(f"{self!r} is forced to backend='triton' inside a format given backend='torch'; give "
+                             "the backend once, on the outer format")
+        if backend is not None:
+            self.backend = "torch"
+        for f in self.inner():
+            f.run_on_torch()
+
+    def tensors(self) -> dict[str, Tensor]:
+        """What this format computes with that its spec does not pin down bit for bit (a codebook that an
+        algorithm builds), for the checkpoint: a resumed or scored run computes with what it trained with, not
+        with what a rebuild on another machine or library version gives. Empty for most formats."""
+        return {}
+
+    def load_tensors(self, saved: dict[str, Tensor]) -> None:
+        """Take back what `tensors` gave (nothing to take for most formats)."""
 
     def spec(self) -> dict[str, Any]:
         """The format as config data: class_path and every init arg, for the results store."""

@@ -103,16 +103,19 @@ class Compose(Format):
             )
         if order == "quantize_then_prune" and not isinstance(value, ScalarQuantizer):
             raise ValueError(f"order='quantize_then_prune' needs a scalar quantizer as value format, got {_name(value)}")
-        # a fused Triton kernel exists when the value format has one (`kernel_plan`), for prune-then-quantize
-        has_plan = getattr(value, "kernel_plan", lambda: None)() is not None
+        # a fused Triton kernel exists when the value format has one (`kernel_plan`) and is not given torch
+        has_plan = getattr(value, "kernel_plan", lambda: None)() is not None and getattr(value, "backend", None) != "torch"
         self._has_kernel = has_plan and order == "prune_then_quantize"
         if backend == "triton" and not self._has_kernel:
-            raise ValueError(f"backend='triton' needs prune_then_quantize and a value format with a Triton kernel; got {order}, {_name(value)}")
+            raise ValueError("backend='triton' needs prune_then_quantize and a value format with a Triton kernel (not "
+                             f"given backend='torch'); got {order}, {value!r}")
         self.formats = list(formats)
         self.sparsifier: Sparsifier = sparsifier
         self.value = value
         self.order = order
         self.pruned_backward = pruned_backward
+        if backend == "torch":
+            self.run_on_torch()
 
     def compress(self, x: Tensor) -> Tensor:
         if self.order == "quantize_then_prune":
@@ -178,7 +181,5 @@ class Compose(Format):
         """Sparsity and quantization each keep their own capacity; the unified law multiplies them."""
         return self.sparsifier.capacity_parts() + self.value.capacity_parts()
 
-    def set_progress(self, fraction: float) -> None:
-        super().set_progress(fraction)
-        for f in self.formats:
-            f.set_progress(fraction)
+    def inner(self) -> list[Format]:
+        return list(self.formats)

@@ -45,7 +45,7 @@ from torch import Tensor
 from cslaws.formats.base import register_format
 from cslaws.formats.grad import Backward, check_backward
 from cslaws.formats.kernels import Backend, check_backend
-from cslaws.formats.kernels.fused import QuantPlan, exact_div
+from cslaws.formats.kernels.fused import OUTER_SCALES, OuterScale, QuantPlan, exact_div
 from cslaws.formats.quant import TENSOR_SCALE_BITS, TINY, Granularity, ScalarQuantizer, absmax, scale_bits
 
 
@@ -78,8 +78,11 @@ def get_element(name: str) -> Element:
 
 
 def floor_log2(v: Tensor) -> Tensor:
-    """floor(log2 |v|) exactly (int32), from the float's exponent field; 0 maps to -1."""
-    return torch.frexp(v).exponent - 1
+    """floor(log2 |v|) of float32 `v` (int32) from its exponent field, as the Triton kernel reads it: exact for
+    normals; zeros and subnormals give -127 (callers clamp or exclude them); inf gives 128, so that an MX block
+    holding an inf gets the largest scale and keeps the inf (frexp's exponent of inf is 0, which gave such a
+    block a tiny scale and turned it into finite values, hiding an overflow)."""
+    return ((v.float().view(torch.int32) >> 23) & 0xFF) - 127
 
 
 def binade(v: Tensor) -> Tensor:
@@ -178,10 +181,6 @@ class MX(ScalarQuantizer):
         scale = mx_scale(absmax(g, keep), self._el)
         q, quantum = fp_round(g / scale, self._el)
         return q.mul_(scale), quantum.mul_(scale), scale * self._el.max
-
-
-OuterScale = Literal["tensor", "row"]
-OUTER_SCALES: tuple[str, ...] = ("tensor", "row")
 
 
 def nvfp4_scale(amax: Tensor, outer: OuterScale = "tensor") -> Tensor:

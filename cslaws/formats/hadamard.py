@@ -128,6 +128,8 @@ class Hadamard(Format):
         self.block = block
         self.variant = variant
         self.keeps_rotated_basis = variant == "half"
+        if backend == "torch":
+            self.run_on_torch()
 
     @property
     def rotation_key(self) -> Any:
@@ -159,7 +161,7 @@ class Hadamard(Format):
     def _compress_triton(self, x: Tensor, b: int) -> Tensor:
         """One fused launch when the inner format has a kernel; else Triton rotations around it."""
         plan = getattr(self.format, "kernel_plan", lambda: None)()
-        if plan is not None:
+        if plan is not None and self.format.backend != "torch":  # an inner format given torch keeps it
             return fused.fake_quantize(x, plan, rotation=fused.Rotation(b, back=self.variant == "full"))
         q = self.format.compress(fused.rotate(x, b))
         if self.variant == "full":
@@ -186,6 +188,5 @@ class Hadamard(Format):
     def gaussian_grid(self) -> Tensor | None:
         return self.format.gaussian_grid()
 
-    def set_progress(self, fraction: float) -> None:
-        super().set_progress(fraction)
-        self.format.set_progress(fraction)
+    def inner(self) -> list[Format]:
+        return [self.format]

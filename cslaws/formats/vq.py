@@ -8,11 +8,12 @@ The codebook minimises the MSE of the standard Gaussian in `dim` dimensions, as 
 Theorem", sec. 4); it is built here by Lloyd's algorithm (k-means; Lloyd 1982) run to convergence (see
 `lloyd_codebook`: k-means++ restarts, Arthur & Vassilvitskii 2007, on a quarter of the sample, then the
 best one on all `samples` quasi-random Gaussian vectors, each stage until an iteration gains less than a
-set fraction of the MSE), deterministic for a given `seed`, then cached on disk under `$CSLAWS_CACHE`
+set fraction of the MSE), deterministic for a given `seed` (and scipy version), then cached on disk under `$CSLAWS_CACHE`
 (default `~/.cache/cslaws`) in `vq/`, keyed by (dim, points, seed, samples, iters); `samples` defaults to
 2^18 (256 per point at 1024 points). The shipped and documented codebooks (2D/16, 2D/256, 4D/256 points)
 come within 0.3% of an independent converged Lloyd run on 2^19 pseudo-random vectors (a fixed iteration
-count on 256 samples per point, as before version 2, left 2D/256 2.6% and 4D/256 1.8% above it).
+count on 256 samples per point, as before version 2, left 2D/256 2.6% and 4D/256 1.8% above it). A run's
+checkpoint keeps the codebook it trained with (`tensors`), so resuming or scoring it never rebuilds another.
 
 Backward: "ste" passes every gradient; "trust" is the trust estimator of QuEST (Panferov et al. 2025)
 in `dim` dimensions: a vector gets its gradient only when its residual `||u - c||` (in units of the
@@ -231,6 +232,17 @@ class VQ(ScaledStorage, Format):
         self.samples = samples
         self.iters = iters
         self.codebook, self.codebook_mse = gaussian_codebook(dim, points, seed, samples, iters)
+
+    def tensors(self) -> dict[str, Tensor]:
+        # the codebook comes from Lloyd's algorithm on scipy's quasi-random samples: another scipy (or a lost
+        # cache rebuilt elsewhere) may give other codewords, so a checkpoint keeps the ones the run used
+        return {"codebook": self.codebook, "codebook_mse": torch.tensor(self.codebook_mse, dtype=torch.float64)}
+
+    def load_tensors(self, saved: dict[str, Tensor]) -> None:
+        if saved["codebook"].shape != self.codebook.shape:
+            raise ValueError(f"a saved codebook of shape {tuple(saved['codebook'].shape)} for {self!r}, whose "
+                             f"codebook is {tuple(self.codebook.shape)}")
+        self.codebook, self.codebook_mse = saved["codebook"].float().cpu(), float(saved["codebook_mse"])
 
     @property
     def element_bits(self) -> float:

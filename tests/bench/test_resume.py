@@ -20,8 +20,12 @@ from cslaws.bench.lightning_cli import run_lightning_cli
 from cslaws.bench.module import LanguageModel
 from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.errors import BenchError
+from cslaws.formats import vq
+from cslaws.formats.compose import Compose
 from cslaws.formats.hadamard import Hadamard
 from cslaws.formats.int import Int
+from cslaws.formats.sparse import Magnitude
+from cslaws.formats.vq import VQ
 
 SEQ, BATCH, STEPS = 16, 8, 60
 
@@ -131,6 +135,31 @@ def test_a_checkpoint_reloads_the_same_compressed_model(tmp_path, small_corpus, 
     assert loaded.factory.weight.spec() == model.factory.weight.spec()
     assert loaded.factory.activation.spec() == model.factory.activation.spec()
     assert loaded.label == model.label != "dense" and loaded.factory.weight.progress == model.factory.weight.progress
+    tokens = next(iter(dm.val_dataloader()))[:, :-1]
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+
+
+@pytest.mark.parametrize("weight", [lambda: VQ(dim=2, points=16), lambda: Hadamard(Compose([Magnitude(0.5), VQ(dim=2, points=16)]))],
+                         ids=["vq", "hadamard(compose(magnitude, vq))"])
+def test_a_checkpoint_keeps_the_vq_codebook_it_trained_with(tmp_path, small_corpus, weight, monkeypatch) -> None:
+    """A codebook rebuilt elsewhere (another scipy's quasi-random samples, a lost cache) may differ: the reloaded
+    model computes with the checkpoint's, not with the rebuild's."""
+    L.seed_everything(0)
+    dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=300, seq_len=SEQ, batch_size=BATCH, val_sequences=16)
+    model = LanguageModel(size="nano", weight=weight(), tokens=4 * BATCH * SEQ, vocab_size=300)
+    ckpt = RunCheckpoint(every_n_steps=None, every_minutes=None)
+    ckpt.dirpath = str(tmp_path / "ckpt")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        val_check_interval=1.0, callbacks=[ckpt, StreamToStore(path=str(tmp_path / "s.db"), refit=False)])
+    trainer.fit(model, datamodule=dm)
+    built = vq.gaussian_codebook
+    monkeypatch.setattr(vq, "gaussian_codebook", lambda *a: (built(*a)[0] * 1.25, built(*a)[1] * 2))
+    loaded = LanguageModel.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    (trained,) = [f for f in model.factory.weight.walk() if isinstance(f, VQ)]
+    (reloaded,) = [f for f in loaded.factory.weight.walk() if isinstance(f, VQ)]
+    assert torch.equal(reloaded.codebook, trained.codebook) and reloaded.codebook_mse == trained.codebook_mse
     tokens = next(iter(dm.val_dataloader()))[:, :-1]
     model.eval(), loaded.eval()
     with torch.no_grad():

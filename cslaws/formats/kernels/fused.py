@@ -72,6 +72,11 @@ class Sparsity:
             raise ValueError(f"the N:M kernel needs 1 <= N <= M with M a power of two, got N={self.n}, M={self.m}")
 
 
+#: NVFP4's outer scale: one float32 per tensor or per row (`cslaws.formats.fp.NVFP4`).
+OuterScale = Literal["tensor", "row"]
+OUTER_SCALES: tuple[str, ...] = ("tensor", "row")
+
+
 @dataclass(frozen=True)
 class QuantPlan:
     """The quantizer: grid kind, scale statistic and granularity, backward rule.
@@ -92,7 +97,7 @@ class QuantPlan:
     mult: float = 1.0
     element: tuple[int, int, int, float] = (1, 0, 2, 6.0)
     sparsity: Sparsity | None = None
-    outer: Literal["tensor", "row"] = "tensor"
+    outer: OuterScale = "tensor"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -105,8 +110,8 @@ class QuantPlan:
             raise ValueError(f"unknown scale statistic {self.stat!r}; allowed: {', '.join(STATS)}")
         if self.kind == "int" and self.levels < 2:
             raise ValueError(f"an int grid needs at least 2 levels, got {self.levels}")
-        if self.outer not in ("tensor", "row"):
-            raise ValueError(f"unknown NVFP4 outer scale {self.outer!r}; allowed: tensor, row")
+        if self.outer not in OUTER_SCALES:
+            raise ValueError(f"unknown NVFP4 outer scale {self.outer!r}; allowed: {', '.join(OUTER_SCALES)}")
         if self.kind in ("mx", "nvfp4") and self.granularity != "group":
             raise ValueError(f"{self.kind} scales are per block: granularity must be 'group', got {self.granularity!r}")
 

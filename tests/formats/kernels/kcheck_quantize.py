@@ -17,6 +17,8 @@ register tile, more rows than one program holds (two programs, the last partial)
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from kernel_reference import at_boundary, hadamard64, run, to_quantizer_basis
@@ -220,6 +222,17 @@ def test_no_gradient_needed_gives_the_same_values():
     with torch.no_grad():
         y_k = MX(element="e2m1", backward="trust", backend="triton").compress(x)
     assert torch.equal(y_k, MX(element="e2m1", backward="trust", backend="torch").compress(x))
+
+
+def test_an_mx_block_with_an_inf_keeps_it_on_both_backends():
+    """An overflow stays visible: the block gets the largest scale 2^126, its finite values round to 0, the inf
+    stays inf (the torch path made the block finite, [0.75, 0.75, ...], from frexp's exponent of inf)."""
+    x = torch.arange(1.0, 65.0).reshape(2, 32)
+    x[0, 3] = -math.inf
+    expected = torch.where(torch.isinf(x), x, torch.zeros(()))
+    expected[1] = MX(element="e2m1", backend="torch").compress(x[1:])
+    for backend in ("torch", "triton"):
+        assert torch.equal(MX(element="e2m1", backend=backend).compress(x), expected), backend
 
 
 def test_group_not_dividing_row_is_a_clear_error():

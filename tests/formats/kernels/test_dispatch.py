@@ -9,11 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cslaws.formats import quant
+from cslaws.formats import compose, hadamard, quant
+from cslaws.formats.compose import Compose
 from cslaws.formats.fp import FP, MX, NVFP4
 from cslaws.formats.hadamard import Hadamard
 from cslaws.formats.int import Int, Ternary
-from cslaws.formats.kernels import fused, use_triton
+from cslaws.formats.kernels import check_backend, fused, use_triton
+from cslaws.formats.sparse import NM, Magnitude
 from cslaws.formats.lloydmax import LloydMax
 
 KERNEL_FORMATS = [Int, Ternary, FP, MX, NVFP4, lambda **kw: Hadamard(Int(), **kw)]
@@ -89,3 +91,57 @@ def test_kernel_plans_follow_the_format():
     assert MX(element="e4m3").kernel_plan().element == (3, -6, 8, 448.0)
     assert NVFP4().kernel_plan().group_size == 16
     assert LloydMax().kernel_plan() is None  # no kernel: LloydMax has no backend and stays on torch
+
+
+def pretend_gpu(monkeypatch, rotations: bool = False) -> None:
+    """Every tensor counts as a CUDA tensor, where "auto" picks Triton, and every kernel raises (but for the
+    standalone rotation with `rotations`, done by the torch one): a format that reaches a kernel fails."""
+    def on_gpu(x, backend: str) -> bool:
+        return check_backend(backend) != "torch"
+
+    def no_kernels(*args, **kwargs):
+        raise AssertionError("a Triton kernel was called")
+
+    for module in (quant, hadamard, compose):
+        monkeypatch.setattr(module, "use_triton", on_gpu)
+    monkeypatch.setattr(fused, "fake_quantize", no_kernels)
+    monkeypatch.setattr(quant, "fake_quantize", no_kernels)
+    monkeypatch.setattr(fused, "fwht", no_kernels)
+    monkeypatch.setattr(fused, "rotate", hadamard.rotate if rotations else no_kernels)
+
+
+WRAPPED = {
+    "hadamard(int4)": lambda **kw: Hadamard(Int(), **kw),
+    "hadamard(compose(magnitude, int4))": lambda **kw: Hadamard(Compose([Magnitude(0.5, per_row=True), Int()]), **kw),
+    "compose(magnitude, int4)": lambda **kw: Compose([Magnitude(0.5, per_row=True), Int()], **kw),
+    "compose(2:4, mxfp4)": lambda **kw: Compose([NM(2, 4), MX()], **kw),
+}
+
+
+@pytest.mark.parametrize("make", WRAPPED.values(), ids=WRAPPED.keys())
+def test_torch_on_a_wrapper_holds_for_the_formats_inside(make, monkeypatch):
+    """On a GPU, `backend="torch"` on a Hadamard or a Compose ran the formats inside it ("auto") on Triton."""
+    x = torch.randn(4, 64, requires_grad=True)
+    expected = make().compress(x)  # CPU: the torch code throughout
+    fmt = make(backend="torch")
+    pretend_gpu(monkeypatch)
+    y = fmt.compress(x)
+    y.sum().backward()
+    assert torch.equal(y, expected)
+    assert "'backend': 'auto'" not in str(fmt.spec()), fmt.spec()  # the stored spec says what ran
+
+
+def test_a_format_forced_to_triton_inside_one_given_torch_is_refused():
+    with pytest.raises(ValueError, match=r"forced to backend='triton' inside a format given backend='torch'"):
+        Hadamard(Compose([NM(2, 4), Int(backend="triton")]), backend="torch")
+
+
+@pytest.mark.parametrize("make", [lambda: Hadamard(Int(backend="torch")),
+                                  lambda: Compose([Magnitude(0.5, per_row=True), Int(backend="torch")])],
+                         ids=["hadamard(int4 torch)", "compose(magnitude, int4 torch)"])
+def test_a_format_given_torch_inside_an_auto_one_keeps_torch(make, monkeypatch):
+    """The wrapper's fused kernel took the inner format's plan whatever backend that one was given."""
+    x = torch.randn(4, 64)
+    expected = make().compress(x)
+    pretend_gpu(monkeypatch, rotations=True)
+    assert torch.equal(make().compress(x), expected)
