@@ -57,7 +57,7 @@ from cslaws.laws.fit import (
     fit_chinchilla,
     fit_compression,
 )
-from cslaws.laws.plan import check_request, extrapolation_note, plan
+from cslaws.laws.plan import check_request, extrapolation_note, plan_priced, run_pricers
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 from cslaws.laws.unified import check_constant
 from cslaws.models.llama import SIZES
@@ -582,20 +582,20 @@ def _plan(argv: list[str]) -> int:
     check_request(args.memory_bits, args.flops, args.formats)
     records = _store_records(args)
     law = fit_compression(lb.runs_of(records), args.dense)
-    # each label's mean stored weight bits over its runs, as in the leaderboard's eff x 16/bits
+    # each label's weight bits on the model size its plan lands at (from its mean stored bits over its runs)
     bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
-    choices = plan(law, bits, args.memory_bits, args.flops, args.formats)
+    choices = plan_priced(law, bits, run_pricers(records), args.memory_bits, args.flops, args.formats)
     if args.format == "json":
         print(json.dumps([c.to_dict() for c in choices]))
         return 0
     budget = ", ".join(s for s in (args.memory_bits and f"memory {args.memory_bits:.3g} bits",
                                    args.flops and f"compute {args.flops:.3g} FLOPs") if s)
     table = Table(title=f"Plan under {budget} (predicted loss, best first)", caption=escape(lb.law_summary(law)))
-    for col in ("format", "bits/value", "eff", "N", "D", "pred. loss", "better than dense by"):
-        table.add_column(col, justify="left" if col == "format" else "right")
+    for col in ("format", "bits/value", "priced on", "eff", "N", "D", "pred. loss", "better than dense by"):
+        table.add_column(col, justify="left" if col in ("format", "priced on") else "right")
     for c in choices:
-        table.add_row(escape(c.label), f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.3g}", "unlimited" if c.d is None else f"{c.d:.3g}",
-                      f"{c.loss:.4f}", f"{c.improvement:+.4f}")
+        table.add_row(escape(c.label), f"{c.bits:.3f}", escape(c.priced_on), f"{c.eff:.3f}", f"{c.n:.3g}",
+                      "unlimited" if c.d is None else f"{c.d:.3g}", f"{c.loss:.4f}", f"{c.improvement:+.4f}")
     _out(table)
     note = extrapolation_note(choices, records, law)
     if note:

@@ -9,16 +9,27 @@ Predicted loss of format f at N parameters and D tokens: L = A (N eff_f)^-alpha 
 - Both: the loss is unimodal in log N along the compute line, so the optimum is min(N*, M / bits_f).
 - Memory only: D is not limited, so the plan reports the D -> infinity limit A (N eff)^-alpha + E.
 Each choice is compared with dense (eff 1, the reference label's bits) under the same budget.
+
+Bits per value (`plan_priced`): a format's per-row or per-group scales cost less on the longer rows of a
+larger model (int2 with row scales stores 2.33 bits per weight on the 48-long rows of a CPU-study model,
+2.01 on 800M's), so each choice is priced on the layers of the model size nearest its planned N; as N
+under a memory budget depends on the bits, the two are iterated to agreement.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Sequence
 
 from cslaws.errors import BenchError
+from cslaws.formats import Format
+from cslaws.laws.capacity import format_from_spec, model_bits
 from cslaws.laws.fit import LawFit
+from cslaws.models.llama import SIZES, non_embedding_params
+
+#: A format's weight bits per value at a planned N, and the model size they were priced on.
+Pricer = Callable[[float], tuple[float, str]]
 
 
 @dataclass
@@ -31,6 +42,8 @@ class Choice:
     loss: float
     dense_loss: float
     improvement: float
+    #: where `bits` come from: the model size they were priced on, or "its runs" (their mean stored bits)
+    priced_on: str = "its runs"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,3 +121,58 @@ def extrapolation_note(choices: list[Choice], records: Sequence[Any], law: LawFi
             notes.append(f"The plans of {', '.join(outside)} lie outside the measured range of {name} [{lo:.3g}, "
                          f"{hi:.3g}]: they extrapolate the law ({exponent}) and are no better than its exponents.")
     return " ".join(notes)
+
+
+def size_pricer(weight: Format | None, activation: Format | None) -> Pricer:
+    """Prices the weights on the linear layers of the model size whose N is nearest the planned N (in log N),
+    among the sizes the formats fit (`model_bits`)."""
+    sizes = {name: non_embedding_params(size) for name, size in SIZES.items()}
+    priced: dict[str, float | None] = {}
+
+    def price(n: float) -> tuple[float, str]:
+        for name in sorted(sizes, key=lambda s: abs(math.log(sizes[s] / n))):
+            if name not in priced:
+                try:
+                    priced[name] = model_bits(weight, activation, name)["weight"]
+                except ValueError:  # a row it cannot split (N:M, MX blocks): not a size it can run at
+                    priced[name] = None
+            if priced[name] is not None:
+                return priced[name], name
+        raise ValueError(f"the formats {weight!r}, {activation!r} fit no model size")
+
+    return price
+
+
+def run_pricers(records: Sequence[Any]) -> dict[str, Pricer]:
+    """A pricer per label whose runs keep their format specs (every run trained by `bench fit`); runs imported
+    from a CSV keep only their bits, which the plan then uses as they are."""
+    pricers = {}
+    for r in records:
+        if r.label not in pricers and isinstance(r.weight, dict):
+            build = (lambda spec: None if spec is None else format_from_spec(spec))
+            pricers[r.label] = size_pricer(build(r.weight), build(r.activation))
+    return pricers
+
+
+def plan_priced(
+    law: LawFit,
+    bits: dict[str, float],
+    pricers: dict[str, Pricer],
+    memory_bits: float | None = None,
+    flops: float | None = None,
+    labels: list[str] | None = None,
+) -> list[Choice]:
+    """`plan` with the bits of each label that has a pricer taken at its planned N (the others keep `bits`).
+    Under a memory budget N = M / bits(N): more bits on smaller models, so from the runs' bits the sizes only
+    grow and the iteration stops within a pass over the sizes."""
+    bits = dict(bits)
+    for _ in range(len(SIZES) + 1):
+        choices = plan(law, bits, memory_bits, flops, labels)
+        priced = {c.label: pricers[c.label](c.n) for c in choices if c.label in pricers}
+        if law.reference in pricers:
+            priced[law.reference] = pricers[law.reference](best_point(law, 1.0, bits[law.reference], memory_bits, flops)[0])
+        new = {**bits, **{label: b for label, (b, _) in priced.items()}}
+        if new == bits:
+            return [replace(c, priced_on=priced[c.label][1]) if c.label in priced else c for c in choices]
+        bits = new
+    raise RuntimeError(f"the bits and the planned N did not agree after {len(SIZES) + 1} rounds: {bits}")

@@ -42,7 +42,7 @@ from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, Runs, fit_compressi
 from cslaws.laws.gaps import GROWTH_COLUMNS, gap_growth, growth_caption, growth_cells
 from cslaws.laws.heldout import Prediction, RhoFit, fit_rho, fitted_on, held_out_predictions
 from cslaws.laws.penalty import PENALTY_COLUMNS, bootstrap_penalty, penalty_rows, penalty_summary, try_fit_penalty
-from cslaws.laws.plan import Choice, extrapolation_note, plan
+from cslaws.laws.plan import Choice, extrapolation_note, plan_priced, run_pricers
 from cslaws.laws.unified import describe_parts, family_rows, format_parts
 from cslaws.models.llama import SIZES, non_embedding_params
 
@@ -277,9 +277,9 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
     law = board.law
     memory, flops, ref = reference_budget(records, law.reference)
     bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
-    choices: list[Choice] = plan(law, bits, memory, flops)
-    rows = [[c.label, f"{c.bits:.3f}", f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}", f"{c.improvement:+.4f}"]
-            for c in choices]
+    choices: list[Choice] = plan_priced(law, bits, run_pricers(records), memory, flops)
+    rows = [[c.label, f"{c.bits:.3f}", c.priced_on, f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}",
+             f"{c.improvement:+.4f}"] for c in choices]
     note = extrapolation_note(choices, records, law)
     warning = para(note, "warn") if note else ""
     return section("iso-memory", "Iso-memory and the planner",
@@ -288,9 +288,10 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
                    para(f"The planner (bench plan) under the memory and compute of the largest {law.reference} run "
                         f"(run {ref.run_id}: N={ref.n_params:.4g}, D={ref.tokens:.4g}): memory {memory:.4g} bits, "
                         f"compute {flops:.4g} FLOPs. Each format takes the N that minimises its predicted loss "
-                        "within both budgets; best first."),
-                   table("plan", ("format", "bits/value", "eff", "N", "D", "predicted loss",
-                                  f"better than {law.reference} by"), rows), warning)
+                        "within both budgets, its bits priced on the layers of the model size nearest that N; "
+                        "best first."),
+                   table("plan", ("format", "bits/value", "priced on", "eff", "N", "D", "predicted loss",
+                                  f"better than {law.reference} by"), rows, text=(0, 2)), warning)
 
 
 def _holdout_section(records: Sequence[RunRecord], law: LawFit) -> str:

@@ -4,6 +4,7 @@ constants the runs were drawn from, brute-force planning, and bad input."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -17,6 +18,7 @@ from cslaws.laws.capacity import gaussian_mse_of_levels
 from cslaws.bench.cli import main as bench
 from cslaws.laws.cli import main
 from cslaws.laws.fit import rho
+from cslaws.models.llama import SIZES, non_embedding_params
 
 from conftest import TRUE, synthetic
 
@@ -137,6 +139,29 @@ def test_plan_matches_brute_force(capsys, store_path, memory, flops):
     if memory is not None and flops is None:
         # Memory-bound: the compressed formats fit more parameters and beat dense.
         assert choices[0]["label"] != "dense" and choices[0]["improvement"] > 0
+
+
+@pytest.mark.parametrize("memory,flops", [(2e9, None), (2e9, 1e20), (None, 1e20)])
+def test_plan_prices_each_format_on_the_size_its_plan_lands_at(capsys, store_path, memory, flops):
+    """An int format's row scales cost 16 bits per row: priced on the layers of the model size nearest (in log
+    N) to its planned N, not on the runs' rows; dense runs without a spec keep their stored 16 bits."""
+    argv = ["plan", "--store", str(store_path), "--format", "json"]
+    argv += ["--memory-bits", str(memory)] if memory else []
+    argv += ["--flops", str(flops)] if flops else []
+    sizes = {name: non_embedding_params(size) for name, size in SIZES.items()}
+    for c in _json(capsys, argv):
+        if c["label"] == "dense":
+            assert (c["bits"], c["priced_on"]) == (16.0, "its runs")
+            continue
+        nearest = min(sizes, key=lambda name: abs(math.log(sizes[name]) - math.log(c["n"])))
+        assert c["priced_on"] == nearest
+        d, f = SIZES[nearest].d_model, SIZES[nearest].d_ff
+        # per block: q, k, v, o and gate, up read rows of d (4 d^2 + 2 d f weights), down rows of f (d f weights)
+        assert c["bits"] == pytest.approx(int(c["label"][3:]) + 16 * (5 * d + 2 * f) / (4 * d * d + 3 * d * f), rel=1e-12)
+        if memory is not None:
+            assert c["n"] <= memory / c["bits"] * (1 + 1e-12)
+        if flops is None:
+            assert c["n"] == pytest.approx(memory / c["bits"], rel=1e-12)
 
 
 _CSV_CACHE: dict = {}

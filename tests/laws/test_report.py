@@ -19,6 +19,7 @@ from cslaws.laws.fit import rho
 from cslaws.laws.gaps import measured_gaps
 from cslaws.laws.heldout import fit_rho
 from cslaws.laws.unified import format_parts
+from cslaws.models.llama import SIZES
 
 from conftest import STORE_BUDGETS, STORE_SIZES, int_gmse, int_store
 
@@ -247,11 +248,13 @@ def test_determined_fit_draws_its_curve_and_predicts_held_out_formats(page):
 
 def test_plan_table_ranks_by_predicted_loss(page):
     rows = page.body("plan")
-    losses = [float(r[5]) for r in rows]
+    losses = [float(r[6]) for r in rows]
     assert losses == sorted(losses) and {r[0] for r in rows} == {"dense", "int2", "int3", "int4", "w4a4"}
-    assert next(r for r in rows if r[0] == "dense")[6] == "+0.0000"
+    assert next(r for r in rows if r[0] == "dense")[7] == "+0.0000"
+    # each format's bits are priced on a model size; dense runs here keep no spec, so their stored bits
+    assert all(r[2] in SIZES if r[0] != "dense" else r[2] == "its runs" for r in rows), [r[2] for r in rows]
     # a plan outside the measured sizes is named as the law's extrapolation, and only then
-    n = [float(r[3]) for r in rows]
+    n = [float(r[4]) for r in rows]
     outside = [r[0] for r, x in zip(rows, n) if not STORE_SIZES[0] <= x <= STORE_SIZES[-1]]
     assert ("lie outside the measured range of N" in page.text) == bool(outside)
     for label in outside:
