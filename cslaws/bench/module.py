@@ -25,7 +25,7 @@ from cslaws.bench.budget import requested_tokens
 from cslaws.errors import BenchError
 from cslaws.formats.base import Format
 from cslaws.formats.linear import LinearFactory
-from cslaws.laws.capacity import check_fits, format_from_spec
+from cslaws.laws.capacity import check_fits, format_from_spec, without_backend
 from cslaws.models.llama import Llama, get_size
 
 DEFAULT_TOKENS_PER_PARAM = 3.0
@@ -238,17 +238,20 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["format_progress"] = self.factory.weight.progress
-        checkpoint["format_tensors"] = [[f.tensors() for f in fmt.walk()] for fmt in self.factory.formats]
+        checkpoint["format_tensors"] = [{"specs": format_specs(fmt), "tensors": [f.tensors() for f in fmt.walk()]}
+                                        for fmt in self.factory.formats]
         checkpoint["compiled"] = self.compiled
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A format with a schedule (gradual pruning) computes as it did at the checkpoint's progress, and one
-        # built by an algorithm (a VQ codebook) with what it computed with then.
+        # built by an algorithm (a VQ codebook) with what it computed with then -- when it is the format the
+        # checkpoint trained with: a checkpoint may be scored with other formats, which keep their own.
         for fmt in self.factory.formats:
             fmt.set_progress(checkpoint["format_progress"])
-        for fmt, saved in zip(self.factory.formats, checkpoint.get("format_tensors", [])):  # none before v0.x
-            for f, tensors in zip(fmt.walk(), saved, strict=True):
-                f.load_tensors(tensors)
+        for fmt, saved in zip(self.factory.formats, checkpoint.get("format_tensors", [])):  # older checkpoints have none
+            if saved["specs"] == format_specs(fmt):
+                for f, tensors in zip(fmt.walk(), saved["tensors"]):
+                    f.load_tensors(tensors)
 
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -279,6 +282,11 @@ def align_to_validation(steps: int, val_check_interval: int | float) -> int:
     if not isinstance(val_check_interval, int) and int(aligned * val_check_interval) * period != aligned:
         raise BenchError(f"val_check_interval={val_check_interval} does not divide {aligned} steps exactly; use 1.0, 0.5, 0.25, 0.2 or 0.1")
     return aligned
+
+
+def format_specs(fmt: Format) -> list[dict[str, Any]]:
+    """The specs of `fmt` and of every format inside it, in `walk` order, without where they ran (`backend`)."""
+    return [without_backend(f.spec()) for f in fmt.walk()]
 
 
 def _as_format(value: Format | dict | None) -> Format | None:

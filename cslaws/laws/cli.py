@@ -584,7 +584,8 @@ def _plan(argv: list[str]) -> int:
     law = fit_compression(lb.runs_of(records), args.dense)
     # each label's weight bits on the model size its plan lands at (from its mean stored bits over its runs)
     bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
-    choices = plan_priced(law, bits, run_pricers(records), args.memory_bits, args.flops, args.formats)
+    pricers = run_pricers(records, [*(args.formats or law.eff), law.reference])
+    choices = plan_priced(law, bits, pricers, args.memory_bits, args.flops, args.formats)
     if args.format == "json":
         print(json.dumps([c.to_dict() for c in choices]))
         return 0

@@ -11,8 +11,8 @@ Predicted loss of format f at N parameters and D tokens: L = A (N eff_f)^-alpha 
 Each choice is compared with dense (eff 1, the reference label's bits) under the same budget.
 
 Bits per value (`plan_priced`): a format's per-row or per-group scales cost less on the longer rows of a
-larger model (int2 with row scales stores 2.33 bits per weight on the 48-long rows of a CPU-study model,
-2.01 on 800M's), so each choice is priced on the layers of the model size nearest its planned N; as N
+larger model (int2 with row scales stores 2.29-2.57 bits per weight on the CPU study's models, rows of 24-128,
+and 2.008 on 430M's), so each choice is priced on the layers of the model size nearest its planned N; as N
 under a memory budget depends on the bits, the two are iterated to agreement.
 """
 
@@ -22,9 +22,11 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
+from jsonargparse import ArgumentError
+
 from cslaws.errors import BenchError
 from cslaws.formats import Format
-from cslaws.laws.capacity import format_from_spec, model_bits
+from cslaws.laws.capacity import format_from_spec, model_bits, without_backend
 from cslaws.laws.fit import LawFit
 from cslaws.models.llama import SIZES, non_embedding_params
 
@@ -143,14 +145,19 @@ def size_pricer(weight: Format | None, activation: Format | None) -> Pricer:
     return price
 
 
-def run_pricers(records: Sequence[Any]) -> dict[str, Pricer]:
-    """A pricer per label whose runs keep their format specs (every run trained by `bench fit`); runs imported
-    from a CSV keep only their bits, which the plan then uses as they are."""
+def run_pricers(records: Sequence[Any], labels: Sequence[str]) -> dict[str, Pricer]:
+    """A pricer per label in `labels` whose runs keep format specs this code version can build (every run trained
+    by `bench fit`); runs imported from a CSV keep only their bits, which the plan then uses as they are."""
+    def build(spec: dict[str, Any] | None) -> Format | None:
+        return None if spec is None else format_from_spec(without_backend(spec))  # where it ran is no matter here
+
     pricers = {}
     for r in records:
-        if r.label not in pricers and isinstance(r.weight, dict):
-            build = (lambda spec: None if spec is None else format_from_spec(spec))
-            pricers[r.label] = size_pricer(build(r.weight), build(r.activation))
+        if r.label in labels and r.label not in pricers and isinstance(r.weight, dict):
+            try:
+                pricers[r.label] = size_pricer(build(r.weight), build(r.activation))
+            except (ArgumentError, ImportError, ValueError):  # a spec of an older version: its stored bits stand
+                continue
     return pricers
 
 
@@ -163,8 +170,8 @@ def plan_priced(
     labels: list[str] | None = None,
 ) -> list[Choice]:
     """`plan` with the bits of each label that has a pricer taken at its planned N (the others keep `bits`).
-    Under a memory budget N = M / bits(N): more bits on smaller models, so from the runs' bits the sizes only
-    grow and the iteration stops within a pass over the sizes."""
+    Under a memory budget N = M / bits(N), and bits(N) never rise with N (scales spread over longer rows), so
+    N moves one way from the runs' bits and the iteration stops within a pass over the sizes."""
     bits = dict(bits)
     for _ in range(len(SIZES) + 1):
         choices = plan(law, bits, memory_bits, flops, labels)
@@ -175,4 +182,5 @@ def plan_priced(
         if new == bits:
             return [replace(c, priced_on=priced[c.label][1]) if c.label in priced else c for c in choices]
         bits = new
+    # a format's bits never rise with the model size, so N moves one way and this is not reached
     raise RuntimeError(f"the bits and the planned N did not agree after {len(SIZES) + 1} rounds: {bits}")

@@ -277,7 +277,7 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
     law = board.law
     memory, flops, ref = reference_budget(records, law.reference)
     bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
-    choices: list[Choice] = plan_priced(law, bits, run_pricers(records), memory, flops)
+    choices: list[Choice] = plan_priced(law, bits, run_pricers(records, [*law.eff, law.reference]), memory, flops)
     rows = [[c.label, f"{c.bits:.3f}", c.priced_on, f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}",
              f"{c.improvement:+.4f}"] for c in choices]
     note = extrapolation_note(choices, records, law)

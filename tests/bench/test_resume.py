@@ -166,6 +166,25 @@ def test_a_checkpoint_keeps_the_vq_codebook_it_trained_with(tmp_path, small_corp
         assert torch.equal(loaded(tokens), model(tokens))
 
 
+@pytest.mark.parametrize("trained, scored", [(None, lambda: Hadamard(Int())), (None, lambda: VQ(dim=2, points=16)),
+                                             (lambda: VQ(dim=2, points=16), lambda: VQ(dim=2, points=256)),
+                                             (lambda: VQ(dim=2, points=16), lambda: VQ(dim=2, points=16, seed=1)),
+                                             (lambda: Hadamard(Int()), lambda: Int())],
+                         ids=["dense as hadamard(int4)", "dense as vq", "vq16 as vq256", "vq as vq of another seed",
+                              "hadamard(int4) as int4"])
+def test_a_checkpoint_scored_with_other_formats_keeps_theirs(trained, scored) -> None:
+    """`bench validate --ckpt_path FILE` may score a checkpoint with formats it did not train with (say, a dense
+    model quantized after training): those compute with their own tensors, not the checkpoint's."""
+    checkpoint: dict = {}
+    LanguageModel(size="nano", weight=trained and trained(), vocab_size=300).on_save_checkpoint(checkpoint)
+    model = LanguageModel(size="nano", weight=scored(), vocab_size=300)
+    before = [{k: v.clone() for k, v in f.tensors().items()} for f in model.factory.weight.walk()]
+    model.on_load_checkpoint(checkpoint)
+    after = [f.tensors() for f in model.factory.weight.walk()]
+    assert len(after) == len(before) and all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                                             for a, b in zip(after, before))
+
+
 def test_a_timed_checkpoint_waits_for_the_end_of_an_accumulated_step(tmp_path, small_corpus) -> None:
     """With gradient accumulation, a checkpoint between micro-batches would hold no accumulated gradient and
     its resumed step would miss them: a save that falls due mid-step (a 30 ms period, shorter than a step)

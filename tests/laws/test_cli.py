@@ -164,6 +164,19 @@ def test_plan_prices_each_format_on_the_size_its_plan_lands_at(capsys, store_pat
             assert c["n"] == pytest.approx(memory / c["bits"], rel=1e-12)
 
 
+def test_plan_charges_stored_bits_where_a_spec_cannot_be_built(capsys, store_path, tmp_path):
+    """A run whose format this code version cannot build (a class since removed) keeps its stored bits, and says so."""
+    copy = tmp_path / "old.db"
+    copy.write_bytes(store_path.read_bytes())
+    gone = json.dumps({"class_path": "cslaws.formats.gone.Gone", "init_args": {}})
+    with closing(sqlite3.connect(copy)) as db, db:
+        db.execute("UPDATE runs SET weight = ? WHERE label = 'int4'", (gone,))
+        stored = db.execute("SELECT AVG(bits_per_value) FROM runs WHERE label = 'int4' AND status = 'finished'").fetchone()[0]
+    choices = {c["label"]: c for c in _json(capsys, ["plan", "--store", str(copy), "--memory-bits", "2e9", "--format", "json"])}
+    assert choices["int4"]["priced_on"] == "its runs" and choices["int4"]["bits"] == pytest.approx(stored, rel=1e-12)
+    assert choices["int3"]["priced_on"] in SIZES
+
+
 _CSV_CACHE: dict = {}
 
 
