@@ -126,10 +126,10 @@ class BenchCLI(LightningCLI):
         self.point_checkpoint()
 
     def before_validate(self) -> None:
-        self.find_last()
+        self.check_scored()
 
     def before_test(self) -> None:
-        self.find_last()
+        self.check_scored()
 
     def point_checkpoint(self) -> None:
         """Point the checkpoint callback at the run's own directory, named by its sweep cell, else by
@@ -138,10 +138,16 @@ class BenchCLI(LightningCLI):
         key = config.store.cell or config_key(config)
         self.trainer.checkpoint_callback.dirpath = str(checkpoint_dir(self.trainer.default_root_dir, key))
 
-    def find_last(self) -> None:
+    def check_scored(self) -> None:
         """For `--ckpt_path last`, point the checkpoint callback at the run's own last.ckpt, which must exist:
-        Lightning alone looks in no run's directory, warns, and scores the untrained model."""
+        Lightning alone looks in no run's directory, warns, and scores the untrained model. A checkpoint file
+        brings its own model options (LightningCLI parses its hyperparameters over the command's): say which
+        model is scored, as the options given for it are not used."""
         if self.config[self.subcommand].ckpt_path != "last":
+            model = self.model
+            console().print(f"bench {self.subcommand}: the checkpoint's model, [bold]{model.label}[/] {model.size_name} "
+                            f"(weight {model.factory.weight!r}, activation {model.factory.activation!r}); a checkpoint "
+                            "file sets the model, and model options given with it are not used")
             return
         self.point_checkpoint()
         last = Path(self.trainer.checkpoint_callback.dirpath) / f"{RunCheckpoint.CHECKPOINT_NAME_LAST}{RunCheckpoint.FILE_EXTENSION}"

@@ -216,15 +216,19 @@ def test_a_timed_checkpoint_waits_for_the_end_of_an_accumulated_step(tmp_path, s
     assert len(batches_at_save) >= 3 and all((b + 1) % 3 == 0 for b in batches_at_save), batches_at_save
 
 
-def test_a_checkpoint_file_validates_to_the_run_s_final_loss(tmp_path, small_corpus) -> None:
-    """`bench validate --ckpt_path FILE` re-parses the checkpoint's hyperparameters as options: each must be one."""
-    args = fit_args(tmp_path, small_corpus, "v", "--model.tokens", str(8 * BATCH * SEQ))
+def test_a_checkpoint_file_validates_to_the_run_s_final_loss(tmp_path, small_corpus, capsys) -> None:
+    """`bench validate --ckpt_path FILE` re-parses the checkpoint's hyperparameters as options: each must be one.
+    They override the model options given, so the command says which model it scores."""
+    args = fit_args(tmp_path, small_corpus, "v", "--model.tokens", str(8 * BATCH * SEQ), "--model.weight", "Int")
     run_lightning_cli(args)
     (run,) = ResultsStore(tmp_path / "v.db").runs()
     (ckpt,) = glob.glob(str(tmp_path / "v" / "checkpoints" / "*" / "last.ckpt"))
     assert torch.load(ckpt, weights_only=False)["compiled"] is False
-    cli = run_lightning_cli(["validate", *args[1:], "--ckpt_path", ckpt])
+    capsys.readouterr()
+    cli = run_lightning_cli(["validate", *args[1:-2], "--model.weight", "Ternary", "--ckpt_path", ckpt])
     assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(run.final_val_loss, abs=1e-6)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "the checkpoint's model, w:int nano (weight Int(bits=4" in said and "model options given with it are not used" in said
 
 
 def test_validate_last_scores_the_run_that_the_same_options_trained(tmp_path, small_corpus) -> None:
