@@ -40,6 +40,8 @@ _GAMMA_BOUND = 3.0
 #: k_f, in nats at (N0, D0): from none (a format as good as the reference, such as int8) to far above any
 #: penalty a format that trains at all could cost.
 _K_MAX = 10.0
+#: A k_f this close to 0 (nats) is at its bound, as `_Problem.at_bound` reads the other constants' ends.
+_K_ZERO = 1e-6
 _GRID_GAMMA_D = (0.0, 0.25, 0.5, 1.0)
 _GRID_GAMMA_N = (-0.5, 0.0, 0.5)
 _GRID_K = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, 13)])
@@ -121,6 +123,12 @@ class PenaltyFit:
         n, d = np.asarray(n, dtype=np.float64), np.asarray(d, dtype=np.float64)
         return self.A * n ** -self.alpha + self.B * d ** -self.beta + self.E + self.penalty(label, n, d)
 
+    @property
+    def at_zero(self) -> list[str]:
+        """The formats whose k_f sits at its lower bound 0: the form lets no format beat the reference, so for
+        these the runs say only "no worse", and their eff at (N0, D0) is 1 by construction."""
+        return [name for name, k in self.k.items() if k <= _K_ZERO]
+
     def eff_at_centre(self) -> dict[str, float]:
         """Each format's multiplier whose gap A N0^-alpha (eff^-alpha - 1), with this fit's A and alpha, equals
         its penalty at (N0, D0)."""
@@ -131,6 +139,7 @@ class PenaltyFit:
             **{name: getattr(self, name) for name in (*SHARED, *EXPONENTS)}, "N0": self.N0, "D0": self.D0,
             "k": dict(self.k), "eff_at_centre": self.eff_at_centre(), "rmse_log": self.rmse_log,
             "runs": self.n_runs, "reference": self.reference, "at_bound": list(self.at_bound),
+            "at_zero": self.at_zero,
             "holdout": None if self.holdout is None else vars(self.holdout).copy(), "holdout_note": self.holdout_note,
         }
 
@@ -146,7 +155,7 @@ def fit_penalty(runs: Runs, reference: str = "dense", *, holdout: bool = True,
         raise FitError(f"every run has the reference label {reference!r}; the penalty form needs runs of a format")
     _check_runs(runs, 5 + model.n_extra, f"penalty form with {len(model.names)} non-reference label(s)")
     bounds = [(-_GAMMA_BOUND, _GAMMA_BOUND)] * 2 + [(0.0, _K_MAX)] * len(model.names)
-    problem = _Problem(runs, model, bounds)
+    problem = _Problem(runs, model, bounds, EXPONENTS)  # the gammas' ends are named; k_f's 0 is `at_zero`
     if start is None:
         start = fit_compression(runs, reference, holdout=False)
     elif start.n_runs != len(runs) or start.reference != reference:
@@ -195,8 +204,7 @@ def _starts(problem: _Problem, compression: LawFit) -> np.ndarray:
 def _law(theta: np.ndarray, optima: np.ndarray, problem: _Problem, runs: Runs, reference: str) -> PenaltyFit:
     model = problem.model
     a, b, e, alpha, beta, gd, gn = (float(v) for v in theta[:7])
-    names = [*problem.at_bound(theta), *(name for name, v in zip(EXPONENTS, (gd, gn))
-                                         if abs(v) >= _GAMMA_BOUND - 1e-9)]
+    names = problem.at_bound(theta)
     law = PenaltyFit(
         A=math.exp(a), B=math.exp(b), E=math.exp(e), alpha=alpha, beta=beta, gamma_D=gd, gamma_N=gn,
         k={name: float(theta[7 + j]) for j, name in enumerate(model.names)},
@@ -276,6 +284,9 @@ def penalty_summary(law: PenaltyFit, intervals: PenaltyBootstrap | None, compres
     ]
     if law.at_bound:
         lines.append(f"penalty form at search bound (not determined by the runs): {', '.join(law.at_bound)}")
+    if law.at_zero:
+        lines.append(f"k_f at its bound 0 (this form lets no format beat {law.reference}: its eff at (N0, D0) is 1 by "
+                     f"construction): {', '.join(law.at_zero)}")
     return lines
 
 

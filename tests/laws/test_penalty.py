@@ -12,7 +12,7 @@ import pytest
 from cslaws.bench.cli import main as bench
 from cslaws.laws.fit import FitError, Runs, _objective, _Problem, fit_compression
 from cslaws.laws.gaps import law_gap
-from cslaws.laws.penalty import _Penalty, bootstrap_penalty, fit_penalty, try_fit_penalty
+from cslaws.laws.penalty import _Penalty, bootstrap_penalty, fit_penalty, penalty_summary, try_fit_penalty
 
 from conftest import SIZES, TOKENS_PER_PARAM, TRUE, TRUE_EFF, law_loss, synthetic
 
@@ -51,6 +51,17 @@ def test_the_objectives_gradient_matches_central_differences():
                         - _objective(down[None, :], *problem.data, w, model)[0][0]) / (2 * h))
     assert g[0] == pytest.approx(np.array(numeric), rel=1e-5, abs=1e-9)
     assert np.all(np.abs(g[0]) > 0)
+
+
+def test_a_format_better_than_the_reference_is_named_at_k_s_bound():
+    """The form lets no format beat dense (k_f >= 0): one that does fits k_f = 0, and the summary says its eff of 1 is
+    the bound's, not a measurement."""
+    runs = _penalty_runs(k={"int8": -0.005, "int2": 0.05})
+    law = fit_penalty(runs, holdout=False)
+    assert law.k["int8"] == 0.0 and law.k["int2"] == pytest.approx(0.05, rel=0.05)
+    assert law.at_zero == ["int8"] and law.to_dict()["at_zero"] == ["int8"]
+    (line,) = [s for s in penalty_summary(law, None, fit_compression(runs, holdout=False)) if "k_f at its bound 0" in s]
+    assert line.endswith("by construction): int8")
 
 
 def test_runs_made_by_the_form_give_back_its_constants():
