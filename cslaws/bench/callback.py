@@ -33,7 +33,7 @@ from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, de
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.formats.linear import storage_bits
-from cslaws.laws.capacity import run_capacity
+from cslaws.laws.capacity import run_capacity, without_backend
 
 
 def code_version() -> str:
@@ -118,6 +118,39 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+def run_identity(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    """What this process trains, in the store's columns: the model, its formats (wherever they run), the
+    tokens of one optimizer step (batch x seq_len x accumulation x devices), the seed and the data it is
+    compared on. A run resumed from a checkpoint must train the same (`check_resumes_as_trained`)."""
+    dm = trainer.datamodule
+    return {
+        "label": pl_module.label, "model": pl_module.size_name, "n_params": pl_module.n_params,
+        "weight": without_backend(pl_module.factory.weight.spec()),
+        "activation": without_backend(pl_module.factory.activation.spec()),
+        "tokens_per_step": pl_module.tokens_per_step, "seed": int(os.environ.get("PL_GLOBAL_SEED", "0")),
+        "dataset": dm.provenance["dataset"], "tokenizer": dm.provenance["tokenizer"],
+        "val_set": dm.provenance["val_set"], "vocab_size": dm.vocab_size, "seq_len": dm.seq_len,
+    }
+
+
+def check_resumes_as_trained(store: ResultsStore, run_id: int, identity: dict[str, Any]) -> None:
+    """A resumed run goes on training its own row: with other data settings, another tokens-per-step (a batch
+    size or a device count of its own) or other formats it would finish a row that describes neither half of it
+    (its steps, tokens and validation set would be the first half's). A checkpoint file brings back the model's
+    settings, not the data's or the devices': refused here, before the row is touched."""
+    row = store.record(run_id)
+    if row is None or row.status == "finished":  # nothing to resume: `resume_run` says so
+        return
+    stored = {name: without_backend(getattr(row, name)) for name in identity}
+    differ = [name for name in identity if stored[name] != identity[name]]
+    if differ:
+        was = ", ".join(f"{name}={stored[name]!r}" for name in differ)
+        now = ", ".join(f"{name}={identity[name]!r}" for name in differ)
+        raise BenchError(f"--ckpt_path: run {run_id} in {store.path} trained with {was}; these options give {now}: "
+                         "resume it with the settings it was trained with (data, batch, devices), or train a new run "
+                         "without --ckpt_path")
+
+
 class StreamToStore(L.Callback):
     """Write this run and its loss curve to the results store.
 
@@ -160,34 +193,25 @@ class StreamToStore(L.Callback):
             return
         self.store = ResultsStore(self.path)
         resume = self._resume
+        identity = run_identity(trainer, pl_module)
         if resume and resume["run_id"] is not None and resume["store"] == str(self.store.path.resolve()):
-            # the row is this run's only once the store reopens it: a refused resume (a finished run) must not
-            # let `on_exception` write over it
+            # the row is this run's only once the store reopens it: a refused resume (a finished run, other
+            # settings) must not let `on_exception` write over it
+            check_resumes_as_trained(self.store, resume["run_id"], identity)
             self.store.resume_run(resume["run_id"], self._resume_step, host=socket.gethostname(), pid=os.getpid())
             self.run_id = resume["run_id"]
             self._fail_dead_rows()
             return
-        factory, dm = pl_module.factory, trainer.datamodule
+        factory = pl_module.factory
         weight_bits, activation_bits = storage_bits(pl_module.model)
         record = RunRecord(
-            label=pl_module.label,
-            model=pl_module.size_name,
-            n_params=pl_module.n_params,
+            **{**identity, "weight": factory.weight.spec(), "activation": factory.activation.spec()},
             tokens=0,
             steps=0,
             epochs=0.0,
-            tokens_per_step=pl_module.tokens_per_step,
             bits_per_value=weight_bits,
             activation_bits=activation_bits,
-            weight=factory.weight.spec(),
-            activation=factory.activation.spec(),
             capacity=run_capacity(factory.weight.spec(), factory.activation.spec()),
-            seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
-            dataset=dm.provenance["dataset"],
-            tokenizer=dm.provenance["tokenizer"],
-            val_set=dm.provenance["val_set"],
-            vocab_size=dm.vocab_size,
-            seq_len=dm.seq_len,
             code_version=code_version(),
             config=self.config_text,
             cell=self.cell,

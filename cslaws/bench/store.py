@@ -419,6 +419,11 @@ class ResultsStore:
         query, args = ("SELECT * FROM runs WHERE status=? ORDER BY run_id", (status,)) if status else ("SELECT * FROM runs ORDER BY run_id", ())
         return [_from_row(r, self.path) for r in self._select(query, args)]
 
+    def record(self, run_id: int) -> RunRecord | None:
+        """The run `run_id` as stored (any status); None when the store has no such run."""
+        rows = self._select("SELECT * FROM runs WHERE run_id=?", (run_id,))
+        return _from_row(rows[0], self.path) if rows else None
+
     def curve(self, run_id: int) -> list[tuple[int, int, float | None, float | None]]:
         rows = self._select("SELECT step, tokens, train_loss, val_loss FROM points WHERE run_id=? ORDER BY step", (run_id,))
         return [tuple(r) for r in rows]

@@ -4,6 +4,7 @@ finished run is refused and leaves its row as it was; a new or resumed run fails
 
 import glob
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,6 +85,29 @@ def test_resuming_a_finished_run_is_refused_and_leaves_its_row_as_it_was(tmp_pat
         run_lightning_cli([*args, "--ckpt_path", "last"])
     assert store.runs(None) == [before]
     assert store.curve(before.run_id)[-1][0] == 8
+
+
+@pytest.mark.parametrize("changed, said", [(["--data.batch_size", str(2 * BATCH)], "tokens_per_step=128; these options give tokens_per_step=256"),
+                                           (["--data.seq_len", str(SEQ // 2)], "seq_len=16"),
+                                           (["--seed_everything", "1"], "seed=0; these options give seed=1")],
+                         ids=["batch size", "seq_len", "seed"])
+def test_resuming_with_other_settings_is_refused_and_leaves_its_row_as_it_was(tmp_path, small_corpus, changed, said) -> None:
+    """A checkpoint file brings back the model's settings, not the data's or the devices': resumed with another
+    batch or seq_len, the run finished a row whose tokens, steps and validation set were its first half's."""
+    args = fit_args(tmp_path, small_corpus, "cut", "--trainer.max_steps", "8")
+    with pytest.raises(SystemExit, match="1"):  # stopped before its budget: `bench fit` exits 1
+        run_lightning_cli(args)
+    store = ResultsStore(tmp_path / "cut.db")
+    (before,) = store.runs(None)
+    assert before.status == "failed" and before.steps == 8
+    (ckpt,) = glob.glob(str(tmp_path / "cut" / "checkpoints" / "*" / "last.ckpt"))
+    resumed = args[:-2]  # without --trainer.max_steps 8
+    with pytest.raises(BenchError, match=f"--ckpt_path: run {before.run_id} in .* trained with .*{re.escape(said)}"):
+        run_lightning_cli([*resumed, *changed, "--ckpt_path", ckpt])
+    assert store.runs(None) == [before]
+    run_lightning_cli([*resumed, "--ckpt_path", ckpt])  # as trained: it resumes, and finishes its budget
+    (after,) = store.runs(None)
+    assert (after.run_id, after.status, after.steps, after.tokens) == (before.run_id, "finished", STEPS, STEPS * BATCH * SEQ)
 
 
 @pytest.mark.parametrize("cell", ["c", None], ids=["sweep cell", "plain fit"])
