@@ -31,9 +31,23 @@ def requested_tokens(n_params: int, tokens: int | None, tokens_per_param: float 
     return tokens if tokens is not None else round(tokens_per_param * n_params)
 
 
+#: Trainer counts that Lightning takes at 0 or below and then divides by, deep in a run (a ZeroDivisionError
+#: after the row is written): each must be a positive integer.
+_POSITIVE = ("accumulate_grad_batches", "log_every_n_steps")
+
+
 def check_trainer_settings(settings: Mapping[str, Any]) -> None:
     """The budget sizes the one epoch a run trains, its LR schedule and its formats' progress, and a run's
-    loss is its whole validation set's: a trainer setting among `settings` that would change either is refused."""
+    loss is its whole validation set's: a trainer setting among `settings` that would change either is refused,
+    as are counts a run divides by that are not positive (and a validation interval that is not)."""
+    for name in _POSITIVE:
+        value = settings.get(name)
+        if name in settings and not (isinstance(value, int) and value >= 1):
+            raise BenchError(f"trainer.{name}={value!r} is not allowed; it must be a positive integer")
+    interval = settings.get("val_check_interval")
+    if "val_check_interval" in settings and not (isinstance(interval, (int, float)) and interval > 0):
+        raise BenchError(f"trainer.val_check_interval={interval!r} is not allowed; it must be a fraction of the "
+                         "epoch in (0, 1] or a number of steps >= 1")
     for name, (allowed, why) in _BUDGET_OWNED.items():
         value = settings.get(name)
         if name in settings and not any(value is a or (type(value) is type(a) and value == a) for a in allowed):

@@ -173,7 +173,8 @@ class TextDataModule(L.LightningDataModule):
         max_epochs: float = 1.0,
     ) -> None:
         super().__init__()
-        for arg, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1), ("val_sequences", val_sequences, 1)):
+        for arg, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1), ("val_sequences", val_sequences, 1),
+                                ("num_workers", num_workers, 0)):
             if value < low:
                 raise BenchError(f"{arg}={value} is not allowed; it must be at least {low}")
         if not max_epochs > 0:

@@ -115,7 +115,9 @@ class BenchCLI(LightningCLI):
         except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:
             raise BenchError(f"trainer: {err}") from err
         loop = trainer.fit_loop
-        check_trainer_settings({"max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps,
+        check_trainer_settings({"accumulate_grad_batches": trainer.accumulate_grad_batches,
+                                "log_every_n_steps": trainer.log_every_n_steps, "val_check_interval": trainer.val_check_interval,
+                                "max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps,
                                 "limit_train_batches": trainer.limit_train_batches,
                                 "limit_val_batches": trainer.limit_val_batches})
         return trainer

@@ -93,6 +93,11 @@ BAD_FIT_VALUES = {
     "part of the validation set": (["--trainer.limit_val_batches", "2"], ["trainer.limit_val_batches=2", "whole validation set"]),
     "part of the budget": (["--trainer.limit_train_batches", "0.5"], ["trainer.limit_train_batches=0.5", "token budget"]),
     "accelerator without its package": (["--trainer.accelerator", "tpu"], ["trainer:", "torch_xla"]),
+    # Lightning takes these, and the run divided by them: a ZeroDivisionError, after its row was written
+    "no batches per step": (["--trainer.accumulate_grad_batches", "0"], ["trainer.accumulate_grad_batches=0", "positive integer"]),
+    "logging every 0 steps": (["--trainer.log_every_n_steps", "0"], ["trainer.log_every_n_steps=0", "positive integer"]),
+    "validating every 0 steps": (["--trainer.val_check_interval", "0.0"], ["trainer.val_check_interval=0.0", "(0, 1]"]),
+    "negative workers": (["--data.num_workers", "-1"], ["num_workers=-1", "at least 0"]),
     "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
     "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),
     "unknown nested format": (["--model.weight", "Hadamard", "--model.weight.format", "Nosuch"],
