@@ -252,7 +252,7 @@ def check_scored_checkpoint(command: str, ckpt_path: str | None) -> None:
     if ckpt_path is None:
         raise BenchError(f"bench {command} scores a trained run: give --ckpt_path, a checkpoint file or `last` (the "
                          "last.ckpt of the run that `bench fit` with these same options trained)")
-    if ckpt_path in ("best", "hpc"):
+    if ckpt_path in _CKPT_KEYWORDS and ckpt_path != "last":
         raise BenchError(f"--ckpt_path {ckpt_path}: bench {command} scores a checkpoint file or `last`; a run keeps "
                          "its last.ckpt only (no best, no HPC checkpoint)")
 
