@@ -6,6 +6,21 @@ The message names the value and says what is allowed. It is a ValueError, so tha
 catch bad values keep working when a check is tightened into a BenchError.
 """
 
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
 
 class BenchError(ValueError):
     """Input the suite cannot run with; the message names the value and what is allowed."""
+
+
+class BenchParser(argparse.ArgumentParser):
+    """The parser of `bench`'s argparse commands (and, through `add_subparsers`, of their actions): a bad option
+    is one line `bench: error: <command>: <message> (the options: bench <command> --help)`, exit code 2, as
+    for every other command of `bench`, not argparse's usage block and its own `bench <command>: error:`."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("bench ")
+        raise BenchError(f"{command}: {' '.join(message.split())} (the options: {self.prog} --help)")

@@ -22,6 +22,9 @@ _BUDGET_OWNED: dict[str, tuple[tuple[Any, ...], str]] = {
     "limit_train_batches": ((None, 1.0), _STEPS),
     "limit_val_batches": ((None, 1.0), "a run is scored on its whole validation set (data.val_sequences), which "
                           "the store names as one set (val_set)"),
+    # another n skips the validations inside the one epoch, its last at the budget's last step among them
+    "check_val_every_n_epoch": ((None, 1), "a run is validated every trainer.val_check_interval within its one epoch, "
+                                "last at its last step, whose loss the store keeps"),
 }
 
 

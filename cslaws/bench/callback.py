@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
 import cslaws
 from cslaws.bench.module import Diverged
@@ -108,14 +108,26 @@ class RunCheckpoint(ModelCheckpoint):
         # Only at an optimizer step's end: with gradient accumulation, a save between micro-batches (a time
         # period falls anywhere) holds no accumulated gradient, and the resumed step would miss those batches.
         # A save that falls due meanwhile waits for the step's end.
-        if step_ended(trainer, batch_idx):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not step_ended(trainer, batch_idx):
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # A run that stops here, short of its budget, is saved here, inside its epoch: by `on_train_end` Lightning
+        # has marked the epoch done, and a run resumed from that state would stop at once, never to finish.
+        if stops_here(trainer) and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning saves `last` at the end only when nothing was saved before; a run's last checkpoint must be
-        # its final state, whatever the period.
-        if trainer.global_step != self._last_global_step_saved:
+        # its final state, whatever the period. Only a run that trained its budget is saved here (see above).
+        if trainer.global_step != self._last_global_step_saved and trainer.global_step >= pl_module.total_steps:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def stops_here(trainer: L.Trainer) -> bool:
+    """Whether the fit loop stops after this optimizer step, before the epoch's end: `trainer.max_steps` is
+    reached, or `trainer.should_stop` is set (by `trainer.max_time`'s timer, which runs before the checkpoint
+    callbacks, or by another callback)."""
+    return trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
 
 
 def run_identity(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -292,17 +304,23 @@ class StreamToStore(L.Callback):
 
 def stop_reason(trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
     """Why a run is not finished: it stopped before its budget or ran past it, or its last validation loss is
-    not a number (None when it trained exactly its budget and validated at its last step)."""
+    missing or not a number (None when it trained exactly its budget and validated at its last step)."""
     step, total = trainer.global_step, pl_module.total_steps
     if step > total:
         return f"trained past its budget: {step} steps of {total}"
-    if step == total and "val_loss" in trainer.callback_metrics:
+    if step == total:
+        if "val_loss" not in trainer.callback_metrics:
+            return f"not validated at its last step, {step}"
         val = float(trainer.callback_metrics["val_loss"])
         return None if math.isfinite(val) else f"diverged: non-finite validation loss {val} at step {step}"
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
     if 0 < trainer.max_steps <= step:
         cause = f"trainer.max_steps={trainer.max_steps}"
+    elif timer is not None and timer.time_remaining() <= 0:
+        # Lightning's timer counts the training time of all the run's processes, a resumed one's included
+        cause = f"trainer.max_time, {timedelta(seconds=round(timer.time_elapsed()))} of training in all"
     elif trainer.interrupted:
         cause = "interrupted"
     else:
-        cause = "trainer.should_stop (max_time or a callback)"
+        cause = "trainer.should_stop, set by a callback"
     return f"truncated: stopped at step {step} of {total} ({cause})"

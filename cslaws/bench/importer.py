@@ -12,7 +12,9 @@ Every run is marked `source = "imported: <file> row <k>"` (k counts data rows fr
 comparability fields given on the command line (`--dataset`, `--tokenizer`, `--val-set`) and the CSV's
 `vocab_size` / `sequence_length` columns when present, so the imported runs form one comparable group.
 A label without a config, a row without a finite loss or whose N or D is not a positive whole number, or
-an `--exclude` label that no row has is an error: nothing is written then. A row the store already holds
+an `--exclude` label that no row has is an error: nothing is written then (the runs are written in one
+transaction). The comparability fields have no defaults: a run imported without them would join runs of
+another corpus in a fit. A row the store already holds
 (the same CSV row, every column, with the same label, N, D, loss and comparability fields: the file imported
 again, under any name or with rows appended) is skipped, never stored twice; the same rows imported with
 another `--dataset`, `--tokenizer` or `--val-set` are other runs.
@@ -27,21 +29,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, default_store_path
-from cslaws.errors import BenchError
+from cslaws.errors import BenchError, BenchParser
 from cslaws.formats import Format
 from cslaws.formats.dense import Dense
 from cslaws.bench.cli import read_csv_rows, shipped_configs
 from cslaws.laws.capacity import load_format_config, model_bits, run_capacity
 from cslaws.models.llama import SIZES, non_embedding_params
 
-#: The comparability key of QuEST's runs (the defaults): C4, GPT-2 tokenizer padded to 50304, C4 validation.
+#: The comparability key of QuEST's runs, named in the help: C4, GPT-2 tokenizer padded to 50304, C4 validation.
 QUEST_DATASET = "C4 (QuEST)"
 QUEST_TOKENIZER = "GPT-2 BPE (QuEST, vocabulary padded to 50304)"
 QUEST_VAL_SET = "C4 validation (QuEST)"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench store import", description=__doc__.split("\n\n")[0])
+    p = BenchParser(prog="bench store import", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, required=True, help="CSV file, one run per row")
     p.add_argument("--configs", required=True, help="folder of format configs (a path or a shipped one, e.g. formats/quest/)")
     p.add_argument("--label-col", default="format", help="column of format labels (default: format)")
@@ -49,9 +51,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--d-col", default="D", help="column of training tokens (default: D)")
     p.add_argument("--loss-col", default="loss", help="column of final validation loss (default: loss)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="LABEL", help="labels not to import")
-    p.add_argument("--dataset", default=QUEST_DATASET, help=f"dataset of every run (default: {QUEST_DATASET!r})")
-    p.add_argument("--tokenizer", default=QUEST_TOKENIZER, help="tokenizer of every run (default: QuEST's)")
-    p.add_argument("--val-set", default=QUEST_VAL_SET, help="validation set of every run (default: QuEST's)")
+    # required: runs are fitted together only when these agree, and a default would name a corpus for any file
+    p.add_argument("--dataset", required=True, help=f"dataset of every run (QuEST's: {QUEST_DATASET!r})")
+    p.add_argument("--tokenizer", required=True, help=f"tokenizer of every run (QuEST's: {QUEST_TOKENIZER!r})")
+    p.add_argument("--val-set", required=True, help=f"validation set of every run (QuEST's: {QUEST_VAL_SET!r})")
     p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
     return p
 
@@ -100,13 +103,25 @@ def _number(row: dict[str, str], col: str, k: int, path: Path) -> float:
         raise BenchError(f"{path} row {k}: {col} = {row[col]!r} is not a number") from None
 
 
+#: The largest whole number a store's INTEGER column holds (SQLite's signed 64 bits).
+MAX_COUNT = 2**63 - 1
+
+
 def _count(row: dict[str, str], col: str, k: int, path: Path) -> int:
     """A row's N, D, vocabulary or sequence length: a positive whole number (a run of no parameters or no
-    tokens did not happen)."""
-    value = _number(row, col, k, path)
-    if not (math.isfinite(value) and value >= 1 and value == int(value)):
-        raise BenchError(f"{path} row {k}: {col} = {row[col]!r} is not a positive whole number")
-    return int(value)
+    tokens did not happen) that a store can hold. Digits are read exactly; `1.3e11` through a float."""
+    text = row.get(col, "")
+    try:
+        value = int(text.strip())
+    except ValueError:
+        number = _number(row, col, k, path)
+        if not (math.isfinite(number) and number == int(number)):
+            raise BenchError(f"{path} row {k}: {col} = {text!r} is not a positive whole number") from None
+        value = int(number)
+    if not 1 <= value <= MAX_COUNT:
+        raise BenchError(f"{path} row {k}: {col} = {text!r} is not a positive whole number of at most {MAX_COUNT:.3g} "
+                         "(what a results store holds)")
+    return value
 
 
 def records(args: argparse.Namespace) -> list[RunRecord]:
@@ -176,8 +191,7 @@ def main(argv: Sequence[str]) -> int:
     runs = records(args)
     store = ResultsStore(path)
     new = new_runs(runs, store.runs(None))
-    for r in new:
-        store.add_finished(r)
+    store.add_finished(*new)
     print(f"imported {len(new)} runs from {args.runs} into {store.path}; "
           f"{len(runs) - len(new)} already there (the same CSV row, label, N, D, loss and comparability fields) skipped")
     return 0

@@ -119,13 +119,18 @@ class BenchCLI(LightningCLI):
                                 "log_every_n_steps": trainer.log_every_n_steps, "val_check_interval": trainer.val_check_interval,
                                 "max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps,
                                 "limit_train_batches": trainer.limit_train_batches,
-                                "limit_val_batches": trainer.limit_val_batches})
+                                "limit_val_batches": trainer.limit_val_batches,
+                                "check_val_every_n_epoch": trainer.check_val_every_n_epoch})
         return trainer
 
     def before_fit(self) -> None:
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))
         store_cb.config_text = self.parser.dump(self.config, skip_none=False)
         self.point_checkpoint()
+        if self.config[self.subcommand].ckpt_path == "last" and not self.last_checkpoint().exists():
+            # what a sweep's relaunch of a cell killed before its first checkpoint wants; said, not silent
+            console().print(f"--ckpt_path last: no checkpoint of this run at {self.last_checkpoint()}; it trains "
+                            "from the start, as a new run")
 
     def before_validate(self) -> None:
         self.check_scored()
@@ -152,10 +157,13 @@ class BenchCLI(LightningCLI):
                             "file sets the model, and model options given with it are not used")
             return
         self.point_checkpoint()
-        last = Path(self.trainer.checkpoint_callback.dirpath) / f"{RunCheckpoint.CHECKPOINT_NAME_LAST}{RunCheckpoint.FILE_EXTENSION}"
-        if not get_filesystem(str(last)).exists(str(last)):
-            raise BenchError(f"--ckpt_path last: no checkpoint of this run at {last}; give the options the run was "
-                             "trained with (or its --store.cell), or a checkpoint file")
+        if not self.last_checkpoint().exists():
+            raise BenchError(f"--ckpt_path last: no checkpoint of this run at {self.last_checkpoint()}; give the "
+                             "options the run was trained with (or its --store.cell), or a checkpoint file")
+
+    def last_checkpoint(self) -> Path:
+        """The last.ckpt that `--ckpt_path last` loads, once `point_checkpoint` has named the run's directory."""
+        return Path(self.trainer.checkpoint_callback.dirpath) / f"{RunCheckpoint.CHECKPOINT_NAME_LAST}{RunCheckpoint.FILE_EXTENSION}"
 
     def fit(self, model: LanguageModel, **kwargs) -> None:
         """`Trainer.fit`; a diverged run or one stopped by SIGTERM (stored `failed` by the store callback) ends
@@ -176,7 +184,8 @@ class BenchCLI(LightningCLI):
         head = f"[bold]{model.label}[/] {model.size_name}: N={model.n_params:,} D={model.trained_tokens:,} tokens ({model.trained_steps} steps)"
         stopped = stop_reason(self.trainer, model)
         if stopped:
-            console().print(f"{head}; [red]{stopped}[/], stored as failed")
+            resume = " (resume it: --ckpt_path last)" if model.trained_steps < model.total_steps else ""
+            console().print(f"{head}; [red]{stopped}[/], stored as failed{resume}")
             raise SystemExit(1)
         val = float(self.trainer.callback_metrics["val_loss"])
         console().print(f"{head}; final val_loss={val:.4f} nats vs unigram entropy {dm.entropy:.4f} nats")
@@ -238,10 +247,14 @@ SCORING_COMMANDS = ("validate", "test")
 
 def config_key(config: Namespace) -> str:
     """A hash of a resolved run config without `ckpt_path` (and `verbose`, which only `validate` and `test`
-    have): the same run, resumed or not, or scored by `bench validate`, has the same key."""
+    have), and with the trainer's stopping limits (`max_steps`, `max_time`) at their defaults: the same run,
+    resumed or not, stopped short by a limit and resumed with another or none, or scored by `bench validate`,
+    has the same key (the defaults hash as before, so existing checkpoints still resume)."""
     config = config.clone()
     config.ckpt_path = None
     config.pop("verbose", None)
+    if "trainer" in config:
+        config.trainer.max_steps, config.trainer.max_time = -1, None
     text = json.dumps(config.as_dict(), sort_keys=True, default=str)
     return "config-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 

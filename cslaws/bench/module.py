@@ -216,8 +216,9 @@ class LanguageModel(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Every micro-batch of this step has run: its loss is their mean (Lightning's `outputs["loss"]` is
-        # divided by accumulate_grad_batches and comes once per micro-batch).
-        self.step_loss = float(torch.stack(self._micro_losses).mean())
+        # divided by accumulate_grad_batches and comes once per micro-batch), over every device's share of the
+        # global batch (every rank runs this hook, so the collective is matched).
+        self.step_loss = float(self.trainer.strategy.reduce(torch.stack(self._micro_losses).mean(), reduce_op="mean"))
         self._micro_losses.clear()
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:

@@ -54,7 +54,7 @@ from cslaws.bench import corpora
 from cslaws.bench.cli import file_in_the_way
 from cslaws.bench.wordcache import encoder
 from cslaws.console import quiet_logs
-from cslaws.errors import BenchError
+from cslaws.errors import BenchError, BenchParser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -632,7 +632,7 @@ def cached_prepare(source: Source, tokenizer: TokenizerSpec, val_fraction: float
 
 def main(argv: list[str]) -> int:
     """`bench data prepare ...` (argv starts with "data")."""
-    parser = argparse.ArgumentParser(prog="bench data", description="Prepared corpora: memory-mapped token files.")
+    parser = BenchParser(prog="bench data", description="Prepared corpora: memory-mapped token files.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="tokenize a corpus into memory-mapped token files", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

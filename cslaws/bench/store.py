@@ -347,14 +347,17 @@ class ResultsStore:
             record.run_id = insert_run(db, record)
         return record.run_id
 
-    def add_finished(self, record: RunRecord, curve: list[tuple[int, int, float | None, float | None]] = ()) -> int:
-        """Write a complete run (and its curve) in one transaction: for imports and tests."""
-        check_loss(record.final_val_loss, repr(record.label))
-        record.status = "finished"
-        record.finished_at = record.finished_at or time.time()
+    def add_finished(self, *records: RunRecord, curve: list[tuple[int, int, float | None, float | None]] = ()) -> int | None:
+        """Write complete runs (and a curve, the same for each) in one transaction, all or none: for imports and
+        tests. The last run's id (None for no runs)."""
+        for record in records:
+            check_loss(record.final_val_loss, repr(record.label))
+            record.status = "finished"
+            record.finished_at = record.finished_at or time.time()
         with self._tx() as db:
-            record.run_id = insert_run(db, record, curve)
-        return record.run_id
+            for record in records:
+                record.run_id = insert_run(db, record, curve)
+        return records[-1].run_id if records else None
 
     def log_point(self, run_id: int, step: int, tokens: int, train_loss: float | None = None, val_loss: float | None = None) -> None:
         with self._tx() as db:

@@ -12,14 +12,14 @@ A run whose identity OUT (or an earlier input) already holds is skipped when eve
 the same (every stored field but the row id and the training process's host and pid, and, for an imported
 run, the file name and time of its import; and its whole loss curve). When the records differ, a finished
 record supersedes an unfinished one (a copy taken while the run was `running`, or had `failed` before it
-was resumed), and of two unfinished ones the one that trained more steps supersedes the other; two
+was resumed), and of two unfinished ones the one that trained more steps supersedes the other (at equal
+steps a `failed` record a `running` one, and a later failure an earlier one, whichever input comes first); two
 finished records that differ conflict, and the merge refuses with the list of conflicts before writing
 anything. The inputs are opened read-only and never changed; OUT is written in one transaction.
 """
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 from collections import Counter
 from contextlib import closing
@@ -29,7 +29,7 @@ from typing import Sequence
 
 from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, check_is_store, insert_run, read_sqlite
 from cslaws.console import console
-from cslaws.errors import BenchError
+from cslaws.errors import BenchError, BenchParser
 
 IDENTITY = ("cell", "label", "model", "seed", "code_version", "started_at")
 #: Not results: the row number differs between stores, host and pid name whichever process trained last.
@@ -61,14 +61,19 @@ class StoredRun:
 
     def supersedes(self, other: "StoredRun") -> bool | None:
         """Whether this record of a run replaces `other`, a different record of the same run: a finished
-        record replaces an unfinished one, and of two unfinished ones the one trained further; None when
-        neither can (two finished records that differ conflict)."""
+        record replaces an unfinished one, and of two unfinished ones the one trained further, then a `failed`
+        one a `running` one (a process killed at that step, found dead later), then the later failure; None
+        when neither can (two finished records that differ conflict). The order of the inputs never decides."""
         mine, theirs = self.record.status == "finished", other.record.status == "finished"
         if mine and theirs:
             return None
         if mine != theirs:
             return mine
-        return (self.record.steps or 0) > (other.record.steps or 0)
+        return self._progress() > other._progress()
+
+    def _progress(self) -> tuple[int, bool, float]:
+        record = self.record
+        return record.steps or 0, record.status == "failed", record.finished_at or 0.0
 
 
 def _runs_and_points(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
@@ -175,7 +180,7 @@ def merge(out: Path, inputs: Sequence[Path]) -> MergePlan:
 
 
 def _merge(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench store merge", description="Fold results stores into one, without "
+    p = BenchParser(prog="bench store merge", description="Fold results stores into one, without "
                                 "duplicating runs; refuses runs recorded differently in two stores.")
     p.add_argument("out", type=Path, help="the store to merge into (created if missing)")
     p.add_argument("inputs", type=Path, nargs="+", help="stores to read (never changed)")

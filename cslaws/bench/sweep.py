@@ -13,8 +13,9 @@ Resume: a cell whose run is `running` but whose process is gone is relaunched wi
 (the run continues from its last checkpoint, in the same store row). "Gone" means the row names this
 host and its pid is no longer alive, or the row names no host (written before hosts were recorded). A
 row of another host cannot be checked from here: it is treated as alive and listed, not relaunched (resume
-it on its host, or with `bench fit ... --store.cell KEY --ckpt_path last`). Failed cells run again
-from scratch. `--dry-run` and `--emit` only read the store (a missing one is empty, and is not created).
+it on its host, or with `bench fit ... --store.cell KEY --ckpt_path last`). A failed cell is relaunched
+with `--ckpt_path last` too: a run stopped short (SIGTERM, a time limit) goes on from its last checkpoint,
+in its row; one that left no checkpoint starts again from scratch, in a new row. `--dry-run` and `--emit` only read the store (a missing one is empty, and is not created).
 `--keep-checkpoints` passes `--store.keep_checkpoints true` to every fit. Before anything is planned or run,
 each format's first cell is built as `bench fit` builds it (nothing trains), so a bad `fit` value is refused
 once, up front; so is a cell's budget that `bench fit` would refuse (below one step, or, when the sweep runs,
@@ -378,11 +379,13 @@ def plan_cells(all_cells: list[Cell], stores: list[ResultsStore]) -> Plan:
     keys = {c.key for c in all_cells}
     done: set[str] = set()
     running: dict[str, RunRecord] = {}
+    failed: set[str] = set()
     for store in stores:
         done |= store.finished_cells() & keys
         for r in store.runs(status="running"):
             if r.cell is not None:
                 running[r.cell] = r
+        failed |= {r.cell for r in store.runs(status="failed")}
     host = socket.gethostname()
     fresh, resume, live = [], [], []
     for cell in all_cells:
@@ -390,7 +393,8 @@ def plan_cells(all_cells: list[Cell], stores: list[ResultsStore]) -> Plan:
             continue
         row = running.get(cell.key)
         if row is None:
-            fresh.append(cell)
+            # a failed run stopped short (SIGTERM, a time limit) goes on from its checkpoint, in its row
+            (resume if cell.key in failed else fresh).append(cell)
         elif process_gone(row, host):
             resume.append(cell)
         else:

@@ -36,7 +36,7 @@ import json
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from rich.markup import escape
@@ -44,7 +44,7 @@ from rich.table import Table
 
 from cslaws.bench.cli import check_can_create, read_csv_rows
 from cslaws.console import console
-from cslaws.errors import BenchError
+from cslaws.errors import BenchError, BenchParser
 from cslaws.laws import capacity as cap
 from cslaws.laws import leaderboard as lb
 from cslaws.laws.fit import (
@@ -84,16 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BenchError(f"{command}: {message}") from err
 
 
-class _Parser(argparse.ArgumentParser):
-    """The parser of every law command (and, through `add_subparsers`, of `bench law`'s actions): a bad option
-    is one line `bench: error: <command>: <message> (the options: bench <command> --help)`, exit code 2, as
-    for every other command of `bench`, not argparse's usage block and its own `bench <command>: error:`."""
-
-    def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix("bench ")
-        raise BenchError(f"{command}: {' '.join(message.split())} (the options: {self.prog} --help)")
-
-
 def _out(text: Any) -> None:
     console().print(text)
 
@@ -103,7 +93,7 @@ def _out(text: Any) -> None:
 
 
 def _law(argv: list[str]) -> int:
-    p = _Parser(prog="bench law", description="Fit scaling laws: to runs in a CSV file (fit), or "
+    p = BenchParser(prog="bench law", description="Fit scaling laws: to runs in a CSV file (fit), or "
                                 "the unified form over a results store (unified); check the compression law's "
                                 "D-independent gap on a store's runs (gaps); fit a penalty that may grow with D "
                                 "beside it (penalty).")
@@ -318,7 +308,7 @@ def _interval(bounds: tuple[float, float] | None) -> str:
 
 
 def _capacity(argv: list[str]) -> int:
-    p = _Parser(prog="bench capacity", description="Gaussian MSE, bits and predicted capacity of formats.")
+    p = BenchParser(prog="bench capacity", description="Gaussian MSE, bits and predicted capacity of formats.")
     p.add_argument("names", nargs="*", help="registered short names (default args) or format configs (formats/int4.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--model-size", default=None, metavar="SIZE",
@@ -416,7 +406,7 @@ def _check_seed(seed: int) -> None:
 
 
 def _leaderboard(argv: list[str]) -> int:
-    p = _Parser(prog="bench leaderboard", description="Refit the compression law and rank formats.")
+    p = BenchParser(prog="bench leaderboard", description="Refit the compression law and rank formats.")
     _store_args(p)
     p.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
     args = p.parse_args(argv)
@@ -462,7 +452,7 @@ def _plot(argv: list[str]) -> int:
     from cslaws.laws.plot import plot_all
     from cslaws.laws.unified import format_parts
 
-    p = _Parser(prog="bench plot", description="Figures of the leaderboard fit.")
+    p = BenchParser(prog="bench plot", description="Figures of the leaderboard fit.")
     _store_args(p)
     _rho_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
@@ -484,7 +474,7 @@ def _report(argv: list[str]) -> int:
     from cslaws.laws.heldout import check_fit_on
     from cslaws.laws.report import ReportOptions, render
 
-    p = _Parser(prog="bench report", description="One self-contained HTML page of a store's law fits: "
+    p = BenchParser(prog="bench report", description="One self-contained HTML page of a store's law fits: "
                                 "leaderboard, figures, held-out checks, planner and runs.")
     _store_args(p)
     _rho_args(p)
@@ -570,7 +560,7 @@ def _check_figures_out(out: Path) -> None:
 
 
 def _plan(argv: list[str]) -> int:
-    p = _Parser(prog="bench plan", description="Rank formats by predicted loss under a budget.")
+    p = BenchParser(prog="bench plan", description="Rank formats by predicted loss under a budget.")
     _common_store_args(p)
     p.add_argument("--memory-bits", type=float, default=None, help="memory budget for the weights, in bits")
     p.add_argument("--flops", type=float, default=None, help="training compute budget C in FLOPs (C = 6 N D)")

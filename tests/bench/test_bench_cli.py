@@ -98,6 +98,9 @@ BAD_FIT_VALUES = {
     "logging every 0 steps": (["--trainer.log_every_n_steps", "0"], ["trainer.log_every_n_steps=0", "positive integer"]),
     "validating every 0 steps": (["--trainer.val_check_interval", "0.0"], ["trainer.val_check_interval=0.0", "(0, 1]"]),
     "negative workers": (["--data.num_workers", "-1"], ["num_workers=-1", "at least 0"]),
+    # the run's one epoch would end unvalidated: stored failed after it trained
+    "validating every other epoch": (["--trainer.check_val_every_n_epoch", "2"],
+                                     ["trainer.check_val_every_n_epoch=2", "last at its last step"]),
     "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
     "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),
     "unknown nested format": (["--model.weight", "Hadamard", "--model.weight.format", "Nosuch"],

@@ -15,11 +15,14 @@ from cslaws.laws.capacity import load_format_config
 
 RUNS = Path(__file__).parents[1] / "data" / "quest" / "runs.csv"
 CONFIGS = Path(__file__).parents[2] / "configs" / "formats" / "quest"
+#: `bench store import` with QuEST's comparability key, which the importer has no default for
+IMPORT = ["store", "import", "--dataset", "C4 (QuEST)", "--tokenizer", "GPT-2 BPE (QuEST, vocabulary padded to 50304)",
+          "--val-set", "C4 validation (QuEST)"]
 
 
 def test_imports_every_run_with_its_config(tmp_path: Path) -> None:
     store = tmp_path / "q.db"
-    assert bench(["store", "import", "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(store)]) == 0
+    assert bench([*IMPORT, "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(store)]) == 0
     runs = ResultsStore(store).runs()
     rows = list(csv.DictReader(RUNS.open()))
     assert len(runs) == len(rows) == 104
@@ -40,12 +43,12 @@ def test_imports_every_run_with_its_config(tmp_path: Path) -> None:
 
 def test_exclude_and_unknown_labels(tmp_path: Path, capsys) -> None:
     store = tmp_path / "q.db"
-    assert bench(["store", "import", "--runs", str(RUNS), "--configs", str(CONFIGS), "--store", str(store),
+    assert bench([*IMPORT, "--runs", str(RUNS), "--configs", str(CONFIGS), "--store", str(store),
                   "--exclude", "w4a4-4:8", "dense"]) == 0
     assert len(ResultsStore(store).runs()) == 104 - 6 - 6
     bad = tmp_path / "bad.csv"
     bad.write_text("N,D,loss,format\n1000,2000,3.0,w9a9\n")
-    assert bench(["store", "import", "--runs", str(bad), "--configs", str(CONFIGS), "--store", str(tmp_path / "b.db")]) == 2
+    assert bench([*IMPORT, "--runs", str(bad), "--configs", str(CONFIGS), "--store", str(tmp_path / "b.db")]) == 2
     assert "label 'w9a9' has no config" in capsys.readouterr().err
     assert not (tmp_path / "b.db").exists() or not ResultsStore(tmp_path / "b.db").runs()
 
@@ -53,7 +56,7 @@ def test_exclude_and_unknown_labels(tmp_path: Path, capsys) -> None:
 def test_all_104_imported_runs_fit_the_unified_law(tmp_path: Path, capsys) -> None:
     """`w4a4-4:8` alone is the sparse family (one GMSE): its C and Lsat pinned, its F is fitted with the rest."""
     store = tmp_path / "q.db"
-    assert bench(["store", "import", "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(store)]) == 0
+    assert bench([*IMPORT, "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(store)]) == 0
     capsys.readouterr()
     assert bench(["law", "unified", "--store", str(store), "--fix", "sparse.C=1.39", "sparse.Lsat=1", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -69,7 +72,7 @@ def test_importing_again_skips_the_runs_already_there(tmp_path: Path, capsys) ->
     runs = tmp_path / "runs.csv"
     runs.write_text("".join(RUNS.read_text().splitlines(keepends=True)[:4]))
     store = tmp_path / "q.db"
-    argv = ["store", "import", "--runs", str(runs), "--configs", "formats/quest/", "--store", str(store)]
+    argv = [*IMPORT, "--runs", str(runs), "--configs", "formats/quest/", "--store", str(store)]
     assert bench(argv) == 0
     capsys.readouterr()
     assert bench(argv) == 0
@@ -90,7 +93,7 @@ def test_the_same_rows_under_another_name_or_with_rows_appended_are_not_imported
     copy.write_text("".join([*lines[:6], lines[5]]))  # two rows appended, the second of them twice
     store = tmp_path / "q.db"
     for runs, said in [(first, "imported 3 runs"), (copy, "imported 3 runs"), (copy, "imported 0 runs")]:
-        assert bench(["store", "import", "--runs", str(runs), "--configs", "formats/quest/", "--store", str(store)]) == 0
+        assert bench([*IMPORT, "--runs", str(runs), "--configs", "formats/quest/", "--store", str(store)]) == 0
         assert said in capsys.readouterr().out
     held = ResultsStore(store).runs(None)
     assert len(held) == 6, "a run imported again is counted twice"
@@ -107,6 +110,10 @@ def test_the_same_rows_under_another_name_or_with_rows_appended_are_not_imported
     ("N,D,loss,format,sequence_length\n1e6,1e9,3.0,dense,512.5\n",
      "bad.csv row 1: sequence_length = '512.5' is not a positive whole number"),
     ("N,D,loss,format\n1e6,1e9,0,dense\n", "bad.csv row 1: loss 0.0 is not a positive finite number"),
+    # past SQLite's INTEGER, after a good row: it was an OverflowError with that row written
+    ("N,D,loss,format\n1e6,1e9,3.0,dense\n1e6,1e30,3.0,dense\n",
+     "bad.csv row 2: D = '1e30' is not a positive whole number of at most 9.22e+18"),
+    ("N,D,loss,format\n1e6,9223372036854775808,3.0,dense\n", "bad.csv row 1: D = '9223372036854775808' is not a positive whole"),
     ("N,D,loss,format\n1e6,1e9,3.0,dense\n1e6,1e9,-3,dense\n", "bad.csv row 2: loss -3.0 is not a positive finite number"),
     ("format,N,D,loss\ndense,1e6,1e9\n", "bad.csv: row 1 after the header has 3 field(s), the header 4"),
     ("format,N,D,loss\ndense,1e6,1e9,3.0,w4a4\n", "bad.csv: row 1 after the header has 5 field(s), the header 4"),
@@ -120,14 +127,31 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, capsys,
     elif csv_text is not None:
         bad.write_bytes(csv_text)
     store = tmp_path / "s.db"
-    assert bench(["store", "import", "--runs", str(bad), "--configs", "formats/quest/", "--store", str(store)]) == 2
+    assert bench([*IMPORT, "--runs", str(bad), "--configs", "formats/quest/", "--store", str(store)]) == 2
     err = capsys.readouterr().err
     assert "bench: error: " in err and message in err
     assert not store.exists()
 
 
+def test_digits_are_read_exactly(tmp_path: Path) -> None:
+    runs = tmp_path / "runs.csv"
+    runs.write_text("N,D,loss,format\n1000000,9007199254740993,3.0,dense\n")  # 2^53 + 1: a float reads 2^53
+    assert bench([*IMPORT, "--runs", str(runs), "--configs", "formats/quest/", "--store", str(tmp_path / "s.db")]) == 0
+    (run,) = ResultsStore(tmp_path / "s.db").runs()
+    assert run.tokens == 2**53 + 1
+
+
+def test_the_comparability_key_has_no_default(tmp_path: Path, capsys) -> None:
+    """A default key would name QuEST's corpus for any file, and its runs would be fitted with QuEST's."""
+    argv = ["store", "import", "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(tmp_path / "s.db")]
+    assert bench(argv) == 2
+    assert capsys.readouterr().err.strip() == ("bench: error: store import: the following arguments are required: --dataset, "
+                                               "--tokenizer, --val-set (the options: bench store import --help)")
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_exclude_names_the_labels_of_the_csv(tmp_path: Path, capsys) -> None:
-    assert bench(["store", "import", "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(tmp_path / "s.db"),
+    assert bench([*IMPORT, "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(tmp_path / "s.db"),
                   "--exclude", "dense", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "--exclude nosuch: no such label in" in err and "labels: dense, fp4, w1, w1a1," in err
@@ -139,6 +163,6 @@ def test_a_foreign_sqlite_store_is_refused_and_unchanged(tmp_path: Path, capsys)
     with closing(sqlite3.connect(foreign)) as db, db:
         db.execute("CREATE TABLE foo (x)")
     before = foreign.read_bytes()
-    assert bench(["store", "import", "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(foreign)]) == 2
+    assert bench([*IMPORT, "--runs", str(RUNS), "--configs", "formats/quest/", "--store", str(foreign)]) == 2
     assert "SQLite database of another application (tables: foo)" in capsys.readouterr().err
     assert foreign.read_bytes() == before

@@ -14,6 +14,7 @@ import time
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from cslaws.bench.callback import RunCheckpoint, StreamToStore
 from cslaws.bench.data import TextDataModule
@@ -41,9 +42,16 @@ def fit_args(tmp_path, small_corpus, root: str, *extra: str) -> list[str]:
             "--store.refit", "false", "--checkpoint.every_n_steps", "4", "--checkpoint.every_minutes", "null", *extra]
 
 
-def test_a_killed_run_resumes_to_the_loss_of_an_uninterrupted_one(tmp_path, small_corpus) -> None:
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, small_corpus) -> RunRecord:
+    """The stored row of the 60-step run, trained in one go."""
+    tmp_path = tmp_path_factory.mktemp("whole")
     run_lightning_cli(fit_args(tmp_path, small_corpus, "whole"))
-    (whole,) = ResultsStore(tmp_path / "whole.db").runs()
+    (run,) = ResultsStore(tmp_path / "whole.db").runs()
+    return run
+
+
+def test_a_killed_run_resumes_to_the_loss_of_an_uninterrupted_one(tmp_path, small_corpus, whole) -> None:
 
     # The killed run is a process of its own, on one thread like this one (conftest), so that the numerics agree.
     killed = subprocess.Popen([sys.executable, "-m", "cslaws", *fit_args(tmp_path, small_corpus, "killed")],
@@ -73,6 +81,53 @@ def test_a_killed_run_resumes_to_the_loss_of_an_uninterrupted_one(tmp_path, smal
     assert train_steps == list(range(1, STEPS + 1))  # one point per step: none lost, none twice
     val = [(p[0], p[3]) for p in store.curve(run.run_id) if p[3] is not None]
     assert val[-1] == (STEPS, pytest.approx(whole.final_val_loss, abs=1e-5))
+
+
+def step_clock(monkeypatch) -> None:
+    """Lightning's max_time timer, on a clock that reads a second per optimizer step: it stops a run at a step."""
+    check = Timer.on_train_batch_end
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        self.steps = trainer.global_step
+        check(self, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(Timer, "on_train_batch_end", on_train_batch_end)
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage=None: float(getattr(self, "steps", 0)) + self._offset)
+
+
+@pytest.mark.parametrize("limit, said", [(["--trainer.max_steps", "22"], "(trainer.max_steps=22)"),
+                                         (["--trainer.max_time", "00:00:00:22"], "(trainer.max_time, 0:00:22 of training in all)")],
+                         ids=["max_steps", "max_time"])
+def test_a_run_stopped_by_a_limit_resumes_without_it_to_the_loss_of_an_uninterrupted_one(tmp_path, small_corpus, whole,
+                                                                                          limit, said, monkeypatch) -> None:
+    """A limit stops the run at step 22, between two periodic checkpoints (every 4 steps): the run is
+    checkpointed where it stopped, inside its epoch (Lightning's state at the end marks the epoch done, and a run
+    resumed from it stopped at once), under the key of the same options without the limit."""
+    stop = 22
+    step_clock(monkeypatch)
+    with pytest.raises(SystemExit, match="1"):
+        run_lightning_cli(fit_args(tmp_path, small_corpus, "cut", *limit))
+    store = ResultsStore(tmp_path / "cut.db")
+    (cut,) = store.runs(None)
+    assert (cut.status, cut.steps, cut.error) == ("failed", stop, f"truncated: stopped at step {stop} of {STEPS} {said}")
+    (ckpt,) = glob.glob(str(tmp_path / "cut" / "checkpoints" / "*" / "last.ckpt"))
+    assert torch.load(ckpt, weights_only=False)["global_step"] == stop
+    run_lightning_cli(fit_args(tmp_path, small_corpus, "cut", "--ckpt_path", "last"))
+    (run,) = store.runs(None)
+    assert (run.run_id, run.status, run.steps) == (cut.run_id, "finished", STEPS)
+    assert run.final_val_loss == pytest.approx(whole.final_val_loss, abs=1e-5)
+    curve = store.curve(run.run_id)
+    assert [p[0] for p in curve if p[2] is not None] == list(range(1, STEPS + 1))
+    val_steps = [p[0] for p in curve if p[3] is not None]
+    assert len(val_steps) == len(set(val_steps)) and val_steps[-1] == STEPS
+
+
+def test_last_without_a_checkpoint_says_it_trains_from_the_start(tmp_path, small_corpus, capsys) -> None:
+    run_lightning_cli(fit_args(tmp_path, small_corpus, "new", "--model.tokens", str(4 * BATCH * SEQ), "--ckpt_path", "last"))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--ckpt_path last: no checkpoint of this run at " in out and "it trains from the start, as a new run" in out
+    (run,) = ResultsStore(tmp_path / "new.db").runs()
+    assert run.steps == 4
 
 
 def test_resuming_a_finished_run_is_refused_and_leaves_its_row_as_it_was(tmp_path, small_corpus) -> None:

@@ -134,7 +134,7 @@ def test_a_store_opened_to_read_is_not_written(tmp_path) -> None:
     store = ResultsStore(path)
     run_id = store.add_finished(RunRecord(label="dense", model="nano", n_params=26784, tokens=1000, bits_per_value=16.0,
                                           seed=0, dataset="d", tokenizer="t", code_version="v", cell="c", final_val_loss=3.0),
-                                [(1, 1000, 3.5, 3.0)])
+                                curve=[(1, 1000, 3.5, 3.0)])
     with closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA journal_mode=DELETE")
     before = path.read_bytes()

@@ -22,7 +22,7 @@ def _record(cell: str, started_at: float, loss: float = 3.0) -> RunRecord:
 def _store(path: Path, runs: list[tuple[str, float, float]]) -> Path:
     store = ResultsStore(path)
     for cell, start, loss in runs:
-        store.add_finished(_record(cell, start, loss), [(1, 100, 4.0, None), (2, 200, 3.5, loss)])
+        store.add_finished(_record(cell, start, loss), curve=[(1, 100, 4.0, None), (2, 200, 3.5, loss)])
     return path
 
 
@@ -67,6 +67,10 @@ def test_conflicting_rows_are_refused_and_nothing_is_written(tmp_path, capsys) -
     (["store", "merge", "OUT", "OUT"], "is also an input"),
     (["store", "merge", "OUT", "missing.db"], "no results store at missing.db"),
     (["store", "merge", "OUT", "notsqlite.db"], "notsqlite.db is not a results store"),
+    # argparse's own refusals, in bench's one line (they were its usage block and `bench store merge: error:`)
+    (["store", "merge", "OUT"], "bench: error: store merge: the following arguments are required: inputs (the options: "
+                                "bench store merge --help)"),
+    (["data", "prepare"], "bench: error: data prepare: the following arguments are required: source, --out"),
 ])
 def test_bad_merge_input(tmp_path, monkeypatch, capsys, argv, message) -> None:
     monkeypatch.chdir(tmp_path)
@@ -140,6 +144,22 @@ def test_a_later_record_of_a_run_replaces_the_one_merged_before(tmp_path, capsys
     assert bench(["store", "merge", str(out), str(stale)]) == 0
     assert "1 earlier record(s)" in capsys.readouterr().out
     assert _digest(out) == before
+
+
+@pytest.mark.parametrize("order", ["running first", "failed first"])
+def test_a_run_failed_at_the_step_it_was_copied_running_is_failed_whatever_the_order(tmp_path, order, capsys) -> None:
+    """A process killed at step 10 leaves its row `running`; a copy is taken; a later run on its host fails the
+    row, at the same step. Merged in either order, the store holds the failed record, not a run that runs forever."""
+    a = ResultsStore(tmp_path / "a.db")
+    run_id = a.start_run(_record("c1", 1.0))
+    a.set_trained(run_id, 10, 2560, 0.01)
+    running = tmp_path / "running.db"
+    running.write_bytes((tmp_path / "a.db").read_bytes())
+    a.fail(run_id, "its process ended without recording why (killed)")
+    inputs = [running, tmp_path / "a.db"] if order == "running first" else [tmp_path / "a.db", running]
+    assert bench(["store", "merge", str(tmp_path / "out.db"), *map(str, inputs)]) == 0
+    (merged,) = read_store(tmp_path / "out.db")
+    assert (merged.record.status, merged.record.steps, merged.record.error) == ("failed", 10, "its process ended without recording why (killed)")
 
 
 def test_store_help_lists_its_actions(capsys) -> None:
