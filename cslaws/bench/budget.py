@@ -56,3 +56,18 @@ def check_trainer_settings(settings: Mapping[str, Any]) -> None:
         if name in settings and not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
             shown = ", ".join("unset" if a is None else repr(a) for a in allowed)
             raise BenchError(f"trainer.{name}={value!r} is not allowed (allowed: {shown}): {why}")
+
+
+#: LightningCLI options that replace `LanguageModel.configure_optimizers`, whose AdamW and warmup-then-cosine
+#: schedule the model's options set (and the run's record holds); with them those options would go unused.
+_OPTIMIZER_OWNED = ("optimizer", "lr_scheduler")
+
+
+def check_optimizer_settings(config: Mapping[str, Any], where: str = "--") -> None:
+    """Refuse LightningCLI's `optimizer` / `lr_scheduler` among a fit config's top-level `config`; `where` is
+    how the message names them (`--` on the command line, `fit.` in a sweep matrix)."""
+    given = [f"{where}{name}" for name in _OPTIMIZER_OWNED if config.get(name) is not None]
+    if given:
+        raise BenchError(f"{' and '.join(given)} is not allowed: a run trains with AdamW and a warmup-then-cosine "
+                         "schedule set by model.lr, model.betas, model.weight_decay, model.warmup and "
+                         "model.min_lr_ratio; LightningCLI's optimizer and lr_scheduler would replace them, unsaid")

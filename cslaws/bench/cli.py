@@ -79,6 +79,10 @@ def read_csv_rows(path: Path, option: str) -> list[dict[str, str]]:
                          "one run per row") from None
     if header is None:
         return []
+    if repeated := sorted({name for name in header if header.count(name) > 1}):
+        # a dict keeps the last of them: `N,D,loss,loss` was fitted on the second loss column, unsaid
+        raise BenchError(f"{option} {path}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
+                         "give each column its own name")
     for number, fields in enumerate(body, start=1):
         if fields and len(fields) != len(header):
             raise BenchError(f"{option} {path}: row {number} after the header has {len(fields)} field(s), the header "

@@ -33,7 +33,7 @@ from cslaws.errors import BenchError, BenchParser
 from cslaws.formats import Format
 from cslaws.formats.dense import Dense
 from cslaws.bench.cli import read_csv_rows, shipped_configs
-from cslaws.laws.capacity import load_format_config, model_bits, run_capacity
+from cslaws.laws.capacity import check_fits, load_format_config, model_bits, run_capacity
 from cslaws.models.llama import SIZES, non_embedding_params
 
 #: The comparability key of QuEST's runs, named in the help: C4, GPT-2 tokenizer padded to 50304, C4 validation.
@@ -87,9 +87,11 @@ def size_of(n_params: int) -> str | None:
 
 
 def bits_of(weight: Format | None, activation: Format | None, size: str | None) -> tuple[float, float]:
-    """(weight, activation) storage bits: on the layers of model `size`, else at the formats' reference rows."""
+    """(weight, activation) storage bits: on the layers of model `size`, else at the formats' reference rows.
+    Formats that cannot compress that size's layers (a scale group that does not divide a row) are a BenchError."""
     if size is None:
         return (weight or Dense()).bits_per_value, (activation or Dense()).bits_per_value
+    check_fits(weight, activation, size)
     bits = model_bits(weight, activation, size)
     return bits["weight"], bits["activation"]
 
@@ -151,7 +153,10 @@ def records(args: argparse.Namespace) -> list[RunRecord]:
         n_params = _count(row, args.n_col, k, args.runs)
         vocab = _count(row, "vocab_size", k, args.runs) if row.get("vocab_size") else None
         size = size_of(n_params)
-        w_bits, a_bits = bits_of(weight, activation, size)
+        try:
+            w_bits, a_bits = bits_of(weight, activation, size)
+        except BenchError as err:
+            raise BenchError(f"{args.runs} row {k}: label {label!r} with N = {n_params:,}, the N of size {size!r}: {err}") from None
         out.append(RunRecord(
             label=label, model=size or "imported", n_params=n_params, tokens=_count(row, args.d_col, k, args.runs),
             bits_per_value=w_bits, activation_bits=a_bits, seed=0,

@@ -27,7 +27,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from cslaws.bench.budget import check_trainer_settings
+from cslaws.bench.budget import check_optimizer_settings, check_trainer_settings
 from cslaws.bench.callback import RunCheckpoint, StreamToStore, checkpoint_dir, stop_reason
 from cslaws.bench.cli import LIGHTNING_COMMANDS
 from cslaws.bench.data import TextDataModule
@@ -90,6 +90,7 @@ class BenchCLI(LightningCLI):
         command = self.config.get("subcommand")
         config = self.config[command] if command else self.config
         check_seed(config.seed_everything)
+        check_optimizer_settings(config)
         check_ckpt_path(config.get("ckpt_path"))
         if command in SCORING_COMMANDS:
             check_scored_checkpoint(command, config.ckpt_path)

@@ -69,6 +69,10 @@ BATCH_BYTES = 4 << 20
 M_MMAP_THRESHOLD = -3
 
 
+#: The largest BPE vocabulary trained here: 4x the largest in use (256k), and an allocation the trainer survives.
+MAX_VOCAB = 2**20
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("CSLAWS_CACHE", Path.home() / ".cache" / "cslaws"))
 
@@ -123,6 +127,8 @@ class Source:
         for f in self.data_files:
             if not (Path(f).exists() or glob.glob(f)):
                 raise BenchError(f"data file {f!r} does not exist; give existing files (globs allowed) to --data_files")
+            if Path(f).is_dir():  # a loader reads files: `datasets` failed on it with a traceback
+                raise BenchError(f"data file {f!r} is a folder; give its files to --data_files, e.g. '{f.rstrip('/')}/*.txt'")
         if self.builtin:
             if self.data_files or self.name or self.split != "train":
                 raise BenchError(f"{self.path!r} is a built-in corpus: it takes no data files or configuration name, and "
@@ -253,8 +259,10 @@ class TokenizerSpec:
             if self.vocab_size is not None and self.vocab_size != size:
                 raise BenchError(f"vocab_size={self.vocab_size} does not match the tokenizer {self.file!r}, "
                                  f"whose vocabulary has {size} tokens; give vocab_size {size}")
-        elif self.vocab_size is not None and self.vocab_size < 257:
-            raise BenchError(f"vocab_size={self.vocab_size} is not allowed; a byte-level BPE needs at least 257")
+        elif self.vocab_size is not None and not 257 <= self.vocab_size <= MAX_VOCAB:
+            # the BPE trainer allocates for the whole vocabulary up front: 5e9 aborted the process (280 GB)
+            raise BenchError(f"vocab_size={self.vocab_size} is not allowed; a byte-level BPE trained here has from 257 "
+                             f"to {MAX_VOCAB:,} tokens")
         if not (math.isfinite(self.sample_mb) and self.sample_mb > 0):
             raise BenchError(f"sample_mb={self.sample_mb} is not allowed; it is the MB of training text the BPE is "
                              "trained on, a positive number")

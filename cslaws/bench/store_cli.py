@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cslaws.bench.store import ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, check_is_store, insert_run, read_sqlite
+from cslaws.bench.store import (ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, _tables, check_can_hold_store, check_is_store,
+                                 insert_run, read_sqlite)
 from cslaws.console import console
 from cslaws.errors import BenchError, BenchParser
 
@@ -163,19 +164,23 @@ def merge(out: Path, inputs: Sequence[Path]) -> MergePlan:
     resolved = {p.resolve() for p in inputs}
     if out.resolve() in resolved:
         raise BenchError(f"the output store {out} is also an input; merge into a store that is not read from")
+    check_can_hold_store(out)  # a folder, a text file, another application's database: before anything is read
     runs = [run for path in inputs for run in read_store(path)]
-    existing = read_store(out) if out.exists() else []
+    # an empty file (0 bytes, or SQLite without tables) holds no runs yet, as a new path
+    existing = read_store(out) if out.is_file() and "runs" in _tables(out) else []
     plan = plan_merge(existing, runs)
     try:
         ResultsStore(out)  # creates the store, or migrates an older schema
+        with closing(sqlite3.connect(out, timeout=60)) as db, db:  # one transaction: all runs or none
+            for run_id in plan.replace:
+                db.execute("DELETE FROM points WHERE run_id=?", (run_id,))
+                db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
+            for run in [*plan.replace.values(), *plan.new]:
+                insert_run(db, run.record, run.curve)
+    except sqlite3.OperationalError as err:  # locked by another writer for 60 s, a full disk: rolled back
+        raise BenchError(f"could not write {out}: {err}; nothing was merged, and {out} is as it was") from err
     except sqlite3.DatabaseError as err:
         raise BenchError(f"{out} is not a results store (SQLite with a runs table): {err}") from err
-    with closing(sqlite3.connect(out, timeout=60)) as db, db:  # one transaction: all runs or none
-        for run_id in plan.replace:
-            db.execute("DELETE FROM points WHERE run_id=?", (run_id,))
-            db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
-        for run in [*plan.replace.values(), *plan.new]:
-            insert_run(db, run.record, run.curve)
     return plan
 
 

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from rich.console import Console
 from rich.progress import (
@@ -65,9 +65,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cslaws.bench.budget import check_trainer_settings, requested_tokens
+from cslaws.bench.budget import check_optimizer_settings, check_trainer_settings, requested_tokens
 from cslaws.bench.cli import check_can_create, resolve_config
-from cslaws.bench.store import ResultsStore, RunRecord, default_store_path, process_gone
+from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, default_store_path, process_gone
 from cslaws.console import console as rich_console
 from cslaws.console import quiet_logs
 from cslaws.errors import BenchError
@@ -221,6 +221,7 @@ def parse(argv: list[str]) -> Any:
         if not budgets or any(not (t > 0 and math.isfinite(t)) for t in budgets):
             raise BenchError(f"{name} must be positive finite numbers; got {budgets}")
         check_distinct(name, budgets)
+    cfg.fit = plain(cfg.fit)
     unknown = sorted(set(cfg.fit) - set(FIT_KEYS))
     if unknown:
         raise BenchError(f"the matrix's fit settings: unknown key(s) {', '.join(unknown)}; a bench fit config "
@@ -229,10 +230,18 @@ def parse(argv: list[str]) -> Any:
     if cfg.store is not None and not cfg.store.strip():
         raise BenchError(f"--store {cfg.store!r} is not a path; give the results store's file (or leave --store out "
                          "for $CSLAWS_STORE or runs/results.db)")
+    trainer = cfg.fit.get("trainer") or {}
+    if not isinstance(trainer, dict):
+        raise BenchError(f"the matrix's fit settings: trainer is {trainer!r}; it must be a mapping of bench fit's "
+                         "trainer options (such as {val_check_interval: 0.25})")
     try:
-        check_trainer_settings(cfg.fit.get("trainer") or {})
+        check_trainer_settings(trainer)
+        check_optimizer_settings(cfg.fit, where="fit.")
     except BenchError as err:
         raise BenchError(f"the matrix's fit settings: {err}") from None
+    if cfg.dry_run and cfg.emit:
+        raise BenchError(f"--dry-run and --emit {cfg.emit} together: --dry-run lists the cells, --emit prints their "
+                         "commands; give one of them")
     if cfg.jobs < 1:
         raise BenchError(f"--jobs {cfg.jobs} is not allowed; it must be at least 1")
     if cfg.emit not in (None, "lines", "slurm"):
@@ -281,6 +290,18 @@ def check_seeds(name: str, seeds: list[int]) -> None:
         if not min_seed_value <= seed <= max_seed_value:  # `bench fit`'s range (`check_seed`)
             raise BenchError(f"the matrix's {name} has seed {seed}, which is not allowed; seeds are whole numbers "
                              f"from {min_seed_value} to {max_seed_value}")
+
+
+def plain(value: Any) -> Any:
+    """A matrix's `fit` block as plain YAML data: jsonargparse parses a mapping with a `class_path` (a logger,
+    a callback) into a Namespace, which neither JSON (the cell's key) nor YAML (its settings file) writes."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 def cells(cfg: Any) -> list[Cell]:
@@ -442,6 +463,8 @@ def main(argv: list[str]) -> int:
     work_dir = store_path.parent / "sweep"
     if not cfg.dry_run:  # it holds the fit settings and the cells' logs: a folder that cannot be made stops here
         check_can_create(work_dir, f"--store {store_path}: the sweep's folder {work_dir}")
+    if not (cfg.dry_run or cfg.emit):  # before the cells build, which prepares the corpus
+        check_can_hold_store(store_path)
     all_cells = cells(cfg)
     check_cells_build(all_cells, cfg)
     if cfg.dry_run or cfg.emit:  # only reading: a missing store holds nothing yet and is not created
@@ -472,6 +495,10 @@ def main(argv: list[str]) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     fit_config = write_fit_config(cfg, work_dir)
     if cfg.emit:
+        if not todo:  # an array of no tasks is no script (SLURM refuses `--array=0--1`); said on stderr, not into it
+            print(f"bench sweep: nothing to emit: each of the {len(all_cells)} cells is in the store or run by a live "
+                  "process", file=sys.stderr)
+            return 0
         print(emit(todo, store_path.resolve(), fit_config.resolve(), cfg.emit, resume, cfg.keep_checkpoints))
         return 0
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs)

@@ -455,7 +455,7 @@ def _plot(argv: list[str]) -> int:
     p = BenchParser(prog="bench plot", description="Figures of the leaderboard fit.")
     _store_args(p)
     _rho_args(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    p.add_argument("--out", type=_path, required=True, help="folder for the PNG files")
     args = p.parse_args(argv)
     fixed = _fixed(args)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
@@ -481,7 +481,7 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--fit-on", nargs="+", default=None, metavar="LABEL",
                    help="held-out predictions from one unified fit on the reference and these formats (default: each "
                         "format in turn is predicted from the others of its families)")
-    p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    p.add_argument("--out", type=_path, required=True, help="the HTML file to write")
     args = p.parse_args(argv)
     _check_report_out(args.out, args.store)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
@@ -541,6 +541,13 @@ def _check_report_out(out: Path, store: Path | None) -> None:
         what = f"a file that cannot be read ({err.strerror or err})"
     raise BenchError(f"--out {out} is {what}; the page would replace it: give a new path, or that of a page "
                      "bench report wrote before")
+
+
+def _path(text: str) -> Path:
+    """An --out value: an empty one is no path (`Path("")` is the working directory, where plot wrote)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is no path; give a file or folder")
+    return Path(text)
 
 
 def _check_figures_out(out: Path) -> None:

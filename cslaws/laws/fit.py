@@ -64,7 +64,7 @@ _EXP_MAX = 3.0
 #: it, GMSEs that do not determine a constant let it run off (two INT formats: C to 3e8, with F following,
 #: each bootstrap refit staying out there), which read as a narrow interval; at the range's end, it is a
 #: boundary solution reported in `LawFit.at_bound` as not determined.
-_FAMILY_MIN, _FAMILY_MAX = 1e-2, 1e2
+FAMILY_MIN, FAMILY_MAX = 1e-2, 1e2
 #: Token budgets whose tokens per parameter D/N differ by less than this (relative) are one budget:
 #: training whole optimizer steps moves D off the asked-for ratio by up to a few tenths of a percent (more
 #: on the smallest models), which must not pass for a second budget.
@@ -697,7 +697,7 @@ def fit_unified(
             value = pinned(fixed, fam, name)
             if value is not None:
                 family0[3 * j + k] = published[3 * j + k] = math.log(value)
-            bounds.append((math.log(_FAMILY_MIN), math.log(_FAMILY_MAX)) if value is None else (math.log(value),) * 2)
+            bounds.append((math.log(FAMILY_MIN), math.log(FAMILY_MAX)) if value is None else (math.log(value),) * 2)
     problem = _Problem(runs, model, bounds, [constant_key(name, fam) for fam in model.families for name in FAMILY_PARAMS])
     starts = np.stack([np.concatenate([per_format.theta[:5], f0]) for f0 in (family0, published)])
     law = _law_from_solution("unified", problem.solve(starts), runs, problem, "dense")

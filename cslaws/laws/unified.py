@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cslaws.laws.capacity import declared
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, constant_key, fit_compression, fit_unified, pinned
+from cslaws.laws.fit import FAMILY_MAX, FAMILY_MIN, FAMILY_PARAMS, FitError, LawFit, constant_key, fit_compression, fit_unified, pinned
 from cslaws.laws.leaderboard import label_capacity, law_summary, runs_of, side_parts
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 
@@ -69,10 +69,12 @@ def parse_fixed(items: Sequence[str]) -> dict[str, float]:
 
 
 def check_constant(option: str, value: float) -> None:
-    """A ValueError naming `option` unless `value` is positive and finite: rho of a nan, infinite or
-    non-positive F, C or Lsat is no capacity, and an infinite pin leaves the fit no finite start."""
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{option}: unified-law constants are positive finite numbers, got {value}")
+    """A ValueError naming `option` unless `value` lies in the range the fits search for a free F, C or Lsat,
+    [FAMILY_MIN, FAMILY_MAX]: rho of a nan, infinite or non-positive constant is no capacity, and one far out
+    (Lsat 1e300) overflowed the fit into effs of 300 digits."""
+    if not (math.isfinite(value) and FAMILY_MIN <= value <= FAMILY_MAX):
+        raise ValueError(f"{option}: unified-law constants lie in [{FAMILY_MIN:g}, {FAMILY_MAX:g}] (the range a fit "
+                         f"searches), got {value}")
 
 
 def check_fixed_families(fixed: dict[str, float], parts: dict[str, list[tuple[str, float]]]) -> None:

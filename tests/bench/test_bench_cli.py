@@ -101,6 +101,9 @@ BAD_FIT_VALUES = {
     # the run's one epoch would end unvalidated: stored failed after it trained
     "validating every other epoch": (["--trainer.check_val_every_n_epoch", "2"],
                                      ["trainer.check_val_every_n_epoch=2", "last at its last step"]),
+    # LightningCLI replaced the run's AdamW and schedule with it, and model.lr went unused
+    "an optimizer of LightningCLI's": (["--optimizer", "SGD", "--optimizer.lr", "0.1"],
+                                       ["--optimizer is not allowed", "model.lr", "model.min_lr_ratio"]),
     "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
     "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),
     "unknown nested format": (["--model.weight", "Hadamard", "--model.weight.format", "Nosuch"],

@@ -133,6 +133,16 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, capsys,
     assert not store.exists()
 
 
+def test_a_format_that_cannot_compress_the_size_its_n_names_is_refused(tmp_path: Path, capsys) -> None:
+    """N 13,944 is the suite's `14k`, whose rows of 24 no group of 32 divides: a ValueError traceback, once."""
+    runs = tmp_path / "runs.csv"
+    runs.write_text("N,D,loss,format\n13944,100000,5.0,mxfp4\n")
+    assert bench([*IMPORT, "--runs", str(runs), "--configs", "formats", "--store", str(tmp_path / "s.db")]) == 2
+    err = capsys.readouterr().err
+    assert "runs.csv row 1: label 'mxfp4' with N = 13,944, the N of size '14k': the formats cannot be applied" in err
+    assert "does not divide the row length 24" in err and not (tmp_path / "s.db").exists()
+
+
 def test_digits_are_read_exactly(tmp_path: Path) -> None:
     runs = tmp_path / "runs.csv"
     runs.write_text("N,D,loss,format\n1000000,9007199254740993,3.0,dense\n")  # 2^53 + 1: a float reads 2^53

@@ -189,6 +189,24 @@ def test_loader_without_data_files_is_refused(tmp_path, monkeypatch, capsys) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]
 
 
+def test_a_folder_as_a_data_file_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    """`datasets` failed on it with a FileNotFoundError traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("words\n")
+    err = bench_data(["text", "--data-files", "texts", "--out", "c"], capsys)
+    assert "data file 'texts' is a folder; give its files to --data_files, e.g. 'texts/*.txt'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts"]
+
+
+@pytest.mark.parametrize("vocab", ["256", str(2**20 + 1), "5000000000"])
+def test_a_vocabulary_outside_what_a_bpe_trains_is_refused(vocab, small_corpus, tmp_path, capsys) -> None:
+    """5e9 aborted the process in the BPE trainer's allocation (rc 134), leaving a partial folder."""
+    err = bench_data(["text", "--data-files", small_corpus[0], "--out", str(tmp_path / "c"), "--vocab-size", vocab], capsys)
+    assert f"vocab_size={vocab} is not allowed; a byte-level BPE trained here has from 257 to 1,048,576 tokens" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_out_under_or_at_a_file_is_refused(small_corpus, tmp_path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")

@@ -4,6 +4,7 @@ the input stores never changed."""
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,35 @@ def test_a_run_failed_at_the_step_it_was_copied_running_is_failed_whatever_the_o
     assert bench(["store", "merge", str(tmp_path / "out.db"), *map(str, inputs)]) == 0
     (merged,) = read_store(tmp_path / "out.db")
     assert (merged.record.status, merged.record.steps, merged.record.error) == ("failed", 10, "its process ended without recording why (killed)")
+
+
+def test_merge_into_an_empty_file_or_a_folder(tmp_path, capsys) -> None:
+    """An empty file may hold a store (as `bench fit` takes it); a folder may not, and is named as one (it was
+    'no results store at ...; ... or pass --store PATH', an option merge does not have)."""
+    _store(tmp_path / "a.db", [("c1", 1.0, 3.0)])
+    (tmp_path / "empty.db").touch()
+    assert bench(["store", "merge", str(tmp_path / "empty.db"), str(tmp_path / "a.db")]) == 0
+    assert [r.record.cell for r in read_store(tmp_path / "empty.db")] == ["c1"]
+    (tmp_path / "folder").mkdir()
+    assert bench(["store", "merge", str(tmp_path / "folder"), str(tmp_path / "a.db")]) == 2
+    assert f"the results store {tmp_path / 'folder'} is a folder; a store is a file" in capsys.readouterr().err
+
+
+def test_a_store_locked_by_another_writer_is_one_error_and_stays_as_it_was(tmp_path, monkeypatch, capsys) -> None:
+    import sqlite3
+
+    _store(tmp_path / "a.db", [("c1", 1.0, 3.0)])
+    _store(tmp_path / "out.db", [("c0", 0.5, 3.0)])
+    before = _digest(tmp_path / "out.db")
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connect(*a, **{**k, "timeout": 0.05}) if "timeout" in k else connect(*a, **k))
+    with closing(connect(tmp_path / "out.db", isolation_level=None)) as writer:
+        writer.execute("BEGIN EXCLUSIVE")
+        assert bench(["store", "merge", str(tmp_path / "out.db"), str(tmp_path / "a.db")]) == 2
+        writer.execute("ROLLBACK")
+    err = capsys.readouterr().err
+    assert f"could not write {tmp_path / 'out.db'}: database is locked; nothing was merged" in err and "Traceback" not in err
+    assert _digest(tmp_path / "out.db") == before
 
 
 def test_store_help_lists_its_actions(capsys) -> None:

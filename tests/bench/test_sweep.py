@@ -181,6 +181,10 @@ def test_running_cells_whose_process_is_gone_are_resumed(tmp_path, capsys) -> No
          "model.size, which each cell sets for itself \\(seed_everything by seeds; model.size by models\\)"),
         (["--fit", "{store: {path: other.db}}"], "set store.path, which each cell sets for itself \\(store.path by --store\\)"),
         (["--store", ""], "--store '' is not a path"),
+        # each was a traceback: an AttributeError on a trainer that is no mapping
+        (["--fit", "{trainer: hello}"], "the matrix's fit settings: trainer is 'hello'; it must be a mapping"),
+        (["--fit", "{optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}}"],
+         "the matrix's fit settings: fit.optimizer is not allowed: a run trains with AdamW and a warmup-then-cosine schedule"),
         (["--tokens_per_param", "null", "--tokens", "[1.5]"], r"^sweep: Parser key \"tokens\": Expected a <class 'int'>. Got "
          r"value: 1.5 \(the options: bench sweep --help\)$"),
     ],
@@ -250,6 +254,46 @@ def test_a_gpu_matrix_is_planned_and_emitted_on_a_machine_without_one(tmp_path, 
     assert "nano/dense/tpp2/s0/" in out and "nano/int4/tpp2/s0/" in out
     if mode == "--emit=lines":
         assert len([line for line in out.splitlines() if line.startswith("bench fit ")]) == 2
+
+
+def test_a_fit_block_with_a_class_path_plans_and_emits(tmp_path, capsys) -> None:
+    """jsonargparse reads a mapping with a class_path as a Namespace, which the cell's key (JSON) and its settings
+    file (YAML) could not write: a TypeError traceback, for a logger or callback given as the docs say."""
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}
+    argv = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]",
+            "--fit", yaml.safe_dump({"trainer": {"logger": logger}}), "--store", str(tmp_path / "s.db"), "--emit=lines"]
+    assert main(argv) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("bench fit ")]
+    (settings,) = (tmp_path / "sweep").glob("fit-*.yaml")
+    written = yaml.safe_load(settings.read_text())["trainer"]["logger"]  # with the logger's defaults filled in
+    assert str(settings) in line and written["class_path"] == logger["class_path"] and written["init_args"]["save_dir"] == "logs"
+
+
+def test_emit_with_every_cell_done_writes_no_script(tmp_path, capsys) -> None:
+    argv = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]",
+            "--store", str(tmp_path / "s.db"), "--emit", "slurm"]
+    (cell,) = cells(parse(argv[1:]))
+    ResultsStore(tmp_path / "s.db").add_finished(RunRecord(label="dense", model="nano", n_params=1, tokens=1, bits_per_value=16.0,
+                                                           seed=0, dataset="d", tokenizer="t", code_version="v", cell=cell.key,
+                                                           final_val_loss=3.0))
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "nothing to emit: each of the 1 cells is in the store" in err
+    with pytest.raises(BenchError, match="--dry-run and --emit slurm together"):  # the dry run's table alone, unsaid
+        main([*argv, "--dry-run"])
+
+
+def test_a_store_path_that_cannot_hold_a_store_stops_the_sweep_before_the_corpus_is_prepared(tmp_path, small_corpus) -> None:
+    data = {"path": "text", "data_files": small_corpus[:1], "seq_len": 16, "batch_size": 8, "vocab_size": 300, "val_sequences": 16}
+    (tmp_path / "notes.txt").write_text("not a store\n")
+    cache = tmp_path / "cache"
+    argv = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]",
+            "--fit", yaml.safe_dump({"data": data}), "--store", str(tmp_path / "notes.txt")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CSLAWS_CACHE", str(cache))
+        with pytest.raises(BenchError, match="notes.txt is not a results store"):
+            main(argv)
+    assert not cache.exists(), "the corpus was prepared before the store was refused"
 
 
 @pytest.mark.parametrize("mode", ["--dry-run", "--jobs=1"])

@@ -269,10 +269,11 @@ def test_a_bad_format_config_names_the_file_and_the_key(capsys, tmp_path, init_a
     assert all(name in err for name in names), err
 
 
-@pytest.mark.parametrize("option, value", [("--F", "nan"), ("--Lsat", "inf"), ("--F", "-1"), ("--C", "0")])
-def test_rho_constants_must_be_positive_and_finite(capsys, option, value):
+@pytest.mark.parametrize("option, value", [("--F", "nan"), ("--Lsat", "inf"), ("--F", "-1"), ("--C", "0"), ("--Lsat", "1e300"),
+                                           ("--C", "0.009")])
+def test_rho_constants_must_lie_in_the_range_a_fit_searches(capsys, option, value):
     assert bench(["capacity", "int", option, value]) == 2
-    assert f"{option}: unified-law constants are positive finite numbers, got {float(value)}" in capsys.readouterr().err
+    assert f"{option}: unified-law constants lie in [0.01, 100] (the range a fit searches), got {float(value)}" in capsys.readouterr().err
 
 
 def test_the_readmes_capacity_examples_run(capsys):

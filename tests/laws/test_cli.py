@@ -388,6 +388,23 @@ def test_plot_refuses_an_out_that_is_a_file_before_the_fit(capsys, no_store_read
     assert notes.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", ["plot", "report"])
+def test_an_empty_out_is_no_path(capsys, no_store_read, tmp_path, monkeypatch, command):
+    """`Path("")` is the working directory: plot wrote its figures there."""
+    monkeypatch.chdir(tmp_path)
+    assert bench([command, "--out", ""]) == 2
+    assert f"bench: error: {command}: argument --out: '' is no path; give a file or folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_csv_that_names_a_column_twice_is_refused(capsys, tmp_path):
+    """The second `loss` column was fitted, unsaid."""
+    runs = tmp_path / "runs.csv"
+    runs.write_text("N,D,loss,loss\n1e6,2e7,3.0,9.0\n")
+    assert bench(["law", "fit", "--runs", str(runs)]) == 2
+    assert "the header names column(s) 'loss' more than once; give each column its own name" in capsys.readouterr().err
+
+
 def test_law_fit_names_a_file_that_is_not_a_csv(capsys, store_path):
     assert bench(["law", "fit", "--runs", str(store_path)]) == 2
     err = capsys.readouterr().err

@@ -322,7 +322,7 @@ def test_out_in_a_file_and_a_bad_fix_are_refused_before_the_fit(capsys, lossless
     assert bench(["report", "--store", str(lossless), "--out", str(notes / "r.html")]) == 2
     assert f"--out {notes / 'r.html'}: {notes} is a file, not a folder" in capsys.readouterr().err
     assert notes.read_text() == "mine"
-    for fix, message in (("C=inf", "--fix 'C=inf': unified-law constants are positive finite numbers, got inf"),
+    for fix, message in (("C=inf", "--fix 'C=inf': unified-law constants lie in [0.01, 100] (the range a fit searches), got inf"),
                          ("sparse.C=1", "--fix sparse.C=1: no format of the selected runs is of family 'sparse'")):
         assert bench(["report", "--store", str(lossless), "--out", str(tmp_path / "r.html"), "--fix", fix]) == 2
         assert message in capsys.readouterr().err

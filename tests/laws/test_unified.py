@@ -122,8 +122,11 @@ def test_unidentified_family_names_what_to_add_or_pin(capsys, store_path):
 
 
 @pytest.mark.parametrize("bad,match", [(["Q=1"], "NAME one of F, C, Lsat; got 'Q=1'"), (["Lsat"], "got 'Lsat'"),
-                                       (["C=x"], "'x' is not a number"), (["F=-1"], "positive finite numbers, got -1"),
-                                       (["Lsat=1", "C=inf"], "--fix 'C=inf': .* positive finite numbers, got inf"),
+                                       (["C=x"], "'x' is not a number"), (["F=-1"], r"lie in \[0.01, 100\] \(the range a fit searches\), got -1"),
+                                       (["Lsat=1", "C=inf"], "--fix 'C=inf': .* got inf"),
+                                       # it was fitted: numpy overflowed, and effs printed with 300 digits
+                                       (["Lsat=1e300", "C=1"], r"--fix 'Lsat=1e300': unified-law constants lie in \[0.01, 100\]"),
+                                       (["Lsat=1e-300"], r"--fix 'Lsat=1e-300': .* got 1e-300"),
                                        (["Lsat=1e400"], "--fix 'Lsat=1e400': .* got inf"),
                                        (["sparse.F=nan"], "--fix 'sparse.F=nan': .* got nan"),
                                        (["Lsat=1", "Lsat=2"], "--fix 'Lsat=2': Lsat is already pinned to 1; give each"),
