@@ -78,7 +78,8 @@ def step_ended(trainer: L.Trainer, batch_idx: int) -> bool:
 
 class RunCheckpoint(ModelCheckpoint):
     """Keeps one checkpoint per run, `last.ckpt`, refreshed every `every_n_steps` optimizer steps or every
-    `every_minutes` of training (one of the two; both None: none while training), and at the end of training.
+    `every_minutes` of training (one of the two; both None: none while training), at the end of training, and
+    at the step where a limit (`trainer.max_steps`, `max_time`) stops a run short of its budget.
 
     The directory is set per run by `bench fit` (from the sweep cell, else from the resolved config), so that
     `--ckpt_path last` finds it. It holds the model, optimizer, LR schedule, loop and data position, the

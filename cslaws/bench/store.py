@@ -25,7 +25,8 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from types import UnionType
+from typing import Any, Callable, Iterator, Sequence, TypeVar, get_args, get_origin, get_type_hints
 
 from cslaws.bench.cli import check_can_create
 from cslaws.errors import BenchError
@@ -165,14 +166,37 @@ def _to_row(record: RunRecord) -> dict[str, Any]:
     return row
 
 
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """The Python types a column of type `hint` (`int`, `float | None`, `dict[str, Any] | None`) reads as."""
+    base = next(t for t in (get_args(hint) if get_origin(hint) is UnionType else (hint,)) if t is not type(None))
+    base = get_origin(base) or base
+    return (int, float) if base is float else (base,)
+
+
+#: What each column of a run holds once read (SQLite keeps whatever a hand edit put there).
+_KINDS = {name: _kinds(hint) for name, hint in get_type_hints(RunRecord).items()}
+
+
+def _damaged(path: Path, data: dict[str, Any], what: str) -> BenchError:
+    return BenchError(f"store {str(path)!r}: run {data.get('run_id')} has {what}; the file was edited or damaged: "
+                      "restore it from a copy")
+
+
 def _from_row(row: sqlite3.Row, path: Path) -> RunRecord:
     data = dict(row)
     for k in _JSON_FIELDS:
         try:
             data[k] = None if data.get(k) is None else json.loads(data[k])
         except json.JSONDecodeError as err:  # a store edited by hand, or damaged: say where, not only what
-            raise BenchError(f"store {str(path)!r}: run {data.get('run_id')} has a {k!r} that is not JSON ({err}); "
-                             "the file was edited or damaged: restore it from a copy") from None
+            raise _damaged(path, data, f"a {k!r} that is not JSON ({err})") from None
+    # the readers divide by N, D and bits and read a capacity's keys: a wrong kind was a TypeError deep in a fit
+    for name, kinds in _KINDS.items():
+        value = data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise _damaged(path, data, f"{name}={value!r}, which is not {' or '.join(k.__name__ for k in kinds)}")
+    for name in ("bits_per_value", "activation_bits"):
+        if data.get(name) is not None and not (math.isfinite(data[name]) and data[name] > 0):
+            raise _damaged(path, data, f"{name}={data[name]!r}; storage bits are positive")
     # a store read without migrating (ResultsStore(create=False)) may lack the columns added later
     return RunRecord(**{f.name: data.get(f.name) for f in fields(RunRecord) if f.name in data or f.name in ADDED_COLUMNS})
 
@@ -280,7 +304,9 @@ def check_is_store(path: Path) -> None:
     """Refuse a path that is not an existing results store, reading it only (read-only connection), so that
     neither a missing store is created nor a foreign file (text, another SQLite database) is modified."""
     if not path.is_file():
-        raise BenchError(f"no results store at {path}; train runs into it first (bench fit, bench sweep) or pass --store PATH")
+        # `bench store merge` reads stores too, and has no --store: the advice names none
+        raise BenchError(f"no results store at {path}; train runs into it first (bench fit, bench sweep), or give the "
+                         "path of one")
     tables = _tables(path)
     if "runs" not in tables:
         raise BenchError(f"{path} is a SQLite file without a `runs` table, not a results store written by bench")

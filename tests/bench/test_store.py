@@ -1,3 +1,4 @@
+import re
 import sqlite3
 from contextlib import closing
 
@@ -39,6 +40,21 @@ def test_a_spec_that_is_not_json_is_an_error_naming_the_store_and_the_run(tmp_pa
     for read in (lambda: ResultsStore(tmp_path / "r.db", create=False).runs(), lambda: read_store(tmp_path / "r.db")):
         with pytest.raises(BenchError, match=f"store '.*r.db': run {rid} has a 'weight' that is not JSON .*restore it"):
             read()
+
+
+@pytest.mark.parametrize("column, value, said", [("n_params", "'abc'", "n_params='abc', which is not int"),
+                                                ("capacity", "'[]'", "capacity=[], which is not dict"),
+                                                ("bits_per_value", "0", "bits_per_value=0.0; storage bits are positive"),
+                                                ("tokens", "2.5", "tokens=2.5, which is not int")])
+def test_a_value_of_the_wrong_kind_is_an_error_naming_the_store_and_the_run(tmp_path, column, value, said) -> None:
+    """Each was a TypeError or ZeroDivisionError deep in the leaderboard's fit."""
+    store = ResultsStore(tmp_path / "r.db")
+    rid = store.start_run(record())
+    store.finish(rid, 4.5)
+    with closing(sqlite3.connect(tmp_path / "r.db")) as db, db:
+        db.execute(f"UPDATE runs SET {column} = {value} WHERE run_id = ?", (rid,))
+    with pytest.raises(BenchError, match=f"store '.*r.db': run {rid} has {re.escape(said)}; the file was edited or damaged"):
+        ResultsStore(tmp_path / "r.db", create=False).runs()
 
 
 def test_failed_runs_are_not_finished(tmp_path) -> None:

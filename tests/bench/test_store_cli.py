@@ -66,7 +66,8 @@ def test_conflicting_rows_are_refused_and_nothing_is_written(tmp_path, capsys) -
 @pytest.mark.parametrize("argv, message", [
     (["store"], "bench store needs an action, one of merge, import"),
     (["store", "merge", "OUT", "OUT"], "is also an input"),
-    (["store", "merge", "OUT", "missing.db"], "no results store at missing.db"),
+    (["store", "merge", "OUT", "missing.db"], "no results store at missing.db; train runs into it first (bench fit, "
+                                              "bench sweep), or give the path of one"),
     (["store", "merge", "OUT", "notsqlite.db"], "notsqlite.db is not a results store"),
     # argparse's own refusals, in bench's one line (they were its usage block and `bench store merge: error:`)
     (["store", "merge", "OUT"], "bench: error: store merge: the following arguments are required: inputs (the options: "
