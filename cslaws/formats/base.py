@@ -23,6 +23,7 @@ registered short name with `make_format("myfmt", bits=4)`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -146,6 +147,12 @@ class Format:
             self.backend = "torch"
         for f in self.inner():
             f.run_on_torch()
+
+    def held_by(self, backend: str) -> "Format":
+        """This format as a wrapper given `backend` keeps it: a copy when that is "torch", which the wrapper's
+        `run_on_torch` then sets, so that the caller's object (also given to another layer, say) keeps its own
+        backend; else this very object."""
+        return copy.deepcopy(self) if backend == "torch" else self
 
     def tensors(self) -> dict[str, Tensor]:
         """What this format computes with that its spec does not pin down bit for bit (a codebook that an

@@ -109,7 +109,8 @@ class Compose(Format):
         if backend == "triton" and not self._has_kernel:
             raise ValueError("backend='triton' needs prune_then_quantize and a value format with a Triton kernel (not "
                              f"given backend='torch'); got {order}, {value!r}")
-        self.formats = list(formats)
+        sparsifier, value = sparsifier.held_by(backend), value.held_by(backend)
+        self.formats = [sparsifier, value]
         self.sparsifier: Sparsifier = sparsifier
         self.value = value
         self.order = order

@@ -124,7 +124,7 @@ class Hadamard(Format):
             raise ValueError(f"unknown Hadamard variant {variant!r}; allowed: {', '.join(VARIANTS)}")
         if format.keeps_rotated_basis:
             raise ValueError(f"the inner format {format!r} already keeps a rotated basis; nest rotations only once")
-        self.format = format
+        self.format = format.held_by(backend)
         self.block = block
         self.variant = variant
         self.keeps_rotated_basis = variant == "half"

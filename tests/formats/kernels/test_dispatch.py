@@ -131,6 +131,18 @@ def test_torch_on_a_wrapper_holds_for_the_formats_inside(make, monkeypatch):
     assert "'backend': 'auto'" not in str(fmt.spec()), fmt.spec()  # the stored spec says what ran
 
 
+@pytest.mark.parametrize("wrap", [lambda f: Hadamard(f, backend="torch"),
+                                  lambda f: Compose([Magnitude(0.5, per_row=True), f], backend="torch")],
+                         ids=["hadamard", "compose"])
+def test_a_wrapper_given_torch_leaves_the_caller_s_format_as_it_was(wrap):
+    """A format object also given to another layer (`weight=Hadamard(f, backend="torch"), activation=f`) became
+    torch there too: the wrapper sets its backend on its own copy."""
+    f = Int()
+    wrapped = wrap(f)
+    assert f.backend == "auto" and f.spec() == Int().spec()
+    assert [g.backend for g in wrapped.walk() if hasattr(g, "backend")] == ["torch"] * len([g for g in wrapped.walk() if hasattr(g, "backend")])
+
+
 def test_a_format_forced_to_triton_inside_one_given_torch_is_refused():
     with pytest.raises(ValueError, match=r"forced to backend='triton' inside a format given backend='torch'"):
         Hadamard(Compose([NM(2, 4), Int(backend="triton")]), backend="torch")
