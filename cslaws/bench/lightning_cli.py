@@ -111,6 +111,11 @@ class BenchCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer, whose refusals (an accelerator this machine lacks, or whose package it lacks, a bad
         precision) are the user's."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config.trainer.enable_progress_bar is False:
+            # asked for no bar: with the default one in its callbacks Lightning refused the option
+            callbacks = [cb for cb in self.trainer_defaults["callbacks"] if not isinstance(cb, ProgressBar)]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:

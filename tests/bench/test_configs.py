@@ -71,3 +71,12 @@ def test_bench_fit_shows_a_rich_progress_bar_without_the_logger_counter(tmp_path
     assert isinstance(bar, RichProgressBar)
     assert "v_num" in get_standard_metrics(cli.trainer)  # what Lightning would show
     assert "v_num" not in bar.get_metrics(cli.trainer, cli.model)
+
+
+def test_enable_progress_bar_false_is_a_run_without_one(tmp_path, monkeypatch) -> None:
+    """The default bar sat in the trainer's callbacks, and Lightning refused the option (`bench: error: trainer:
+    ... found ProgressBar in callbacks list`)."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(["--config", resolve_config("formats/dense.yaml"), "--model.size", "nano",
+                             "--trainer.enable_progress_bar", "false"], run=False)
+    assert cli.trainer.progress_bar_callback is None
