@@ -578,6 +578,9 @@ def _plan(argv: list[str]) -> int:
         p.error("give --memory-bits, --flops, or both")
     check_request(args.memory_bits, args.flops, args.formats)
     records = _store_records(args)
+    labels = sorted({r.label for r in records})
+    if unknown := [label for label in args.formats or [] if label not in labels]:  # before the fit, not after it
+        raise BenchError(f"plan: no runs of {unknown} among the selected runs; formats: {', '.join(labels)}")
     law = fit_compression(lb.runs_of(records), args.dense)
     # each label's weight bits on the model size its plan lands at (from its mean stored bits over its runs)
     bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}

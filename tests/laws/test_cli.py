@@ -282,9 +282,15 @@ def test_plan_needs_a_budget(capsys, no_store_read):
                                                "(the options: bench plan --help)")
 
 
-def test_plan_unknown_format(capsys, store_path):
+def test_plan_unknown_format_is_refused_before_the_fit(capsys, store_path, monkeypatch):
+    import cslaws.laws.cli as cli
+
+    def no_fit(*_):
+        raise AssertionError("the law was fitted before the check")
+
+    monkeypatch.setattr(cli, "fit_compression", no_fit)
     assert bench(["plan", "--store", str(store_path), "--flops", "1e20", "--formats", "int9"]) == 2
-    assert "no fitted multiplier for ['int9']" in capsys.readouterr().err
+    assert "plan: no runs of ['int9'] among the selected runs; formats: dense, " in capsys.readouterr().err
 
 
 def test_unknown_subcommand(capsys):
