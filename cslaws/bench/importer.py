@@ -2,7 +2,8 @@
 with the format spec of its label's config, so that the store's law commands (`bench law unified`,
 `bench leaderboard`) fit them like runs trained here.
 
-    bench store import --runs runs.csv --label-col format --configs formats/quest/ [--store PATH]
+    bench store import --runs runs.csv --label-col format --configs formats/quest/ --dataset D --tokenizer T \
+        --val-set V [--store PATH]
 
 Each row needs N (non-embedding parameters), D (tokens), the final loss and a label; the label names a
 config of `--configs` (its `model.label`), whose weight and activation formats are stored as the run's
