@@ -164,6 +164,26 @@ def test_plan_prices_each_format_on_the_size_its_plan_lands_at(capsys, store_pat
             assert c["n"] == pytest.approx(memory / c["bits"], rel=1e-12)
 
 
+@pytest.mark.parametrize("memory", [1.5e7, 2.49e6, 4e6, 1e9])
+def test_a_memory_plan_takes_the_largest_n_its_price_allows(capsys, memory):
+    """Against a grid over N (10^5 to 10^9, 40,000 points), each priced in closed form on its nearest size: the
+    plan's N is the largest that fits the budget at its own price. A fixed-point iteration stopped at the first
+    N that agreed with its price: at 1.5e7 bits int2 got 7.24e6 ('medium', 2.072 bits), where 7.42e6 on 30M
+    (2.021 bits) fits too, 0.0026 nats lower."""
+    store = Path(__file__).parents[2] / "results" / "cpu-matrix.db"
+    (c,) = _json(capsys, ["plan", "--store", str(store), "--memory-bits", str(memory), "--formats", "int2", "--format", "json"])
+    sizes = {name: non_embedding_params(size) for name, size in SIZES.items()}
+
+    def bits(n: float) -> float:  # int2 with row scales: 16 bits per row of the nearest size's layers
+        nearest = SIZES[min(sizes, key=lambda name: abs(math.log(sizes[name] / n)))]
+        d, f = nearest.d_model, nearest.d_ff
+        return 2 + 16 * (5 * d + 2 * f) / (4 * d * d + 3 * d * f)
+
+    fitting = [n for n in np.logspace(5, 9, 40_000) if n * bits(n) <= memory]
+    assert c["n"] * c["bits"] == pytest.approx(memory, rel=1e-12) and c["bits"] == pytest.approx(bits(c["n"]), rel=1e-12)
+    assert max(fitting) <= c["n"] < max(fitting) * 10 ** (4 / 40_000) * 1.0001
+
+
 def test_plan_charges_stored_bits_where_a_spec_cannot_be_built(capsys, store_path, tmp_path):
     """A run whose format this code version cannot build (a class since removed) keeps its stored bits, and says so."""
     copy = tmp_path / "old.db"

@@ -113,14 +113,14 @@ def test_a_constant_that_runs_off_is_stopped_at_its_range_and_named(capsys, tmp_
     """int4 as good as dense and int3 below it: with Lsat = 1 no finite (F, C) fits both, and C runs off (the
     CPU study's int4 and int3 took it to 3e8, each bootstrap refit staying there: a narrow interval that read
     as determined, and int2 predicted at 0.000). It stops at the end of its search range and is named there."""
-    from cslaws.laws.fit import _FAMILY_MAX, fit_unified
+    from cslaws.laws.fit import FAMILY_MAX, fit_unified
     from cslaws.laws.heldout import undetermined
 
     int_store(tmp_path / "r.db", {4: 1.0, 3: 0.9, 2: 0.7}.__getitem__, noise=0.0, w4a4=False)
     records = [r for r in ResultsStore(tmp_path / "r.db", create=False).runs() if r.label in ("dense", "int3", "int4")]
     parts = format_parts(records)
     law = fit_unified(lb.runs_of(records), [parts[r.label] for r in records], fixed={"Lsat": 1.0}, holdout=False)
-    assert law.family["scalar"]["C"] == pytest.approx(_FAMILY_MAX) and "C[scalar]" in law.at_bound
+    assert law.family["scalar"]["C"] == pytest.approx(FAMILY_MAX) and "C[scalar]" in law.at_bound
     gmses = {"scalar": [g for r in records for _, g in parts[r.label]]}
     assert "C=100 ran to an end of its search range" in undetermined(law, None, {"Lsat": 1.0}, gmses)["scalar"]
     # the command gives no constants to predict with, and says why
