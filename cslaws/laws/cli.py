@@ -106,9 +106,9 @@ def _law(argv: list[str]) -> int:
     f.add_argument("--loss-col", default="loss", help="column of final loss (default: loss)")
     f.add_argument("--exclude-top", type=int, default=0, metavar="K", help="leave out the K highest-loss runs")
     f.add_argument("--format-col", default=None, help="column of format labels: fit one eff per label")
-    f.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
+    f.add_argument("--dense", default=None, help="reference label of --format-col with eff = 1 (default: dense)")
     f.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples for intervals")
-    f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    f.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
     f.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     u = sub.add_parser("unified", help="fit rho(GMSE)'s constants per family of formats over a results store")
     _common_store_args(u)
@@ -120,7 +120,7 @@ def _law(argv: list[str]) -> int:
                         "alone, beside its eff measured by the free fit on all runs (held-out check)")
     u.add_argument("--bootstrap", type=int, default=None, metavar="K",
                    help="K bootstrap resamples for intervals (default: none; with --fit-on 100, and at least 2)")
-    u.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    u.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
     u.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     g = sub.add_parser("gaps", help="each format's loss gap to the reference and its change per doubling of D at "
                        "fixed N, measured run against run (the law says 0)")
@@ -134,7 +134,7 @@ def _law(argv: list[str]) -> int:
     _common_store_args(pe)
     pe.add_argument("--bootstrap", type=int, default=100, metavar="K",
                     help="bootstrap resamples for intervals, of both forms (default 100; 0: none)")
-    pe.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pe.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
     pe.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     args = p.parse_args(argv)
     return {"fit": _law_fit, "unified": _law_unified, "gaps": _law_gaps, "penalty": _law_penalty}[args.action](args)
@@ -144,12 +144,12 @@ def _law_penalty(args: argparse.Namespace) -> int:
     from cslaws.laws.penalty import bootstrap_penalty, fit_penalty, render_penalty
 
     _check_bootstrap(args.bootstrap, intervals_optional=True)
-    _check_seed(args.seed)
+    seed = _seed(args.seed, args.bootstrap)
     runs = lb.runs_of(_store_records(args))
     compression = fit_compression(runs, args.dense)
     law = fit_penalty(runs, args.dense, start=compression)
-    intervals = bootstrap_penalty(law, runs, k=args.bootstrap, seed=args.seed) if args.bootstrap else None
-    compression_ci = bootstrap(compression, runs, k=args.bootstrap, seed=args.seed).eff_ci if args.bootstrap else {}
+    intervals = bootstrap_penalty(law, runs, k=args.bootstrap, seed=seed) if args.bootstrap else None
+    compression_ci = bootstrap(compression, runs, k=args.bootstrap, seed=seed).eff_ci if args.bootstrap else {}
     if args.format == "json":
         out = {"penalty": law.to_dict(), "compression": compression.to_dict() | {"eff_ci": compression_ci}}
         if intervals is not None:
@@ -201,22 +201,22 @@ def _law_unified(args: argparse.Namespace) -> int:
     fixed = parse_fixed(args.fix)
     # the held-out predictions are judged against the measured intervals: --fit-on needs resamples
     _check_bootstrap(args.bootstrap, intervals_optional=args.fit_on is None)
-    _check_seed(args.seed)
+    fit_on = args.fit_on
+    k = args.bootstrap if args.bootstrap is not None else (0 if fit_on is None else 100)
+    seed = _seed(args.seed, k)
     records = _store_records(args)
     parts = format_parts(records)
     check_fixed_families(fixed, parts)
-    fit_on = args.fit_on
     if fit_on is not None:
         check_fit_on(fit_on, {r.label for r in records}, args.dense)
-    k = args.bootstrap if args.bootstrap is not None else (0 if fit_on is None else 100)
     # with --fit-on, one fit on the chosen formats: the tables print it, the predictions use it
     chosen = records if fit_on is None else fitted_on(records, fit_on, args.dense)
-    report = build_unified(chosen, fixed, reference=args.dense, k=k, seed=args.seed)
+    report = build_unified(chosen, fixed, reference=args.dense, k=k, seed=seed)
     rho_fit = judged(report)  # which families the runs determine: the hints and the predictions both follow it
     result, tables = report.to_dict(), [render_tables(report, rho_fit.undetermined)]
     if fit_on is not None:
-        board = lb.build(records, reference=args.dense, k=k, seed=args.seed)
-        predictions = held_out_predictions(records, board, parts, fixed, k, args.seed, fit_on=fit_on, shared=rho_fit)
+        board = lb.build(records, reference=args.dense, k=k, seed=seed)
+        predictions = held_out_predictions(records, board, parts, fixed, k, seed, fit_on=fit_on, shared=rho_fit)
         result |= {"fit_on": fit_on, "held_out": predictions_to_dict(predictions)}
         tables.append(render_predictions(predictions, parts))
     if args.format == "json":
@@ -229,10 +229,13 @@ def _law_unified(args: argparse.Namespace) -> int:
 
 def _law_fit(args: argparse.Namespace) -> int:
     _check_bootstrap(args.bootstrap, intervals_optional=True)
-    _check_seed(args.seed)
+    seed = _seed(args.seed, args.bootstrap)
+    if args.dense is not None and args.format_col is None:
+        raise BenchError(f"--dense {args.dense} names the reference label of --format-col's column; without "
+                         "--format-col the Chinchilla form is fitted, which has no formats: give --format-col too")
     runs, excluded = _read_runs(args)
-    law = fit_compression(runs, args.dense) if args.format_col else fit_chinchilla(runs)
-    intervals = bootstrap(law, runs, k=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    law = fit_compression(runs, args.dense or "dense") if args.format_col else fit_chinchilla(runs)
+    intervals = bootstrap(law, runs, k=args.bootstrap, seed=seed) if args.bootstrap else None
     result = law.to_dict() | {"excluded": excluded}
     if intervals is not None:
         result |= {"ci": intervals.to_dict()["ci"], "bootstrap": args.bootstrap}
@@ -387,7 +390,7 @@ def _common_store_args(p: argparse.ArgumentParser) -> None:
 def _store_args(p: argparse.ArgumentParser) -> None:
     _common_store_args(p)
     p.add_argument("--bootstrap", type=int, default=100, metavar="K", help="bootstrap resamples (default 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
 
 
 def _check_bootstrap(k: int | None, *, intervals_optional: bool) -> None:
@@ -399,10 +402,16 @@ def _check_bootstrap(k: int | None, *, intervals_optional: bool) -> None:
     raise BenchError(f"--bootstrap must be {allowed}, got {k}")
 
 
-def _check_seed(seed: int) -> None:
-    """numpy's generator refuses a negative seed, which it would do only after the fit the bootstrap follows."""
+def _seed(seed: int | None, k: int) -> int:
+    """The bootstrap seed, checked before any fit: numpy's generator refuses a negative one only after the fit
+    the bootstrap follows, and a seed given without resamples would be ignored."""
+    if seed is None:
+        return 0
     if seed < 0:
         raise BenchError(f"--seed must be a non-negative integer, got {seed}")
+    if not k:
+        raise BenchError(f"--seed {seed} seeds the bootstrap, and there is none: give --bootstrap K too")
+    return seed
 
 
 def _leaderboard(argv: list[str]) -> int:
@@ -411,8 +420,8 @@ def _leaderboard(argv: list[str]) -> int:
     p.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
     args = p.parse_args(argv)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
-    _check_seed(args.seed)
-    board = lb.build(_store_records(args), reference=args.dense, k=args.bootstrap, seed=args.seed)
+    seed = _seed(args.seed, args.bootstrap)
+    board = lb.build(_store_records(args), reference=args.dense, k=args.bootstrap, seed=seed)
     if args.format == "json":
         print(json.dumps(board.to_dict()))
     elif args.format == "md":
@@ -459,12 +468,12 @@ def _plot(argv: list[str]) -> int:
     args = p.parse_args(argv)
     fixed = _fixed(args)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
-    _check_seed(args.seed)
+    seed = _seed(args.seed, args.bootstrap)
     _check_figures_out(args.out)
     records = _store_records(args)
     _check_fixed(fixed, records)
-    board = lb.build(records, reference=args.dense, k=args.bootstrap, seed=args.seed)
-    fit = fit_rho(records, fixed, reference=args.dense, k=args.bootstrap, seed=args.seed)
+    board = lb.build(records, reference=args.dense, k=args.bootstrap, seed=seed)
+    fit = fit_rho(records, fixed, reference=args.dense, k=args.bootstrap, seed=seed)
     for path in plot_all(board, lb.runs_of(records), fit, format_parts(records), args.out):
         print(path)
     return 0
@@ -485,7 +494,7 @@ def _report(argv: list[str]) -> int:
     args = p.parse_args(argv)
     _check_report_out(args.out, args.store)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
-    _check_seed(args.seed)
+    seed = _seed(args.seed, args.bootstrap)
     fixed = _fixed(args)
     store = _store(args)
     selection = _selection(args, store)
@@ -495,7 +504,7 @@ def _report(argv: list[str]) -> int:
         ("--group", args.group)) if value not in (None, "")) or "all finished runs"
     if args.fit_on is not None:
         check_fit_on(args.fit_on, {r.label for r in selection.records}, args.dense)
-    options = ReportOptions(str(store.path), chosen, args.dense, args.bootstrap, args.seed, fixed, args.fit_on)
+    options = ReportOptions(str(store.path), chosen, args.dense, args.bootstrap, seed, fixed, args.fit_on)
     text = render(options, selection.records, store.runs(status=None), selection.notices)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

@@ -386,6 +386,21 @@ def test_a_negative_seed_is_refused_before_any_fit(capsys, no_store_read, argv):
     assert err.startswith("bench: error: --seed must be a non-negative integer, got -3"), err
 
 
+@pytest.mark.parametrize("argv", [["law", "penalty", "--bootstrap", "0"], ["law", "unified"],
+                                  ["law", "fit", "--runs", "runs.csv"], ["law", "fit", "--runs", "runs.csv", "--bootstrap", "0"]])
+def test_a_seed_without_resamples_is_refused_before_any_fit(capsys, no_store_read, argv):
+    assert bench([*argv, "--seed", "5"]) == 2
+    assert capsys.readouterr().err.strip() == ("bench: error: --seed 5 seeds the bootstrap, and there is none: "
+                                               "give --bootstrap K too")
+
+
+def test_law_fit_refuses_a_reference_label_without_a_format_column(capsys, no_store_read):
+    """Without --format-col the Chinchilla form is fitted: a --dense label would be ignored."""
+    assert bench(["law", "fit", "--runs", "runs.csv", "--dense", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: --dense bf16 names the reference label of --format-col's column"), err
+
+
 @pytest.mark.parametrize(("argv", "allowed"), [(["leaderboard"], "at least 2 resamples"),
                                               (["plot", "--out", "figs"], "at least 2 resamples"),
                                               (["report", "--out", "r.html"], "at least 2 resamples"),
