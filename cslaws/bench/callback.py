@@ -79,7 +79,7 @@ def step_ended(trainer: L.Trainer, batch_idx: int) -> bool:
 class RunCheckpoint(ModelCheckpoint):
     """Keeps one checkpoint per run, `last.ckpt`, refreshed every `every_n_steps` optimizer steps or every
     `every_minutes` of training (one of the two; both None: none while training), at the end of training, and
-    at the step where a limit (`trainer.max_steps`, `max_time`) stops a run short of its budget.
+    at the step where a limit (`trainer.max_steps`, `max_time`) or a SIGTERM stops a run short of its budget.
 
     The directory is set per run by `bench fit` (from the sweep cell, else from the resolved config), so that
     `--ckpt_path last` finds it. It holds the model, optimizer, LR schedule, loop and data position, the
@@ -126,9 +126,12 @@ class RunCheckpoint(ModelCheckpoint):
 
 def stops_here(trainer: L.Trainer) -> bool:
     """Whether the fit loop stops after this optimizer step, before the epoch's end: `trainer.max_steps` is
-    reached, or `trainer.should_stop` is set (by `trainer.max_time`'s timer, which runs before the checkpoint
-    callbacks, or by another callback)."""
-    return trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+    reached, `trainer.should_stop` is set (by `trainer.max_time`'s timer, which runs before the checkpoint
+    callbacks, or by another callback), or a single process got SIGTERM (Lightning raises at this batch's end).
+    The ranks of a DDP run learn of a SIGTERM only at the next batch's start, together: a save here by the rank
+    that got it would wait for the others forever, so such a run resumes from its last periodic checkpoint."""
+    sigterm = trainer.received_sigterm and trainer.world_size == 1
+    return trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step or sigterm
 
 
 def run_identity(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

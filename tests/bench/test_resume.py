@@ -122,6 +122,34 @@ def test_a_run_stopped_by_a_limit_resumes_without_it_to_the_loss_of_an_uninterru
     assert len(val_steps) == len(set(val_steps)) and val_steps[-1] == STEPS
 
 
+def test_a_run_stopped_by_sigterm_is_saved_at_its_step_and_resumes_to_the_loss_of_an_uninterrupted_one(
+        tmp_path, small_corpus, whole, monkeypatch) -> None:
+    """SIGTERM (a preempted job) at step 22, between two periodic checkpoints (every 4 steps): the step is
+    saved, so the resume loses nothing."""
+    stop = 22
+    save = RunCheckpoint.on_train_batch_end
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        if trainer.global_step == stop:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler only marks it; the loop stops at the batch's end
+        save(self, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(RunCheckpoint, "on_train_batch_end", on_train_batch_end)
+    with pytest.raises(SystemExit, match=f"stopped by SIGTERM at step {stop} of {STEPS}"):
+        run_lightning_cli(fit_args(tmp_path, small_corpus, "term"))
+    monkeypatch.undo()
+    store = ResultsStore(tmp_path / "term.db")
+    (cut,) = store.runs(None)
+    assert (cut.status, cut.steps) == ("failed", stop) and cut.error.startswith("SIGTERMException")
+    (ckpt,) = glob.glob(str(tmp_path / "term" / "checkpoints" / "*" / "last.ckpt"))
+    assert torch.load(ckpt, weights_only=False)["global_step"] == stop
+    run_lightning_cli(fit_args(tmp_path, small_corpus, "term", "--ckpt_path", "last"))
+    (run,) = store.runs(None)
+    assert (run.run_id, run.status, run.steps) == (cut.run_id, "finished", STEPS)
+    assert run.final_val_loss == pytest.approx(whole.final_val_loss, abs=1e-5)
+    assert [p[0] for p in store.curve(run.run_id) if p[2] is not None] == list(range(1, STEPS + 1))
+
+
 def test_last_without_a_checkpoint_says_it_trains_from_the_start(tmp_path, small_corpus, capsys) -> None:
     run_lightning_cli(fit_args(tmp_path, small_corpus, "new", "--model.tokens", str(4 * BATCH * SEQ), "--ckpt_path", "last"))
     out = " ".join(capsys.readouterr().out.split())
