@@ -107,12 +107,19 @@ def test_a_run_stopped_by_a_limit_resumes_without_it_to_the_loss_of_an_uninterru
     step_clock(monkeypatch)
     with pytest.raises(SystemExit, match="1"):
         run_lightning_cli(fit_args(tmp_path, small_corpus, "cut", *limit))
-    store = ResultsStore(tmp_path / "cut.db")
+    cut = resumes_to_the_whole_run(tmp_path, small_corpus, whole, "cut", stop)
+    assert cut.error == f"truncated: stopped at step {stop} of {STEPS} {said}"
+
+
+def resumes_to_the_whole_run(tmp_path, small_corpus, whole: RunRecord, root: str, stop: int) -> RunRecord:
+    """The run `root`, stopped at step `stop` and checkpointed there, resumes in its row to the loss of `whole`,
+    with one training point per step and no validation twice; returns its stored row as it was when stopped."""
+    store = ResultsStore(tmp_path / f"{root}.db")
     (cut,) = store.runs(None)
-    assert (cut.status, cut.steps, cut.error) == ("failed", stop, f"truncated: stopped at step {stop} of {STEPS} {said}")
-    (ckpt,) = glob.glob(str(tmp_path / "cut" / "checkpoints" / "*" / "last.ckpt"))
+    assert (cut.status, cut.steps) == ("failed", stop)
+    (ckpt,) = glob.glob(str(tmp_path / root / "checkpoints" / "*" / "last.ckpt"))
     assert torch.load(ckpt, weights_only=False)["global_step"] == stop
-    run_lightning_cli(fit_args(tmp_path, small_corpus, "cut", "--ckpt_path", "last"))
+    run_lightning_cli(fit_args(tmp_path, small_corpus, root, "--ckpt_path", "last"))
     (run,) = store.runs(None)
     assert (run.run_id, run.status, run.steps) == (cut.run_id, "finished", STEPS)
     assert run.final_val_loss == pytest.approx(whole.final_val_loss, abs=1e-5)
@@ -120,6 +127,7 @@ def test_a_run_stopped_by_a_limit_resumes_without_it_to_the_loss_of_an_uninterru
     assert [p[0] for p in curve if p[2] is not None] == list(range(1, STEPS + 1))
     val_steps = [p[0] for p in curve if p[3] is not None]
     assert len(val_steps) == len(set(val_steps)) and val_steps[-1] == STEPS
+    return cut
 
 
 def test_a_run_stopped_by_sigterm_is_saved_at_its_step_and_resumes_to_the_loss_of_an_uninterrupted_one(
@@ -138,16 +146,7 @@ def test_a_run_stopped_by_sigterm_is_saved_at_its_step_and_resumes_to_the_loss_o
     with pytest.raises(SystemExit, match=f"stopped by SIGTERM at step {stop} of {STEPS}"):
         run_lightning_cli(fit_args(tmp_path, small_corpus, "term"))
     monkeypatch.undo()
-    store = ResultsStore(tmp_path / "term.db")
-    (cut,) = store.runs(None)
-    assert (cut.status, cut.steps) == ("failed", stop) and cut.error.startswith("SIGTERMException")
-    (ckpt,) = glob.glob(str(tmp_path / "term" / "checkpoints" / "*" / "last.ckpt"))
-    assert torch.load(ckpt, weights_only=False)["global_step"] == stop
-    run_lightning_cli(fit_args(tmp_path, small_corpus, "term", "--ckpt_path", "last"))
-    (run,) = store.runs(None)
-    assert (run.run_id, run.status, run.steps) == (cut.run_id, "finished", STEPS)
-    assert run.final_val_loss == pytest.approx(whole.final_val_loss, abs=1e-5)
-    assert [p[0] for p in store.curve(run.run_id) if p[2] is not None] == list(range(1, STEPS + 1))
+    assert resumes_to_the_whole_run(tmp_path, small_corpus, whole, "term", stop).error.startswith("SIGTERMException")
 
 
 def test_last_without_a_checkpoint_says_it_trains_from_the_start(tmp_path, small_corpus, capsys) -> None:
