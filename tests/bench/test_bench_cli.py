@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cslaws.bench.cli import main, read_csv_rows
+from cslaws.bench.cli import check_yaml, main, read_csv_rows
 # Imported at collection, not first inside a test: Lightning's loggers keep the stderr they were created
 # with, and a test's captured stderr is closed after it (the next test would log into a closed file).
 from cslaws.bench.lightning_cli import check_ckpt_path
@@ -196,6 +196,23 @@ def test_malformed_yaml_config_is_named(workdir, capsys) -> None:
     (workdir / "bad.yaml").write_text("model:\n  size: [nano\n")
     rc = main(["fit", "--config", "bad.yaml"])
     assert_clean_error(rc, capsys.readouterr().err, "bad.yaml", "not valid YAML", "line 3")
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("model:\n  weight:\n    class_path: Int\n    init_args: {bits: 2, bits: 4}\n", 4),
+    ("model:\n  label: a\nmodel:\n  label: b\n", 3),
+])
+def test_a_config_that_repeats_a_key_is_refused(text, line, workdir, capsys) -> None:
+    """The parser would keep the last value unsaid."""
+    (workdir / "twice.yaml").write_text(text)
+    for argv in (["fit", "--config", "twice.yaml"], ["sweep", "--matrix", "twice.yaml", "--dry-run"]):
+        rc = main(argv)
+        assert_clean_error(rc, capsys.readouterr().err, "twice.yaml", "not valid YAML", f"line {line}", "twice")
+
+
+def test_a_merge_key_overridden_in_its_mapping_is_no_repeated_key(tmp_path) -> None:
+    (tmp_path / "merge.yaml").write_text("base: &b {bits: 2, grid: midrise}\nweight: {<<: *b, bits: 4}\n")
+    check_yaml(str(tmp_path / "merge.yaml"))
 
 
 @pytest.mark.parametrize(("text", "held"), [("hello\n", "a str ('hello')"), ("", "nothing"), ("- nano\n", "a list")])
