@@ -303,6 +303,10 @@ class StreamToStore(L.Callback):
             self.store.fail(self.run_id, str(exception))
             return
         where = f"stopped at step {trainer.global_step} of {pl_module.total_steps}"
+        if trainer.world_size > 1:
+            # only rank 0 writes: another rank's failure reaches it as a broken collective, whose cause is in
+            # that rank's own output, not here
+            where += f"; as rank 0 of {trainer.world_size} processes saw it"
         self.store.fail(self.run_id, f"{type(exception).__name__}: {exception} ({where})")
 
 

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -70,6 +72,20 @@ def test_a_crash_leaves_the_run_failed_not_finished(tmp_path, small_corpus) -> N
     (run,) = store.runs("failed")
     assert run.error.startswith("RuntimeError: boom (stopped at step ") and run.error.endswith(" of 40)")
     assert run.final_val_loss is None and run.tokens == run.steps * 128
+
+
+def test_a_failure_of_a_run_of_several_processes_says_whose_view_it_is(tmp_path) -> None:
+    """Rank 0 writes the row: another rank's crash reaches it as a broken collective (gloo's "Connection closed
+    by peer"), which the row must not pass off as the cause."""
+    store = ResultsStore(tmp_path / "s.db")
+    run_id = store.start_run(RunRecord(label="dense", model="nano", n_params=1, tokens=0, bits_per_value=16.0, seed=0,
+                                       dataset="d", tokenizer="t", code_version="v"))
+    callback = StreamToStore(path=str(tmp_path / "s.db"))
+    callback.store, callback.run_id = store, run_id
+    module = SimpleNamespace(total_steps=30, trained_steps=3, trained_tokens=384, trained_epochs=0.1)
+    callback.on_exception(SimpleNamespace(global_step=3, world_size=2), module, RuntimeError("Connection closed by peer"))
+    assert store.record(run_id).error == ("RuntimeError: Connection closed by peer (stopped at step 3 of 30; as rank 0 "
+                                          "of 2 processes saw it)")
 
 
 def synthetic_store(path, effs: dict[str, float]) -> ResultsStore:
