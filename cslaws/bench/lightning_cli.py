@@ -31,7 +31,7 @@ from cslaws.bench.budget import check_optimizer_settings, check_trainer_settings
 from cslaws.bench.callback import RunCheckpoint, StreamToStore, checkpoint_dir, stop_reason
 from cslaws.bench.cli import LIGHTNING_COMMANDS
 from cslaws.bench.data import TextDataModule
-from cslaws.bench.module import Diverged, LanguageModel
+from cslaws.bench.module import Diverged, LanguageModel, budget_steps, step_tokens
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.formats import FORMATS, Format
@@ -130,6 +130,9 @@ class BenchCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        # the model checks its budget again in `setup`; here it is checked once, before DDP starts its processes
+        # (20 s later, and each of them would say it)
+        budget_steps(self.model.requested_tokens, step_tokens(self.datamodule, self.trainer), self.trainer.val_check_interval)
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))
         store_cb.config_text = self.parser.dump(self.config, skip_none=False)
         self.point_checkpoint()

@@ -20,7 +20,7 @@ import pytest
 from cslaws.bench.cli import check_yaml, main, read_csv_rows
 # Imported at collection, not first inside a test: Lightning's loggers keep the stderr they were created
 # with, and a test's captured stderr is closed after it (the next test would log into a closed file).
-from cslaws.bench.lightning_cli import check_ckpt_path
+from cslaws.bench.lightning_cli import BenchCLI, check_ckpt_path
 from cslaws.bench.store import ResultsStore, RunRecord
 from cslaws.errors import BenchError
 
@@ -208,6 +208,20 @@ def test_a_config_that_repeats_a_key_is_refused(text, line, workdir, capsys) -> 
     for argv in (["fit", "--config", "twice.yaml"], ["sweep", "--matrix", "twice.yaml", "--dry-run"]):
         rc = main(argv)
         assert_clean_error(rc, capsys.readouterr().err, "twice.yaml", "not valid YAML", f"line {line}", "twice")
+
+
+def test_a_ddp_budget_below_one_step_is_refused_before_the_processes_start(workdir, small_corpus, capsys, monkeypatch) -> None:
+    """Two processes make a step of 2 x 4 x 16 tokens; each of them, once started, would say so again."""
+    def started(*args, **kwargs):
+        raise AssertionError("the processes were started")
+
+    monkeypatch.setattr(BenchCLI, "fit", started)
+    rc = main(["fit", "--model.size", "nano", "--model.tokens", "100", "--data.path", "text", "--data.data_files",
+               f"[{small_corpus[0]}]", "--data.vocab_size", "300", "--data.seq_len", "16", "--data.batch_size", "4",
+               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+               "--trainer.logger", "false"])
+    assert_clean_error(rc, capsys.readouterr().err, "the token budget of 100 tokens is smaller than one step of 128 tokens")
+    assert not (workdir / "runs").exists()
 
 
 def test_a_merge_key_overridden_in_its_mapping_is_no_repeated_key(tmp_path) -> None:
