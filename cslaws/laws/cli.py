@@ -57,7 +57,7 @@ from cslaws.laws.fit import (
     fit_chinchilla,
     fit_compression,
 )
-from cslaws.laws.plan import check_request, extrapolation_note, plan_priced, run_pricers
+from cslaws.laws.plan import check_request, extrapolation_note, plan_priced, run_pricers, undetermined_terms
 from cslaws.laws.uncertainty import Bootstrap, bootstrap
 from cslaws.laws.unified import check_constant
 from cslaws.models.llama import SIZES
@@ -295,7 +295,9 @@ def _law_table(law: LawFit, intervals: Bootstrap | None, excluded: int) -> Table
     table.add_column("value", justify="right")
     table.add_column(f"{100 * intervals.level:.0f}% bootstrap interval" if intervals else "interval", justify="right")
     for name, value in law.constants().items():
-        table.add_row(name, f"{value:.5g}", escape(_interval(ci.get(name))))
+        # a bound's resamples stay at the bound: their interval has no width and measures nothing
+        bounds = "at search bound" if name in law.at_bound else _interval(ci.get(name))
+        table.add_row(name, f"{value:.5g}", escape(bounds))
     if law.form != "chinchilla":
         for label, value in law.eff.items():
             table.add_row(escape(f"eff[{label}]"), f"{value:.4f}", escape(_interval(eff_ci.get(label))))
@@ -591,6 +593,8 @@ def _plan(argv: list[str]) -> int:
     if unknown := [label for label in args.formats or [] if label not in labels]:  # before the fit, not after it
         raise BenchError(f"plan: no runs of {unknown} among the selected runs; formats: {', '.join(labels)}")
     law = fit_compression(lb.runs_of(records), args.dense)
+    if why := undetermined_terms(law, args.flops):
+        raise BenchError(f"bench plan: {why}")
     # each label's weight bits on the model size its plan lands at (from its mean stored bits over its runs)
     bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
     pricers = run_pricers(records, [*(args.formats or law.eff), law.reference])

@@ -44,16 +44,21 @@ class Prediction:
 
     label: str
     measured: float
-    measured_lo: float
-    measured_hi: float
+    measured_lo: float | None  # None: a format of one run has no measured interval
+    measured_hi: float | None
     predicted: float | None
     predicted_lo: float | None
     predicted_hi: float | None
     why: str = ""  # why there is no prediction, or what the one made rests on
 
     def inside(self) -> bool | None:
-        """Whether the prediction lies in the measured interval (None: no prediction)."""
-        return None if self.predicted is None else self.measured_lo <= self.predicted <= self.measured_hi
+        """Whether the prediction lies in the measured interval (None: no prediction, or no interval)."""
+        if self.predicted is None or self.measured_lo is None:
+            return None
+        return self.measured_lo <= self.predicted <= self.measured_hi
+
+    def measured_interval(self) -> str:
+        return "-" if self.measured_lo is None else f"[{self.measured_lo:.3f}, {self.measured_hi:.3f}]"
 
 
 def first_sentence(text: str) -> str:
@@ -231,7 +236,7 @@ def render_predictions(predictions: Sequence[Prediction], parts: Parts):
     for p in predictions:
         inside = p.inside()
         table.add_row(escape(p.label), escape(describe_parts(parts[p.label])), f"{p.measured:.3f}",
-                      f"[{p.measured_lo:.3f}, {p.measured_hi:.3f}]",
+                      p.measured_interval(),
                       "-" if p.predicted is None else f"{p.predicted:.3f}",
                       "-" if p.predicted_lo is None else f"[{p.predicted_lo:.3f}, {p.predicted_hi:.3f}]",
                       "-" if p.predicted is None else f"{p.predicted / p.measured:.3f}",

@@ -39,8 +39,8 @@ class Row:
     activation_bits: float | None
     epochs: float | None
     eff: float
-    eff_lo: float
-    eff_hi: float
+    eff_lo: float | None  # None: a format of one run has no interval (`Bootstrap.single`)
+    eff_hi: float | None
     eff_per_bit: float
     gmse_weight: float | None
     gmse_activation: float | None
@@ -62,6 +62,11 @@ def runs_of(records: Sequence[Any]) -> Runs:
     """The fit's view of stored runs: N = n_params, D = tokens, loss = final_val_loss, label."""
     if not records:
         raise FitError("the store has no finished runs; train some (bench fit / bench sweep) before fitting a law")
+    # named by run id here: `Runs.of` can only count positions in the selection
+    bad = [r.run_id for r in records if not all(math.isfinite(v) and v > 0 for v in (r.n_params, r.tokens, r.final_val_loss))]
+    if bad:
+        raise FitError(f"{len(bad)} run(s) of the store have a NaN, infinite or non-positive N, D or loss (run ids "
+                       f"{bad[:10]}); N, D and loss must be finite and > 0")
     return Runs.of([r.n_params for r in records], [r.tokens for r in records],
                    [r.final_val_loss for r in records], [r.label for r in records])
 
@@ -149,7 +154,7 @@ def build(records: Sequence[Any], reference: str = "dense", k: int = 100, seed: 
         cap = capacities[label]
         gw, ga = _side_gmse(cap["weight"]), _side_gmse(cap["activation"])
         capacity = math.prod(float(rho(p["gmse"])) for p in side_parts(cap))
-        lo, hi = eff_ci[label]
+        lo, hi = eff_ci.get(label, (None, None))
         w_mean, w_min, w_max = bits[label]  # bits_per_value is a required field: never None
         a_bits = None if act_bits[label] is None else act_bits[label][0]
         rows.append(Row(label, w_mean, w_min, w_max, a_bits, epochs[label], eff, lo, hi, eff * DENSE_BITS / w_mean,
@@ -168,9 +173,13 @@ def _bits_cell(r: Row) -> str:
     return f"{r.bits:.3f} ({r.bits_min:.3f}-{r.bits_max:.3f})"
 
 
+def _eff_interval(r: Row) -> str:
+    return f"{r.runs} run: no interval" if r.eff_lo is None else f"[{r.eff_lo:.3f}, {r.eff_hi:.3f}]"
+
+
 def _cells(r: Row) -> list[str]:
     g = lambda v, fmt="{:.4g}": "-" if v is None else fmt.format(v)  # noqa: E731
-    return [r.label, _bits_cell(r), g(r.activation_bits, "{:.3f}"), f"{r.eff:.3f}", f"[{r.eff_lo:.3f}, {r.eff_hi:.3f}]",
+    return [r.label, _bits_cell(r), g(r.activation_bits, "{:.3f}"), f"{r.eff:.3f}", _eff_interval(r),
             f"{r.eff_per_bit:.3f}", g(r.gmse_weight), g(r.gmse_activation), f"{r.rho:.3f}", g(r.epochs, "{:.2f}"),
             str(r.runs)]
 

@@ -85,6 +85,24 @@ def check_request(memory_bits: float | None, flops: float | None, labels: Sequen
         raise BenchError(f"the candidate formats (--formats) list {twice[0]!r} twice; give each label once")
 
 
+def undetermined_terms(law: LawFit, flops: float | None) -> str:
+    """Why `law` cannot plan under these budgets (empty: it can). Every plan reads the N term, A (N eff)^-alpha;
+    one under a compute budget also reads the D term, B D^-beta, to trade N against D. A term whose exponent
+    sits at its search bound, or a D term fitted on fewer than 3 values of D, is not determined by the runs,
+    and neither is a plan that reads it. (E alone at its bound is no reason: it shifts every format's
+    predicted loss alike, and the ranking and the gaps to dense do not read it.)"""
+    reasons = []
+    needed = ("alpha", "beta") if flops is not None else ("alpha",)
+    if at := [name for name in needed if name in law.at_bound]:
+        reasons.append(f"{' and '.join(at)} at the search bound")
+    if flops is not None and 0 < law.d_values < 3:
+        reasons.append(f"B and beta fitted on {law.d_values} value(s) of D")
+    if not reasons:
+        return ""
+    memory = " (a memory budget alone does not read the D term)" if flops is not None and "alpha" not in at else ""
+    return f"the law does not determine a plan: {'; '.join(reasons)}, not determined by the runs{memory}"
+
+
 def plan(
     law: LawFit,
     bits: dict[str, float],

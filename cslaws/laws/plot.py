@@ -250,7 +250,9 @@ def eff_vs_gmse_figure(board: Leaderboard, fit: RhoFit, parts: dict[str, list[tu
                               (False, "measured eff of a composition placed by the published rho (95% CI)")):
             sel = [p for p in pts if p[2] == fitted]
             if sel:
-                err = np.maximum(np.array([[r.eff - r.eff_lo, r.eff_hi - r.eff] for _, r, _ in sel]).T, 0.0)
+                # a format of one run has no interval: no bar (NaN), rather than one that looks exact
+                err = np.maximum(np.array([[np.nan, np.nan] if r.eff_lo is None else [r.eff - r.eff_lo, r.eff_hi - r.eff]
+                                           for _, r, _ in sel]).T, 0.0)
                 ax.errorbar([p[0] for p in sel], [r.eff for _, r, _ in sel], yerr=err, fmt="o" if fitted else "s",
                             mfc="k" if fitted else "none", ms=4, capsize=2, color="k", label=label)
         for gi, (_, r, _) in zip(g, pts):

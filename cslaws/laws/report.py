@@ -42,7 +42,7 @@ from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, Runs, fit_compressi
 from cslaws.laws.gaps import GROWTH_COLUMNS, gap_growth, growth_caption, growth_cells
 from cslaws.laws.heldout import Prediction, RhoFit, fit_rho, fitted_on, held_out_predictions
 from cslaws.laws.penalty import PENALTY_COLUMNS, bootstrap_penalty, penalty_rows, penalty_summary, try_fit_penalty
-from cslaws.laws.plan import Choice, extrapolation_note, plan_priced, run_pricers
+from cslaws.laws.plan import Choice, extrapolation_note, plan_priced, run_pricers, undetermined_terms
 from cslaws.laws.unified import describe_parts, family_rows, format_parts
 from cslaws.models.llama import SIZES, non_embedding_params
 
@@ -266,7 +266,7 @@ def _unified_section(board: lb.Leaderboard, fit: RhoFit, predictions: Sequence[P
         ratio = None if p.predicted is None else p.predicted / p.measured
         inside = {None: "-", True: "yes", False: "no"}[p.inside()]
         rows.append([p.label, describe_parts(parts_of[p.label]), f"{p.measured:.3f}",
-                     f"[{p.measured_lo:.3f}, {p.measured_hi:.3f}]", _num(p.predicted, "{:.3f}"),
+                     p.measured_interval(), _num(p.predicted, "{:.3f}"),
                      "-" if p.predicted_lo is None else f"[{p.predicted_lo:.3f}, {p.predicted_hi:.3f}]",
                      _num(ratio, "{:.3f}"), inside, p.why or "-"])
     parts.append(f'<div class="scroll">{table("predictions", ("format", "parts", "measured eff", "95% CI", "predicted eff", "95% CI", "predicted / measured", "in measured CI", "note"), rows, text=(0, 1, 8))}</div>')
@@ -276,20 +276,23 @@ def _unified_section(board: lb.Leaderboard, fit: RhoFit, predictions: Sequence[P
 def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> str:
     law = board.law
     memory, flops, ref = reference_budget(records, law.reference)
+    figure_ = figure(plot.iso_memory_figure(board, runs), "iso-memory",
+                     "Measured final loss against the memory of the weights (N x the format's stored bits per value, its mean over the runs).")
+    budget = (f"the memory and compute of the largest {law.reference} run (run {ref.run_id}: N={ref.n_params:.4g}, "
+              f"D={ref.tokens:.4g}): memory {memory:.4g} bits, compute {flops:.4g} FLOPs")
+    if why := undetermined_terms(law, flops):
+        return section("iso-memory", "Iso-memory and the planner", figure_,
+                       para(f"No plan under {budget}: {why}.", "warn"))
     bits = {label: mean for label, (mean, _, _) in lb.label_bits(records).items()}
     choices: list[Choice] = plan_priced(law, bits, run_pricers(records, [*law.eff, law.reference]), memory, flops)
     rows = [[c.label, f"{c.bits:.3f}", c.priced_on, f"{c.eff:.3f}", f"{c.n:.4g}", _num(c.d), f"{c.loss:.4f}",
              f"{c.improvement:+.4f}"] for c in choices]
     note = extrapolation_note(choices, records, law)
     warning = para(note, "warn") if note else ""
-    return section("iso-memory", "Iso-memory and the planner",
-                   figure(plot.iso_memory_figure(board, runs), "iso-memory",
-                          "Measured final loss against the memory of the weights (N x the format's stored bits per value, its mean over the runs)."),
-                   para(f"The planner (bench plan) under the memory and compute of the largest {law.reference} run "
-                        f"(run {ref.run_id}: N={ref.n_params:.4g}, D={ref.tokens:.4g}): memory {memory:.4g} bits, "
-                        f"compute {flops:.4g} FLOPs. Each format takes the N that minimises its predicted loss "
-                        "within both budgets, its bits priced on the layers of the model size nearest that N; "
-                        "best first."),
+    return section("iso-memory", "Iso-memory and the planner", figure_,
+                   para(f"The planner (bench plan) under {budget}. Each format takes the N that minimises its "
+                        "predicted loss within both budgets, its bits priced on the layers of the model size "
+                        "nearest that N; best first."),
                    table("plan", ("format", "bits/value", "priced on", "eff", "N", "D", "predicted loss",
                                   f"better than {law.reference} by"), rows, text=(0, 2)), warning)
 

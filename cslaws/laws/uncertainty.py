@@ -24,6 +24,9 @@ class Bootstrap:
     samples: dict[str, np.ndarray]
     eff_samples: dict[str, np.ndarray]
     level: float
+    #: labels of one run: every resample draws that run, so their multipliers move only with the shared
+    #: constants, and an interval of them would look narrow while it measured no spread of the format's own
+    single: frozenset[str] = frozenset()
 
     @property
     def ci(self) -> dict[str, tuple[float, float]]:
@@ -31,7 +34,8 @@ class Bootstrap:
 
     @property
     def eff_ci(self) -> dict[str, tuple[float, float]]:
-        return {k: percentile_interval(v, self.level) for k, v in self.eff_samples.items()}
+        """Each multiplier's interval; none for a label of one run (`single`)."""
+        return {k: percentile_interval(v, self.level) for k, v in self.eff_samples.items() if k not in self.single}
 
     def to_dict(self) -> dict:
         return {
@@ -76,17 +80,19 @@ def bootstrap(law: LawFit, runs: Runs, k: int = 100, seed: int = 0, level: float
     a, b, e, alpha, beta = thetas[:, :5].T
     samples = {"A": np.exp(a), "B": np.exp(b), "E": np.exp(e), "alpha": alpha, "beta": beta}
     eff: dict[str, np.ndarray] = {}
+    single: frozenset[str] = frozenset()
     model = problem.model
     if isinstance(model, _PerFormat):
         if law.form != "chinchilla":
             eff = {law.reference: np.ones(k)} | {name: np.exp(thetas[:, 5 + j] / alpha) for j, name in enumerate(model.names)}
+            single = frozenset(name for name in model.names if np.sum(runs.label == name) < 2)
     else:
         for j, fam in enumerate(model.families):
             for m, name in enumerate(FAMILY_PARAMS):
                 samples[constant_key(name, fam)] = np.exp(thetas[:, 5 + 3 * j + m])
         log_eff = model.log_eff(thetas)
         eff = {key: np.exp(log_eff[:, run]) for key, run in law.eff_runs.items()}
-    return Bootstrap(samples, eff, level)
+    return Bootstrap(samples, eff, level, single)
 
 
 def _refit(law: LawFit, w: np.ndarray) -> np.ndarray:

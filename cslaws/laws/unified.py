@@ -136,6 +136,8 @@ def family_rows(report: UnifiedReport) -> list[list[str]]:
         for name in FAMILY_PARAMS:
             if pinned(report.fixed, fam, name) is not None:
                 cells.append(f"{consts[name]:.4g} (fixed)")
+            elif constant_key(name, fam) in report.law.at_bound:  # its resamples stay there: no interval
+                cells.append(f"{consts[name]:.4g} (at search bound)")
             elif constant_key(name, fam) in ci:
                 lo, hi = ci[constant_key(name, fam)]
                 cells.append(f"{consts[name]:.4g} [{lo:.3g}, {hi:.3g}]")

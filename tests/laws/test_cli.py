@@ -76,6 +76,24 @@ def test_leaderboard_json(capsys, store_path):
     assert board["law"]["alpha"] == pytest.approx(TRUE["alpha"], rel=0.05)
 
 
+def test_a_format_of_one_run_has_no_interval(capsys, store_path, tmp_path):
+    """Resampled within its format, a single run is drawn every time: its eff moved only with the shared
+    constants, 0.038 wide on the CPU study's int2 cut to one run, against 0.177 with its 14."""
+    copy = tmp_path / "one.db"
+    copy.write_bytes(store_path.read_bytes())
+    with closing(sqlite3.connect(copy)) as db, db:
+        db.execute("DELETE FROM runs WHERE label = 'int2' AND run_id != (SELECT MIN(run_id) FROM runs WHERE label = 'int2')")
+    rows = {r["label"]: r for r in _json(capsys, ["leaderboard", "--store", str(copy), "--format", "json", "--bootstrap", "4"])["rows"]}
+    assert rows["int2"]["runs"] == 1 and rows["int2"]["eff_lo"] is None and rows["int2"]["eff_hi"] is None
+    assert rows["int3"]["eff_lo"] < rows["int3"]["eff_hi"]
+    assert main(["leaderboard", "--store", str(copy), "--format", "md", "--bootstrap", "4"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| int2 |")]
+    assert "| 1 run: no interval |" in line
+    fit = _json(capsys, ["law", "fit", "--runs", str(_store_csv(copy)), "--format-col", "label", "--bootstrap", "4", "--format", "json"])
+    assert "int2" in fit["eff"] and "int2" not in fit["eff_ci"] and "int3" in fit["eff_ci"]
+    assert main(["plot", "--store", str(copy), "--out", str(tmp_path / "figs"), "--bootstrap", "4"]) == 0
+
+
 @pytest.mark.parametrize("fmt", ["md", "csv", "text"])
 def test_leaderboard_other_formats(capsys, store_path, fmt, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
@@ -231,6 +249,17 @@ def test_law_fit_quest_compression_with_bootstrap(capsys, quest_csv):
     assert out["bootstrap"] == 8
 
 
+def test_law_fit_prints_no_interval_for_a_constant_at_its_bound(capsys, quest_csv, monkeypatch):
+    """QuEST's runs leave E at its bound; its resamples stay there, and an interval of no width measured nothing."""
+    monkeypatch.setenv("COLUMNS", "200")
+    out = _json(capsys, ["law", "fit", "--runs", str(quest_csv), "--format-col", "format", "--bootstrap", "4", "--format", "json"])
+    assert out["at_bound"] == ["E"]
+    assert main(["law", "fit", "--runs", str(quest_csv), "--format-col", "format", "--bootstrap", "4"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("│")}
+    assert "at search bound" in rows["E"] and "[" not in rows["E"]
+    assert "at search bound" not in rows["alpha"] and "[" in rows["alpha"]
+
+
 def test_law_fit_recovers_synthetic_constants(capsys, store_path):
     out = _json(capsys, ["law", "fit", "--runs", str(_store_csv(store_path)), "--format-col", "label", "--format", "json"])
     for label, true in EFFS.items():
@@ -294,6 +323,56 @@ def test_min_params_leaves_out_the_small_models(capsys, store_path):
     assert board["law"]["runs"] == kept < 4 * 28
     assert bench(["leaderboard", "--store", str(store_path), "--min-params", str(10 * sizes[-1])]) == 2
     assert f"by --where - / --min-params {10 * sizes[-1]}" in capsys.readouterr().err
+
+
+def two_values_of_d(store_path: Path, copy: Path, split: float, low: int, high: int) -> Path:
+    """`store_path`'s runs with D set to `low` or `high` tokens (below or above `split` tokens per parameter):
+    a D term fitted on 2 values of D, which 2 constants and E fit exactly."""
+    copy.write_bytes(store_path.read_bytes())
+    with closing(sqlite3.connect(copy)) as db, db:
+        db.execute("UPDATE runs SET tokens = CASE WHEN tokens < ? * n_params THEN ? ELSE ? END", (split, low, high))
+    return copy
+
+
+def test_plan_refuses_a_compute_budget_the_runs_do_not_determine(capsys, store_path, tmp_path):
+    """A compute budget trades N against D through the D term: with it undetermined, the ranking was printed
+    anyway (0.49 nats for int2 on a store of 2 values of D, against 0.008 on the real one)."""
+    store = two_values_of_d(store_path, tmp_path / "two-d.db", 30, 10**9, 4 * 10**10)
+    assert bench(["plan", "--store", str(store), "--flops", "1e20"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "bench: error: bench plan: the law does not determine a plan: B and beta fitted on 2 value(s) of D, not "
+        "determined by the runs (a memory budget alone does not read the D term)")
+    choices = _json(capsys, ["plan", "--store", str(store), "--memory-bits", "1e9", "--format", "json"])
+    assert {c["label"] for c in choices} == set(EFFS) and all(c["d"] is None for c in choices)
+
+
+@pytest.mark.parametrize(("at_bound", "flops", "why"), [
+    (["alpha"], None, "alpha at the search bound"),
+    (["beta"], None, ""),
+    (["beta", "E"], 1e20, "beta at the search bound"),
+    (["E"], 1e20, ""),
+    (["alpha", "beta"], 1e20, "alpha and beta at the search bound"),
+])
+def test_a_plan_reads_the_terms_its_budgets_need(store_path, at_bound, flops, why):
+    from dataclasses import replace
+
+    from cslaws.laws.fit import fit_compression
+    from cslaws.laws.leaderboard import runs_of
+    from cslaws.laws.plan import undetermined_terms
+
+    law = replace(fit_compression(runs_of(ResultsStore(store_path).runs())), at_bound=at_bound)
+    said = undetermined_terms(law, flops)
+    assert (said == "") if not why else said.startswith(f"the law does not determine a plan: {why}, not determined")
+
+
+def test_a_non_positive_loss_is_named_by_its_run_id(capsys, store_path, tmp_path):
+    """It was named by its position among the selected runs, which is no id a user can find in the store."""
+    copy = tmp_path / "neg.db"
+    copy.write_bytes(store_path.read_bytes())
+    with closing(sqlite3.connect(copy)) as db, db:
+        db.execute("UPDATE runs SET final_val_loss = -1 WHERE run_id IN (7, 9)")
+    assert bench(["leaderboard", "--store", str(copy), "--bootstrap", "2"]) == 2
+    assert "2 run(s) of the store have a NaN, infinite or non-positive N, D or loss (run ids [7, 9])" in capsys.readouterr().err
 
 
 def test_plan_needs_a_budget(capsys, no_store_read):

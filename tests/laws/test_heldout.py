@@ -129,6 +129,8 @@ def test_a_constant_that_runs_off_is_stopped_at_its_range_and_named(capsys, tmp_
     out = " ".join(capsys.readouterr().out.split())
     assert "scalar formats: none; its constants are not determined by the runs (C=100 ran to an end" in out
     assert "bench capacity --F" not in out
+    # the family table gives C no interval: its resamples stay at the bound, an interval of no width
+    assert "100 (at search bound)" in out and "100 [100, 100]" not in out
 
 
 def test_a_pin_of_a_family_that_a_fitted_subset_lacks_is_left_out_of_that_fit(capsys, tmp_path):

@@ -246,6 +246,17 @@ def test_determined_fit_draws_its_curve_and_predicts_held_out_formats(page):
         assert lo <= predicted <= hi
 
 
+def test_the_page_plans_nothing_the_runs_do_not_determine(capsys, determined, tmp_path):
+    """With 2 values of D the D term is not determined, nor a plan under a compute budget: the page says why
+    in place of the plan table (the held-out section on the same page refused its predictions already)."""
+    from test_cli import two_values_of_d
+
+    page = _report(capsys, two_values_of_d(determined, tmp_path / "two-d.db", 10, 10**7, 10**8), tmp_path / "r.html")
+    assert "plan" not in page.tables and "fig-iso-memory" in page.figures
+    assert ("compute 9.6e+15 FLOPs: the law does not determine a plan: B and beta fitted on 2 value(s) of D, not "
+            "determined by the runs") in " ".join(page.text.split())
+
+
 def test_plan_table_ranks_by_predicted_loss(page):
     rows = page.body("plan")
     losses = [float(r[6]) for r in rows]
