@@ -140,8 +140,20 @@ def check_yaml(path: str) -> None:
     except (OSError, UnicodeDecodeError) as err:
         raise BenchError(f"config {path} cannot be read: {err}") from err
     if not isinstance(data, dict):
-        held = "nothing" if data is None else f"a {type(data).__name__} ({str(data)[:40]!r})"
-        raise BenchError(f"config {path} holds {held}, not a mapping of settings (such as `model: ...`)")
+        raise BenchError(f"config {path} holds {_held(data)}, not a mapping of settings (such as `model: ...`)")
+    # a section that is no mapping: the parser reset `model: [1, 2]` to the defaults unsaid (a whole run of
+    # the default model was trained and stored), and `trainer: null` ended in a traceback
+    for key in SECTIONS:
+        if key in data and not isinstance(data[key], dict):
+            raise BenchError(f"config {path}: `{key}:` holds {_held(data[key])}, not a mapping of settings")
+
+
+#: Sections of `bench fit` configs (and a matrix's `fit:`) whose value is a mapping of settings.
+SECTIONS = ("model", "data", "trainer", "store", "checkpoint", "fit")
+
+
+def _held(value: object) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__} ({str(value)[:40]!r})"
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from cslaws.bench.prepare import (
-    INDEX, Source, TokenizerSpec, cached_prepare, corpora, load_tokenizer, read_index, tokenizer_fingerprint,
+    INDEX, Source, TokenizerSpec, cached_prepare, check_num_proc, corpora, load_tokenizer, read_index,
+    tokenizer_fingerprint,
 )
 from cslaws.errors import BenchError
 
@@ -181,6 +182,7 @@ class TextDataModule(L.LightningDataModule):
             raise BenchError(f"max_epochs={max_epochs} is not allowed; it is the most passes over the training split, > 0")
         self.vocab_size, self.seq_len, self.batch_size = vocab_size, seq_len, batch_size
         self.val_sequences, self.seed, self.num_workers = val_sequences, seed, num_workers
+        check_num_proc(num_proc, "data.num_proc")
         self.num_proc, self.max_epochs = num_proc, max_epochs
         self.tokenizer_spec = TokenizerSpec(tokenizer, vocab_size)
         if is_prepared(path):

@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-col", default="N", help="column of non-embedding parameters (default: N)")
     p.add_argument("--d-col", default="D", help="column of training tokens (default: D)")
     p.add_argument("--loss-col", default="loss", help="column of final validation loss (default: loss)")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="LABEL", help="labels not to import")
+    p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="LABEL", help="labels not to import")
     # required: runs are fitted together only when these agree, and a default would name a corpus for any file
     p.add_argument("--dataset", required=True, help=f"dataset of every run (QuEST's: {QUEST_DATASET!r})")
     p.add_argument("--tokenizer", required=True, help=f"tokenizer of every run (QuEST's: {QUEST_TOKENIZER!r})")
@@ -192,6 +192,10 @@ def new_runs(runs: list[RunRecord], held: list[RunRecord]) -> list[RunRecord]:
 def main(argv: Sequence[str]) -> int:
     """`bench store import ...` (argv: the words after `import`)."""
     args = parser().parse_args(list(argv))
+    for option, value in (("--dataset", args.dataset), ("--tokenizer", args.tokenizer), ("--val-set", args.val_set)):
+        if not value.strip():  # the comparability key: runs of an empty one would be fitted with any other's
+            raise BenchError(f"{option} {value!r} is empty; name the runs' {option[2:]} (it keeps runs of other "
+                             "corpora and tokenizers out of their fits)")
     path = args.store if args.store is not None else default_store_path()
     check_can_hold_store(path)  # before the rows' storage bits are measured, which takes seconds
     runs = records(args)

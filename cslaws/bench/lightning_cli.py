@@ -116,6 +116,11 @@ class BenchCLI(LightningCLI):
             # asked for no bar: with the default one in its callbacks Lightning refused the option
             callbacks = [cb for cb in self.trainer_defaults["callbacks"] if not isinstance(cb, ProgressBar)]
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        root = Path(config.trainer.default_root_dir or ".")
+        if root.exists() and not root.is_dir():
+            # found only when the run's checkpoint is written, after its training, as a `failed` row
+            raise BenchError(f"trainer.default_root_dir={root} is a file; give a folder (or a new path) for the "
+                             "run's logs and checkpoints")
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:

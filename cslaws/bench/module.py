@@ -128,6 +128,14 @@ class LanguageModel(L.LightningModule):
             raise ValueError(f"lr={lr} is not allowed; the peak learning rate must be positive and finite")
         if not 0 <= warmup < 1:
             raise ValueError(f"warmup={warmup} is not allowed; it is a fraction of the steps in [0, 1)")
+        # each of these trained and was stored `finished`: a rate that ends negative or above its peak, a
+        # decay that grows the weights, betas torch refuses only once training starts
+        if not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio={min_lr_ratio} is not allowed; the schedule ends at a fraction of the peak rate in [0, 1]")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay={weight_decay} is not allowed; it must be finite and at least 0")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas={list(betas)} is not allowed; AdamW takes two betas, each in [0, 1)")
         if compile not in (True, False, "auto"):
             raise BenchError(f"compile={compile!r} is not allowed; use true, false or auto")
         self.compile_model = compile

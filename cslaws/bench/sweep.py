@@ -66,7 +66,7 @@ from rich.progress import (
 from rich.table import Table
 
 from cslaws.bench.budget import check_optimizer_settings, check_trainer_settings, requested_tokens
-from cslaws.bench.cli import check_can_create, resolve_config
+from cslaws.bench.cli import SECTIONS, check_can_create, resolve_config
 from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, default_store_path, process_gone
 from cslaws.console import console as rich_console
 from cslaws.console import quiet_logs
@@ -230,10 +230,12 @@ def parse(argv: list[str]) -> Any:
     if cfg.store is not None and not cfg.store.strip():
         raise BenchError(f"--store {cfg.store!r} is not a path; give the results store's file (or leave --store out "
                          "for $CSLAWS_STORE or runs/results.db)")
-    trainer = cfg.fit.get("trainer") or {}
-    if not isinstance(trainer, dict):
-        raise BenchError(f"the matrix's fit settings: trainer is {trainer!r}; it must be a mapping of bench fit's "
-                         "trainer options (such as {val_check_interval: 0.25})")
+    # a section of null too: `bench fit` ended each cell in a traceback (`trainer: null`)
+    for key, value in cfg.fit.items():
+        if key in SECTIONS and not isinstance(value, dict):
+            raise BenchError(f"the matrix's fit settings: {key} is {value!r}; it must be a mapping of bench fit's "
+                             f"{key} options (such as {{val_check_interval: 0.25}} for trainer)")
+    trainer = cfg.fit.get("trainer", {})
     try:
         check_trainer_settings(trainer)
         check_optimizer_settings(cfg.fit, where="fit.")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -84,6 +85,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BenchError(f"{command}: {message}") from err
 
 
+def _print_json(data: Any) -> None:
+    """`data` as strict JSON: a non-finite number (an interval whose resamples overflowed, say) is null, not
+    Python's NaN or Infinity, which JSON readers refuse."""
+    def finite(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+
+    print(json.dumps(finite(data), allow_nan=False))
+
+
 def _out(text: Any) -> None:
     console().print(text)
 
@@ -112,10 +128,10 @@ def _law(argv: list[str]) -> int:
     f.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     u = sub.add_parser("unified", help="fit rho(GMSE)'s constants per family of formats over a results store")
     _common_store_args(u)
-    u.add_argument("--fix", nargs="+", default=[], metavar="NAME=VALUE",
+    u.add_argument("--fix", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                    help="pin unified-law constants in every family (--fix Lsat=1 C=1.39) or in one "
                         "(--fix sparse.C=1.39 sparse.Lsat=1)")
-    u.add_argument("--fit-on", nargs="+", default=None, metavar="LABEL",
+    u.add_argument("--fit-on", nargs="+", action="extend", default=None, metavar="LABEL",
                    help="fit on the reference and these formats only, and predict every other format from its GMSE "
                         "alone, beside its eff measured by the free fit on all runs (held-out check)")
     u.add_argument("--bootstrap", type=int, default=None, metavar="K",
@@ -154,7 +170,7 @@ def _law_penalty(args: argparse.Namespace) -> int:
         out = {"penalty": law.to_dict(), "compression": compression.to_dict() | {"eff_ci": compression_ci}}
         if intervals is not None:
             out["penalty"]["bootstrap"] = intervals.to_dict()
-        print(json.dumps(out))
+        _print_json(out)
     else:
         _out(render_penalty(law, intervals, compression, compression_ci))
     return 0
@@ -178,7 +194,7 @@ def _law_gaps(args: argparse.Namespace) -> int:
         if law is not None:
             out |= {"law": law.to_dict(), "cells": [asdict(c) for c in cells],
                     "residuals": [asdict(r) for r in residuals]}
-        print(json.dumps(out))
+        _print_json(out)
     else:
         _out(render_growth(rows, args.dense))
         if law is not None:
@@ -220,7 +236,7 @@ def _law_unified(args: argparse.Namespace) -> int:
         result |= {"fit_on": fit_on, "held_out": predictions_to_dict(predictions)}
         tables.append(render_predictions(predictions, parts))
     if args.format == "json":
-        print(json.dumps(result))
+        _print_json(result)
     else:
         for table in tables:
             _out(table)
@@ -242,7 +258,7 @@ def _law_fit(args: argparse.Namespace) -> int:
         if args.format_col:
             result["eff_ci"] = intervals.to_dict()["eff_ci"]
     if args.format == "json":
-        print(json.dumps(result))
+        _print_json(result)
     else:
         _out(_law_table(law, intervals, excluded))
     return 0
@@ -333,7 +349,7 @@ def _capacity(argv: list[str]) -> int:
             print(f"not listed (need arguments; pass a config instead): {', '.join(need_args)}", file=sys.stderr)
     lines = [line for name in names for line in cap.capacity_lines(name, args.F, args.C, args.Lsat, args.model_size)]
     if args.format == "json":
-        print(json.dumps([line.to_dict() for line in lines]))
+        _print_json([line.to_dict() for line in lines])
         return 0
     bits_on = f"bits on the layers of {args.model_size}" if args.model_size else "bits at each format's reference row"
     table = Table(title=f"Capacity on standard Gaussian data (rows of {cap.ROW_LENGTH}; {bits_on}; "
@@ -383,7 +399,7 @@ def _common_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=float, default=None, metavar="X",
                    help="keep only runs that made at most X passes over the training split (runs whose epochs were "
                         "not recorded are left out)")
-    p.add_argument("--where", nargs="+", default=[], metavar="FIELD=VALUE",
+    p.add_argument("--where", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
                    help="keep only runs whose stored FIELD equals VALUE (e.g. seq_len=64 tokenizer=...)")
     p.add_argument("--group", type=int, default=None, metavar="K",
                    help="fit comparability group K (the error for a store with several groups lists them)")
@@ -425,7 +441,7 @@ def _leaderboard(argv: list[str]) -> int:
     seed = _seed(args.seed, args.bootstrap)
     board = lb.build(_store_records(args), reference=args.dense, k=args.bootstrap, seed=seed)
     if args.format == "json":
-        print(json.dumps(board.to_dict()))
+        _print_json(board.to_dict())
     elif args.format == "md":
         print(lb.render_markdown(board), end="")
     elif args.format == "csv":
@@ -439,7 +455,7 @@ def _rho_args(p: argparse.ArgumentParser) -> None:
     from cslaws.laws.plot import DEFAULT_FIXED
 
     default = " ".join(f"{k}={v:g}" for k, v in DEFAULT_FIXED.items())
-    p.add_argument("--fix", nargs="+", default=None, metavar="NAME=VALUE",
+    p.add_argument("--fix", nargs="+", action="extend", default=None, metavar="NAME=VALUE",
                    help=f"pin unified-law constants of the fitted rho curve, as in `bench law unified` (default: {default}; "
                         "the curve is drawn only where the runs determine the free constants)")
 
@@ -489,7 +505,7 @@ def _report(argv: list[str]) -> int:
                                 "leaderboard, figures, held-out checks, planner and runs.")
     _store_args(p)
     _rho_args(p)
-    p.add_argument("--fit-on", nargs="+", default=None, metavar="LABEL",
+    p.add_argument("--fit-on", nargs="+", action="extend", default=None, metavar="LABEL",
                    help="held-out predictions from one unified fit on the reference and these formats (default: each "
                         "format in turn is predicted from the others of its families)")
     p.add_argument("--out", type=_path, required=True, help="the HTML file to write")
@@ -582,7 +598,7 @@ def _plan(argv: list[str]) -> int:
     _common_store_args(p)
     p.add_argument("--memory-bits", type=float, default=None, help="memory budget for the weights, in bits")
     p.add_argument("--flops", type=float, default=None, help="training compute budget C in FLOPs (C = 6 N D)")
-    p.add_argument("--formats", nargs="+", default=None, help="candidate labels (default: every fitted label)")
+    p.add_argument("--formats", nargs="+", action="extend", default=None, help="candidate labels (default: every fitted label)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     args = p.parse_args(argv)
     if args.memory_bits is None and args.flops is None:
@@ -600,7 +616,7 @@ def _plan(argv: list[str]) -> int:
     pricers = run_pricers(records, [*(args.formats or law.eff), law.reference])
     choices = plan_priced(law, bits, pricers, args.memory_bits, args.flops, args.formats)
     if args.format == "json":
-        print(json.dumps([c.to_dict() for c in choices]))
+        _print_json([c.to_dict() for c in choices])
         return 0
     budget = ", ".join(s for s in (args.memory_bits and f"memory {args.memory_bits:.3g} bits",
                                    args.flops and f"compute {args.flops:.3g} FLOPs") if s)

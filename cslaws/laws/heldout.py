@@ -219,6 +219,9 @@ def check_fit_on(fit_on: Sequence[str], labels: Collection[str], reference: str)
     """`--fit-on` names formats of the selected runs, compressed ones: a ValueError (a BenchError at the
     command line) names the value and the labels allowed."""
     allowed = sorted(set(labels) - {reference})
+    if twice := [label for i, label in enumerate(fit_on) if label in fit_on[:i]]:
+        # as `bench plan --formats`: a label listed twice was likely mistyped for another
+        raise ValueError(f"--fit-on lists {twice[0]!r} twice; give each label once")
     for label in fit_on:
         if label not in allowed:
             raise ValueError(f"--fit-on {label!r}: not a compressed format of the selected runs; "

@@ -104,6 +104,13 @@ BAD_FIT_VALUES = {
     # LightningCLI replaced the run's AdamW and schedule with it, and model.lr went unused
     "an optimizer of LightningCLI's": (["--optimizer", "SGD", "--optimizer.lr", "0.1"],
                                        ["--optimizer is not allowed", "model.lr", "model.min_lr_ratio"]),
+    # each of these trained and was stored finished (torch refused the betas only once training started)
+    "a schedule that ends below zero": (["--model.min_lr_ratio", "-0.1"], ["min_lr_ratio=-0.1", "[0, 1]"]),
+    "a schedule that ends above its peak": (["--model.min_lr_ratio", "2"], ["min_lr_ratio=2.0", "[0, 1]"]),
+    "a negative weight decay": (["--model.weight_decay", "-1"], ["weight_decay=-1.0", "at least 0"]),
+    "a beta of 1.5": (["--model.betas", "[1.5, 0.9]"], ["betas=[1.5, 0.9]", "[0, 1)"]),
+    # 0 meant all cores, unsaid; 100,000 spawned over 1,000 workers
+    "no tokenizing processes": (["--data.num_proc", "0"], ["data.num_proc 0", "this machine's cores"]),
     "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
     "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),
     "unknown nested format": (["--model.weight", "Hadamard", "--model.weight.format", "Nosuch"],
@@ -222,6 +229,32 @@ def test_a_ddp_budget_below_one_step_is_refused_before_the_processes_start(workd
                "--trainer.logger", "false"])
     assert_clean_error(rc, capsys.readouterr().err, "the token budget of 100 tokens is smaller than one step of 128 tokens")
     assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize(("text", "said"), [("model: [1, 2]\n", "`model:` holds a list ('[1, 2]')"),
+                                          ("trainer: null\n", "`trainer:` holds nothing"),
+                                          ("store: 5\n", "`store:` holds a int ('5')")])
+def test_a_config_section_that_is_no_mapping_is_refused(text, said, workdir, capsys) -> None:
+    """`model: [1, 2]` trained the default model, the options before it dropped; `trainer: null` a traceback."""
+    (workdir / "sec.yaml").write_text(text)
+    rc = main(["fit", "--model.size", "14k", "--config", "sec.yaml"])
+    assert_clean_error(rc, capsys.readouterr().err, "config sec.yaml", said, "not a mapping of settings")
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize("fit", ["{trainer: null}", "{checkpoint: null}", "{model: [1, 2]}"])
+def test_a_matrix_fit_section_that_is_no_mapping_is_refused(fit, workdir, capsys) -> None:
+    rc = main(["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]",
+               "--fit", fit, "--dry-run"])
+    assert_clean_error(rc, capsys.readouterr().err, "the matrix's fit settings", "it must be a mapping")
+
+
+def test_a_file_as_the_root_folder_is_refused_before_the_run(workdir, capsys) -> None:
+    """It was found when the checkpoint was written, after the whole run: a traceback and a `failed` row."""
+    (workdir / "notes.txt").write_text("a file\n")
+    rc = main(["fit", "--model.size", "14k", "--trainer.default_root_dir", "notes.txt", "--store.path", "s.db"])
+    assert_clean_error(rc, capsys.readouterr().err, "trainer.default_root_dir=notes.txt is a file")
+    assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]
 
 
 def test_a_merge_key_overridden_in_its_mapping_is_no_repeated_key(tmp_path) -> None:

@@ -46,11 +46,26 @@ def test_exclude_and_unknown_labels(tmp_path: Path, capsys) -> None:
     assert bench([*IMPORT, "--runs", str(RUNS), "--configs", str(CONFIGS), "--store", str(store),
                   "--exclude", "w4a4-4:8", "dense"]) == 0
     assert len(ResultsStore(store).runs()) == 104 - 6 - 6
+    # an option given twice adds to the first (the last one alone was kept: w4a4-4:8's runs were imported)
+    again = tmp_path / "again.db"
+    assert bench([*IMPORT, "--runs", str(RUNS), "--configs", str(CONFIGS), "--store", str(again),
+                  "--exclude", "w4a4-4:8", "--exclude", "dense"]) == 0
+    assert len(ResultsStore(again).runs()) == 104 - 6 - 6
     bad = tmp_path / "bad.csv"
     bad.write_text("N,D,loss,format\n1000,2000,3.0,w9a9\n")
     assert bench([*IMPORT, "--runs", str(bad), "--configs", str(CONFIGS), "--store", str(tmp_path / "b.db")]) == 2
     assert "label 'w9a9' has no config" in capsys.readouterr().err
     assert not (tmp_path / "b.db").exists() or not ResultsStore(tmp_path / "b.db").runs()
+
+
+@pytest.mark.parametrize("option", ["--dataset", "--tokenizer", "--val-set"])
+def test_an_empty_comparability_field_is_refused(option, tmp_path: Path, capsys) -> None:
+    """Runs of an empty key would be fitted beside any other store's: nothing is written."""
+    argv = list(IMPORT)
+    argv[argv.index(option) + 1] = " "
+    assert bench([*argv, "--runs", str(RUNS), "--configs", str(CONFIGS), "--store", str(tmp_path / "e.db")]) == 2
+    assert f"bench: error: {option} ' ' is empty" in capsys.readouterr().err
+    assert not (tmp_path / "e.db").exists()
 
 
 def test_all_104_imported_runs_fit_the_unified_law(tmp_path: Path, capsys) -> None:

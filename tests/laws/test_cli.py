@@ -375,6 +375,28 @@ def test_a_non_positive_loss_is_named_by_its_run_id(capsys, store_path, tmp_path
     assert "2 run(s) of the store have a NaN, infinite or non-positive N, D or loss (run ids [7, 9])" in capsys.readouterr().err
 
 
+def test_an_option_given_twice_adds_to_the_first(capsys, store_path):
+    """argparse kept the last occurrence alone: `--formats int2 --formats int4` planned int4 only."""
+    choices = _json(capsys, ["plan", "--store", str(store_path), "--memory-bits", "1e9", "--formats", "int2",
+                             "--formats", "int4", "--format", "json"])
+    assert sorted(c["label"] for c in choices) == ["int2", "int4"]
+    board = _json(capsys, ["leaderboard", "--store", str(store_path), "--bootstrap", "2", "--format", "json",
+                           "--where", "dataset=synthetic", "--where", "label=dense"])
+    assert [r["label"] for r in board["rows"]] == ["dense"]
+
+
+def test_fit_on_refuses_a_label_listed_twice(capsys, store_path):
+    assert bench(["law", "unified", "--store", str(store_path), "--fit-on", "int4", "int3", "int4"]) == 2
+    assert "--fit-on lists 'int4' twice; give each label once" in capsys.readouterr().err
+
+
+def test_json_output_has_null_where_a_number_is_not_finite(capsys):
+    from cslaws.laws.cli import _print_json
+
+    _print_json({"eff_ci": {"int4": [0.0, float("nan")]}, "hi": (float("inf"), 1), "n": 2})
+    assert json.loads(capsys.readouterr().out) == {"eff_ci": {"int4": [0.0, None]}, "hi": [None, 1], "n": 2}
+
+
 def test_plan_needs_a_budget(capsys, no_store_read):
     assert bench(["plan"]) == 2
     assert capsys.readouterr().err.strip() == ("bench: error: plan: give --memory-bits, --flops, or both "
