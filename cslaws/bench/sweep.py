@@ -174,6 +174,19 @@ def matrix_parser() -> ArgumentParser:
     return parser
 
 
+def check_fit_given_once(argv: list[str]) -> None:
+    """`--fit` replaces the fit settings given before it, whole (the parser does not merge mappings): with a
+    matrix's `fit:`, the matrix's data and trainer settings were dropped unsaid. Refused where it would."""
+    given = [arg for arg in argv if arg == "--fit" or arg.startswith("--fit=")]
+    matrices = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--matrix"]
+    matrices += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--matrix=")]
+    with_fit = [m for m in matrices if "fit" in (yaml.safe_load(Path(m).read_text(encoding="utf-8")) or {})]
+    if len(given) > 1 or (given and with_fit):
+        where = f"the matrix {with_fit[0]}'s fit: settings" if given and with_fit else "the first --fit"
+        raise BenchError(f"--fit replaces {where} whole, it does not add to them: give the fit settings in one "
+                         "place (a copy of the matrix with the settings changed, or one --fit with all of them)")
+
+
 def parse(argv: list[str]) -> Any:
     argv = list(argv)
     for i, arg in enumerate(argv):
@@ -181,6 +194,7 @@ def parse(argv: list[str]) -> Any:
             argv[i + 1] = resolve_config(argv[i + 1])
         elif arg.startswith("--matrix="):
             argv[i] = "--matrix=" + resolve_config(arg.split("=", 1)[1])
+    check_fit_given_once(argv)
     try:
         cfg = matrix_parser().parse_args(argv)
     except ArgumentError as err:  # `bench` reports it as one error, as `bench fit` does (its import is slow: here only)

@@ -197,6 +197,18 @@ def test_bad_matrix_input(args, message) -> None:
         parse(argv)
 
 
+@pytest.mark.parametrize("argv", [
+    ["--matrix", "matrix/cpu.yaml", "--fit", "{trainer: {enable_model_summary: true}}"],
+    ["--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]",
+     "--fit", "{data: {seq_len: 16}}", "--fit={trainer: {val_check_interval: 0.5}}"],
+])
+def test_fit_settings_given_in_two_places_are_refused(argv) -> None:
+    """The parser replaces a mapping whole: the shipped matrix's data settings (vocabulary, sequence length,
+    batch) were dropped for the one trainer option given, and every cell trained on the defaults."""
+    with pytest.raises(BenchError, match="--fit replaces .* whole, it does not add to them"):
+        parse(argv)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
