@@ -182,7 +182,7 @@ class TextDataModule(L.LightningDataModule):
             raise BenchError(f"max_epochs={max_epochs} is not allowed; it is the most passes over the training split, > 0")
         self.vocab_size, self.seq_len, self.batch_size = vocab_size, seq_len, batch_size
         self.val_sequences, self.seed, self.num_workers = val_sequences, seed, num_workers
-        check_num_proc(num_proc, "data.num_proc")
+        check_num_proc(num_proc, "data.num_proc", here=False)  # the cores are checked where it prepares
         self.num_proc, self.max_epochs = num_proc, max_epochs
         self.tokenizer_spec = TokenizerSpec(tokenizer, vocab_size)
         if is_prepared(path):

@@ -473,6 +473,7 @@ def prepare(source: Source, tokenizer: TokenizerSpec, out: Path, *, val_fraction
         raise BenchError(f"{str(out)!r} exists and is not empty; choose a new directory for --out")
     source.check()
     tokenizer.check()
+    check_num_proc(num_proc, "--num-proc")
     num_proc = num_proc or os.cpu_count() or 1
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -625,13 +626,16 @@ def read_index(path: Path) -> dict:
     return index
 
 
-def check_num_proc(num_proc: int | None, option: str) -> None:
-    """Tokenizing processes: at least 1 and at most this machine's cores (None: all of them). 100,000 spawned
-    over 1,000 workers on a 3,000-line file and hung; 0 silently meant all cores."""
+def check_num_proc(num_proc: int | None, option: str, *, here: bool = True) -> None:
+    """Tokenizing processes: at least 1 (None: all cores; 0 silently meant that too) and, where they start on
+    this machine (`here`), at most its cores: 100,000 spawned over 1,000 workers on a 3,000-line file and hung.
+    A data module built to check a sweep's cells (`here` False) may run on a larger node."""
     cores = os.cpu_count() or 1
-    if num_proc is not None and not 1 <= num_proc <= cores:
-        raise BenchError(f"{option} {num_proc} is not allowed; give 1 to {cores} (this machine's cores) tokenizing "
-                         "processes, or leave it out for all of them")
+    if num_proc is None or (num_proc >= 1 and (not here or num_proc <= cores)):
+        return
+    allowed = f"1 to {cores} (this machine's cores)" if here else "at least 1"
+    raise BenchError(f"{option} {num_proc} is not allowed; give {allowed} tokenizing processes, or leave it out for "
+                     "all cores")
 
 
 def cached_prepare(source: Source, tokenizer: TokenizerSpec, val_fraction: float, split_seed: int,
@@ -668,7 +672,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--split-seed", type=int, default=0, help="draws the validation documents")
     p.add_argument("--num-proc", type=int, default=None, help="tokenizing processes (default: all cores)")
     args = parser.parse_args(argv[1:])
-    check_num_proc(args.num_proc, "--num-proc")
     source = Source(args.source, args.name, args.split, args.text_column,
                     tuple(f for f in args.data_files.split(",") if f), args.streaming)
     tokenizer = TokenizerSpec(args.tokenizer, args.vocab_size, args.sample_mb)

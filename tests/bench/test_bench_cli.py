@@ -110,7 +110,7 @@ BAD_FIT_VALUES = {
     "a negative weight decay": (["--model.weight_decay", "-1"], ["weight_decay=-1.0", "at least 0"]),
     "a beta of 1.5": (["--model.betas", "[1.5, 0.9]"], ["betas=[1.5, 0.9]", "[0, 1)"]),
     # 0 meant all cores, unsaid; 100,000 spawned over 1,000 workers
-    "no tokenizing processes": (["--data.num_proc", "0"], ["data.num_proc 0", "this machine's cores"]),
+    "no tokenizing processes": (["--data.num_proc", "0"], ["data.num_proc 0", "at least 1"]),
     "unknown format": (["--model.weight", "Nosuch"], ["model.weight", "unknown format 'Nosuch'", "Int, LloydMax", "NVFP4"]),
     "format by its short name": (["--model.activation", "int"], ["model.activation", "unknown format 'int'", "Int"]),
     "unknown nested format": (["--model.weight", "Hadamard", "--model.weight.format", "Nosuch"],

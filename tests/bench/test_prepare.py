@@ -172,6 +172,25 @@ def bench_data(argv: list[str], capsys) -> str:
     return capsys.readouterr().err
 
 
+@pytest.mark.parametrize("num_proc", [0, 10**5])
+def test_tokenizing_processes_are_one_to_this_machines_cores(num_proc, small_corpus, tmp_path, monkeypatch, capsys) -> None:
+    """100,000 spawned over 1,000 workers on a 3,000-line file and hung; 0 meant all cores, unsaid."""
+    monkeypatch.setattr(prep.os, "cpu_count", lambda: 4)
+    err = bench_data(["text", "--data-files", small_corpus[0], "--out", str(tmp_path / "c"), "--num-proc", str(num_proc)], capsys)
+    assert err.strip() == (f"bench: error: --num-proc {num_proc} is not allowed; give 1 to 4 (this machine's cores) "
+                           "tokenizing processes, or leave it out for all cores")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_module_may_ask_for_more_processes_than_this_machine_has(small_corpus) -> None:
+    """A sweep builds its cells' data modules to check them, on a machine that may be smaller than theirs."""
+    from cslaws.bench.data import TextDataModule
+
+    assert TextDataModule(path="text", data_files=small_corpus, num_proc=10**5).num_proc == 10**5
+    with pytest.raises(BenchError, match="data.num_proc 0 is not allowed; give at least 1 tokenizing processes"):
+        TextDataModule(path="text", data_files=small_corpus, num_proc=0)
+
+
 def test_unknown_source_name_is_refused_with_what_is_allowed(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     err = bench_data(["nosuch", "--out", "c"], capsys)
