@@ -238,7 +238,11 @@ _CKPT_KEYWORDS = ("last", "best", "hpc")
 
 
 def check_ckpt_path(ckpt_path: str | None) -> None:
-    """A checkpoint file that does not exist is refused before the trainer is built, not after setup."""
+    """A checkpoint file that does not exist is refused before the trainer is built, not after setup, and so is
+    `best`, which Lightning refuses with a traceback: a run keeps no best checkpoint."""
+    if ckpt_path == "best":
+        raise BenchError("--ckpt_path best: a run keeps its last.ckpt only, no best checkpoint; give last or a "
+                         "checkpoint file")
     if ckpt_path is None or ckpt_path in _CKPT_KEYWORDS or ckpt_path.split(":")[0] == "registry":
         return
     fs = get_filesystem(ckpt_path)

@@ -90,6 +90,8 @@ BAD_FIT_VALUES = {
     "empty label": (["--model.label", ""], ["label=''", "names it in the store"]),
     "negative lr": (["--model.lr", "-1"], ["model", "lr=-1.0", "positive and finite"]),
     "missing checkpoint": (["--ckpt_path", "nosuch.ckpt"], ["--ckpt_path nosuch.ckpt", "no such checkpoint file", "last"]),
+    # Lightning's ValueError traceback, after the model and data were built
+    "the best checkpoint": (["--ckpt_path", "best"], ["--ckpt_path best", "no best checkpoint"]),
     "part of the validation set": (["--trainer.limit_val_batches", "2"], ["trainer.limit_val_batches=2", "whole validation set"]),
     "part of the budget": (["--trainer.limit_train_batches", "0.5"], ["trainer.limit_train_batches=0.5", "token budget"]),
     "accelerator without its package": (["--trainer.accelerator", "tpu"], ["trainer:", "torch_xla"]),
@@ -151,7 +153,8 @@ def test_validate_refuses_a_missing_checkpoint(workdir, capsys) -> None:
 
 @pytest.mark.parametrize("command", ["validate", "test"])
 @pytest.mark.parametrize("ckpt_path, words", [(None, "scores a trained run: give --ckpt_path"),
-                                              ("best", "--ckpt_path best: bench {} scores a checkpoint file or `last`")])
+                                              ("best", "--ckpt_path best: a run keeps its last.ckpt only, no best checkpoint"),
+                                              ("hpc", "--ckpt_path hpc: bench {} scores a checkpoint file or `last`")])
 def test_scoring_needs_a_run_s_checkpoint(command, ckpt_path, words, workdir, capsys) -> None:
     # Lightning scores the untrained model without a checkpoint, and for `best` with no best saved raises deep inside
     rc = main([command, "--model.size", "nano", *(["--ckpt_path", ckpt_path] if ckpt_path else [])])
@@ -159,7 +162,7 @@ def test_scoring_needs_a_run_s_checkpoint(command, ckpt_path, words, workdir, ca
     assert not (workdir / "runs").exists(), "runs/ was written"
 
 
-@pytest.mark.parametrize("ckpt_path", ["last", "best", "hpc", "registry:model"])
+@pytest.mark.parametrize("ckpt_path", ["last", "hpc", "registry:model"])
 def test_checkpoint_keywords_are_left_to_lightning(ckpt_path, workdir) -> None:
     # `last` with no checkpoint yet starts fresh (a sweep resumes every cell with it): not a missing file.
     check_ckpt_path(ckpt_path)
