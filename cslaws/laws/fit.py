@@ -205,6 +205,11 @@ class LawFit:
 # Parametrisations of log eff. theta = [a, b, e, alpha, beta, *extra].
 
 
+def first_repeated(labels: Sequence[str]) -> str | None:
+    """The first label a list names a second time (None: each once)."""
+    return next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+
+
 def label_index(runs: Runs, reference: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The non-reference labels (sorted), each run's index among them (-1: the reference), and the one-hot
     (runs, labels) matrix that maps per-label parameters onto runs."""

@@ -24,7 +24,7 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from cslaws.laws import leaderboard as lb
-from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, constant_key, pinned, rho, unified_eff
+from cslaws.laws.fit import FAMILY_PARAMS, FitError, LawFit, constant_key, first_repeated, pinned, rho, unified_eff
 from cslaws.laws.uncertainty import Bootstrap
 from cslaws.laws.unified import UnifiedReport, build_unified, describe_parts
 
@@ -219,9 +219,9 @@ def check_fit_on(fit_on: Sequence[str], labels: Collection[str], reference: str)
     """`--fit-on` names formats of the selected runs, compressed ones: a ValueError (a BenchError at the
     command line) names the value and the labels allowed."""
     allowed = sorted(set(labels) - {reference})
-    if twice := [label for i, label in enumerate(fit_on) if label in fit_on[:i]]:
+    if (twice := first_repeated(list(fit_on))) is not None:
         # as `bench plan --formats`: a label listed twice was likely mistyped for another
-        raise ValueError(f"--fit-on lists {twice[0]!r} twice; give each label once")
+        raise ValueError(f"--fit-on lists {twice!r} twice; give each label once")
     for label in fit_on:
         if label not in allowed:
             raise ValueError(f"--fit-on {label!r}: not a compressed format of the selected runs; "

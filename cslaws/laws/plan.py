@@ -28,7 +28,7 @@ from jsonargparse import ArgumentError
 from cslaws.errors import BenchError
 from cslaws.formats import Format
 from cslaws.laws.capacity import format_from_spec, model_bits, without_backend
-from cslaws.laws.fit import LawFit
+from cslaws.laws.fit import LawFit, first_repeated
 from cslaws.models.llama import SIZES, non_embedding_params
 
 #: A format's weight bits per value at a planned N, and the model size they were priced on.
@@ -78,11 +78,9 @@ def check_request(memory_bits: float | None, flops: float | None, labels: Sequen
     for name, option, value in (("memory budget", "--memory-bits", memory_bits), ("compute budget", "--flops", flops)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise BenchError(f"the {name} ({option}) must be a positive number, got {value}")
-    chosen = list(labels or [])
-    twice = [label for i, label in enumerate(chosen) if label in chosen[:i]]
-    if twice:
+    if (twice := first_repeated(list(labels or []))) is not None:
         # a label listed twice would be planned twice: refused, not merged, as the list was likely mistyped
-        raise BenchError(f"the candidate formats (--formats) list {twice[0]!r} twice; give each label once")
+        raise BenchError(f"the candidate formats (--formats) list {twice!r} twice; give each label once")
 
 
 def undetermined_terms(law: LawFit, flops: float | None) -> str:
