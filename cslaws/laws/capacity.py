@@ -22,6 +22,7 @@ D(b) = 2^(-2b) (Cover & Thomas, Elements of Information Theory, sec. 10.3).
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -286,6 +287,9 @@ def capacity_lines(
     if name not in FORMATS:
         known = ", ".join(sorted(FORMATS))
         raise KeyError(f"unknown format {name!r}: registered short names are {known}; configs are paths such as formats/int4.yaml")
+    if needed := required_arguments(name):
+        raise BenchError(f"format {name!r} needs arguments ({', '.join(needed)}); give a format config that sets them, "
+                         "a path such as formats/int4_sp50.yaml or formats/w4a4.yaml")
     fmt = make_format(name)
     if isinstance(fmt, Dense):
         return [Capacity(name, 0.0, 0.0, fmt.bits_per_value, Lsat, "dense")]
@@ -305,14 +309,13 @@ def _line(name: str, fmt: Format, F: float, C: float, Lsat: float, bits: float) 
     return Capacity(name, value, se, bits, capacity, f"{method}; rho of {len(parts)} parts")
 
 
+def required_arguments(name: str) -> list[str]:
+    """The arguments the format registered as `name` has no default for (a wrapper's inner formats)."""
+    parameters = inspect.signature(FORMATS[name]).parameters.values()
+    return [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 def defaultable_formats() -> tuple[list[str], list[str]]:
     """Registered short names that build with default arguments, and those that need arguments."""
-    ok, need = [], []
-    for name in sorted(FORMATS):
-        try:
-            make_format(name)
-        except TypeError:
-            need.append(name)
-        else:
-            ok.append(name)
-    return ok, need
+    need = [name for name in sorted(FORMATS) if required_arguments(name)]
+    return [name for name in sorted(FORMATS) if name not in need], need

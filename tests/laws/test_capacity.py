@@ -181,6 +181,15 @@ def test_unknown_format_is_a_clear_error(capsys):
     assert "unknown format 'no_such_format'" in err and "toy_levels" in err and "formats/int4.yaml" in err
 
 
+@pytest.mark.parametrize("name, needed", [("compose", "formats"), ("hadamard", "format")])
+def test_a_format_that_needs_arguments_is_a_clear_error(capsys, name, needed):
+    # a wrapper's inner formats have no default: built bare it was a TypeError traceback
+    assert bench(["capacity", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: error: format '{name}' needs arguments ({needed})") and "Traceback" not in err
+    assert "formats/w4a4.yaml" in err
+
+
 def test_text_table_has_every_column(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["capacity", "toy_levels"]) == 0
