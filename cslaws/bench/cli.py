@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import importlib
+import os
+import signal
 import sys
 import tempfile
 from importlib import resources
@@ -212,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of stdout left (`bench sweep --emit lines | head -1`): end quietly with the status of a
+        # process killed by SIGPIPE, as other tools do; stdout goes to /dev/null so that Python's flush at exit
+        # does not fail on the pipe a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

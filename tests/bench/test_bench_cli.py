@@ -37,6 +37,16 @@ def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([bench_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def test_a_reader_that_leaves_early_ends_bench_quietly(tmp_path: Path) -> None:
+    # `bench sweep --emit lines | head -1`: the pipe closes before bench writes (it is still importing torch)
+    proc = subprocess.Popen([bench_command(), "capacity", "int", "--format", "json"], cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err  # 128 + SIGPIPE, as for a process the signal ended
+    assert err == "", "a BrokenPipeError traceback, or another message"
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """An existing store holding one finished run: what a mistyped command must leave as it is."""
