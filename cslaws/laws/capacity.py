@@ -210,10 +210,10 @@ def load_format_config(path: str | Path) -> tuple[str, Format | None, Format | N
     data = yaml.safe_load(p.read_text())
     model = (data or {}).get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict):
-        raise ValueError(f"{p} has no `model:` section; a format config holds model.label/weight/activation")
+        raise BenchError(f"{p} has no `model:` section; a format config holds model.label/weight/activation")
     extra = set(model) - {"label", "weight", "activation"}
     if extra:
-        raise ValueError(f"{p}: model.{sorted(extra)} are not format settings; allowed: label, weight, activation")
+        raise BenchError(f"{p}: model.{sorted(extra)} are not format settings; allowed: label, weight, activation")
     parser = _format_parser()
     # the messages are `bench fit`'s; its module imports Lightning (and this module), so only on an error
     try:

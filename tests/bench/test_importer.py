@@ -58,6 +58,14 @@ def test_exclude_and_unknown_labels(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "b.db").exists() or not ResultsStore(tmp_path / "b.db").runs()
 
 
+def test_a_folder_of_other_configs_is_refused(tmp_path: Path, capsys) -> None:
+    # the sweep matrices are configs, but no format's: a ValueError traceback before
+    assert bench([*IMPORT, "--runs", str(RUNS), "--configs", "matrix/", "--store", str(tmp_path / "m.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and "has no `model:` section" in err and "Traceback" not in err
+    assert not (tmp_path / "m.db").exists()
+
+
 @pytest.mark.parametrize("option", ["--dataset", "--tokenizer", "--val-set"])
 def test_an_empty_comparability_field_is_refused(option, tmp_path: Path, capsys) -> None:
     """Runs of an empty key would be fitted beside any other store's: nothing is written."""
