@@ -130,15 +130,19 @@ class Source:
             if Path(f).is_dir():  # a loader reads files: `datasets` failed on it with a traceback
                 raise BenchError(f"data file {f!r} is a folder; give its files to --data_files, e.g. '{f.rstrip('/')}/*.txt'")
         if self.builtin:
-            if self.data_files or self.name or self.split != "train":
+            if self.data_files or self.name or self.split != "train" or self.text_column != "text":
                 raise BenchError(f"{self.path!r} is a built-in corpus: it takes no data files or configuration name, and "
-                                 "has one split, train; leave --data-files, --name and --split out "
-                                 "(bench fit: --data.data_files, --data.name, --data.split)")
+                                 "has one split, train, and one column, text; leave --data-files, --name, --split and "
+                                 "--text-column out (bench fit: --data.data_files, --data.name, --data.split, "
+                                 "--data.text_column)")
         elif self.path in TEXT_LOADERS:
             # Without data files a loader reads every file of the working directory.
             if not self.data_files:
                 raise BenchError(f"the `datasets` loader {self.path!r} needs the files to read; give them to --data-files "
                                  "(bench fit: --data.data_files), e.g. 'a.txt,b/*.txt'")
+            if self.name:  # `datasets` takes any name for them, which changed only the corpus's label
+                raise BenchError(f"the `datasets` loader {self.path!r} has no configurations: --name {self.name!r} "
+                                 "(bench fit: --data.name) would change nothing it reads; leave it out")
         elif not Path(self.path).is_dir():
             raise BenchError(f"dataset path {self.path!r} is not a built-in corpus ({', '.join(corpora.BUILTINS)}), "
                              f"a `datasets` loader ({', '.join(TEXT_LOADERS)}) with data files, or an existing directory "
@@ -315,6 +319,9 @@ def rows(ds, source: Source) -> Iterator[tuple[int, list[str]]]:
         # a streamed source is parsed only now, as it is read: a file its loader cannot parse raises here
         with quiet_loaders():
             for batch in ds.iter(batch_size=256):
+                if source.text_column not in batch:  # a streamed source may tell its columns only now
+                    raise BenchError(f"text column {source.text_column!r} is not in the data set; its columns are "
+                                     f"{list(batch)}")
                 for text in batch[source.text_column]:
                     texts.append(text or "")
                     size += len(texts[-1])

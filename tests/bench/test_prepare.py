@@ -261,10 +261,27 @@ def test_sample_mb_must_be_a_positive_number() -> None:
 
 
 def test_builtin_corpus_refuses_options_it_would_ignore(small_corpus) -> None:
-    for source in (Source("english", data_files=tuple(small_corpus[:1])), Source("kjv", name="x"), Source("kjv", split="test")):
+    for source in (Source("english", data_files=tuple(small_corpus[:1])), Source("kjv", name="x"), Source("kjv", split="test"),
+                   Source("english", text_column="body")):  # the column was a KeyError traceback after loading
         with pytest.raises(BenchError, match="is a built-in corpus: it takes no data files or configuration name, and has "
-                                             "one split, train; leave --data-files, --name and --split out"):
+                                             "one split, train, and one column, text; leave --data-files, --name, --split "
+                                             "and --text-column out"):
             source.check()
+
+
+def test_a_loader_refuses_a_configuration_name(small_corpus) -> None:
+    """`datasets` takes any name for its file loaders, and reads the same rows: only the corpus's label changed."""
+    with pytest.raises(BenchError, match="the `datasets` loader 'text' has no configurations: --name 'x'"):
+        Source("text", name="x", data_files=tuple(small_corpus[:1])).check()
+
+
+def test_a_missing_text_column_of_a_streamed_source_is_named(tmp_path, monkeypatch, capsys) -> None:
+    """A streamed CSV tells its columns only as it is read: a KeyError traceback before."""
+    monkeypatch.chdir(tmp_path)
+    Path("a.csv").write_text("text,n\nsome words,1\n")
+    err = bench_data(["csv", "--data-files", "a.csv", "--streaming", "--text-column", "body", "--out", "c"], capsys)
+    assert err == "bench: error: text column 'body' is not in the data set; its columns are ['text', 'n']\n"
+    assert not Path("c").exists()
 
 
 @pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a folder no one may create in (Linux's /sys)")
