@@ -6,6 +6,7 @@ importing Lightning) asks for the D that `bench fit` will train and refuses the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,13 @@ def requested_tokens(n_params: int, tokens: int | None, tokens_per_param: float 
 #: after the row is written): each must be a positive integer.
 _POSITIVE = ("accumulate_grad_batches", "log_every_n_steps")
 
+#: Trainer numbers that Lightning takes below a bound as if they were the bound's meaning, with what that is:
+#: the run's record would hold the value given, not what ran.
+_AT_LEAST = {
+    "gradient_clip_val": (0, "0 or null: no clipping, which Lightning also made of a negative norm"),
+    "num_sanity_val_steps": (-1, "-1: the whole validation set, 0: none, which Lightning also made of -5"),
+}
+
 
 def check_trainer_settings(settings: Mapping[str, Any]) -> None:
     """The budget sizes the one epoch a run trains, its LR schedule and its formats' progress, and a run's
@@ -47,6 +55,10 @@ def check_trainer_settings(settings: Mapping[str, Any]) -> None:
         value = settings.get(name)
         if name in settings and not (isinstance(value, int) and value >= 1):
             raise BenchError(f"trainer.{name}={value!r} is not allowed; it must be a positive integer")
+    for name, (least, why) in _AT_LEAST.items():
+        value = settings.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= least):
+            raise BenchError(f"trainer.{name}={value!r} is not allowed; it must be at least {least} ({why})")
     interval = settings.get("val_check_interval")
     if "val_check_interval" in settings and not (isinstance(interval, (int, float)) and interval > 0):
         raise BenchError(f"trainer.val_check_interval={interval!r} is not allowed; it must be a fraction of the "

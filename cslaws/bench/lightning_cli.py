@@ -125,13 +125,21 @@ class BenchCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:
             raise BenchError(f"trainer: {err}") from err
+        except TypeError as err:
+            # Lightning refuses some `devices` values (-2, or any but a positive count on CPU) with a TypeError;
+            # only one raised by its device parsing is the user's, any other is a bug and keeps its traceback
+            if innermost_module(err).startswith(_DEVICE_PARSING):
+                raise BenchError(f"trainer.devices={config.trainer.devices!r}: {err}") from err
+            raise
         loop = trainer.fit_loop
         check_trainer_settings({"accumulate_grad_batches": trainer.accumulate_grad_batches,
                                 "log_every_n_steps": trainer.log_every_n_steps, "val_check_interval": trainer.val_check_interval,
                                 "max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps,
                                 "limit_train_batches": trainer.limit_train_batches,
                                 "limit_val_batches": trainer.limit_val_batches,
-                                "check_val_every_n_epoch": trainer.check_val_every_n_epoch})
+                                "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+                                "gradient_clip_val": trainer.gradient_clip_val,
+                                "num_sanity_val_steps": config.trainer.num_sanity_val_steps})
         return trainer
 
     def before_fit(self) -> None:
@@ -218,6 +226,18 @@ def run_lightning_cli(args: list[str], run: bool = True, **trainer_overrides) ->
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, **({"prog": "bench"} if run else {})},
     )
+
+
+#: Lightning's modules that parse `trainer.devices`, by the names their TypeErrors are raised in.
+_DEVICE_PARSING = ("lightning.fabric.accelerators.", "lightning.fabric.utilities.device_parser")
+
+
+def innermost_module(err: BaseException) -> str:
+    """The module of the frame that raised `err`."""
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__", "")
 
 
 #: Lines of a jsonargparse message that describe its machinery rather than the user's value.

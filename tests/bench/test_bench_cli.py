@@ -105,6 +105,11 @@ BAD_FIT_VALUES = {
     "part of the validation set": (["--trainer.limit_val_batches", "2"], ["trainer.limit_val_batches=2", "whole validation set"]),
     "part of the budget": (["--trainer.limit_train_batches", "0.5"], ["trainer.limit_train_batches=0.5", "token budget"]),
     "accelerator without its package": (["--trainer.accelerator", "tpu"], ["trainer:", "torch_xla"]),
+    # Lightning's TypeError traceback
+    "a device count below -1": (["--trainer.devices", "-2"], ["trainer.devices='-2'", "int > 0"]),
+    # Lightning took these as no clipping and no sanity check, and the record held the values given
+    "a negative clipping norm": (["--trainer.gradient_clip_val", "-1"], ["trainer.gradient_clip_val=-1", "at least 0", "no clipping"]),
+    "sanity steps below -1": (["--trainer.num_sanity_val_steps", "-5"], ["trainer.num_sanity_val_steps=-5", "at least -1"]),
     # Lightning takes these, and the run divided by them: a ZeroDivisionError, after its row was written
     "no batches per step": (["--trainer.accumulate_grad_batches", "0"], ["trainer.accumulate_grad_batches=0", "positive integer"]),
     "logging every 0 steps": (["--trainer.log_every_n_steps", "0"], ["trainer.log_every_n_steps=0", "positive integer"]),
