@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from cslaws.bench.budget import check_optimizer_settings, check_trainer_settings
@@ -148,6 +149,7 @@ class BenchCLI(LightningCLI):
         budget_steps(self.model.requested_tokens, step_tokens(self.datamodule, self.trainer), self.trainer.val_check_interval)
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))
         store_cb.config_text = self.parser.dump(self.config, skip_none=False)
+        self.check_checkpoint_file()
         self.point_checkpoint()
         if self.config[self.subcommand].ckpt_path == "last" and not self.last_checkpoint().exists():
             # what a sweep's relaunch of a cell killed before its first checkpoint wants; said, not silent
@@ -173,6 +175,7 @@ class BenchCLI(LightningCLI):
         brings its own model options (LightningCLI parses its hyperparameters over the command's): say which
         model is scored, as the options given for it are not used."""
         if self.config[self.subcommand].ckpt_path != "last":
+            self.check_checkpoint_file()
             model = self.model
             console().print(f"bench {self.subcommand}: the checkpoint's model, [bold]{model.label}[/] {model.size_name} "
                             f"(weight {model.factory.weight!r}, activation {model.factory.activation!r}); a checkpoint "
@@ -182,6 +185,28 @@ class BenchCLI(LightningCLI):
         if not self.last_checkpoint().exists():
             raise BenchError(f"--ckpt_path last: no checkpoint of this run at {self.last_checkpoint()}; give the "
                              "options the run was trained with (or its --store.cell), or a checkpoint file")
+
+    def check_checkpoint_file(self) -> None:
+        """A checkpoint given by its path suits this command's trainer and data, checked before any work (else
+        Lightning fails as it loads it, once the corpus is prepared, with a traceback): a folder is a sharded
+        checkpoint, which FSDP and DeepSpeed read and other strategies try to open as a file; and a file's
+        model has the data's vocabulary (LightningCLI builds the model from the file's options, but with the
+        data's vocab_size, which is linked to it, so its embedding would not load)."""
+        ckpt_path = self.config[self.subcommand].ckpt_path
+        if ckpt_path is None or ckpt_path in _CKPT_KEYWORDS or ckpt_path.split(":")[0] == "registry":
+            return
+        if get_filesystem(ckpt_path).isdir(ckpt_path):
+            if not isinstance(self.trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+                raise BenchError(f"--ckpt_path {ckpt_path} is a folder: a sharded checkpoint, which only --trainer.strategy "
+                                 "fsdp or deepspeed reads; give a checkpoint file, such as a run's last.ckpt")
+            return
+        if not Path(ckpt_path).is_file():  # a remote file: its options were not read either
+            return
+        options = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+        trained, given = options.get("vocab_size"), self.model.hparams.vocab_size
+        if trained is not None and trained != given:
+            raise BenchError(f"--ckpt_path {ckpt_path}: its model has a vocabulary of {trained} tokens, this command's "
+                             f"data {given} (data.vocab_size); give the data options the run was trained with")
 
     def last_checkpoint(self) -> Path:
         """The last.ckpt that `--ckpt_path last` loads, once `point_checkpoint` has named the run's directory."""
@@ -269,7 +294,7 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
     if not fs.exists(ckpt_path):  # Lightning's own test when it loads the file
         raise BenchError(f"--ckpt_path {ckpt_path}: no such checkpoint file; give an existing file or one of "
                          f"{', '.join(_CKPT_KEYWORDS)}, registry[:name]")
-    if fs.isdir(ckpt_path):  # a sharded checkpoint (FSDP, DeepSpeed) is a directory: the strategy reads it
+    if fs.isdir(ckpt_path):  # a sharded checkpoint (FSDP, DeepSpeed): checked against the strategy once it is built
         return
     # torch.save writes a zip archive; anything else fails deep in torch.load (an EOFError or an unpickling
     # error), after the model and data were built

@@ -185,6 +185,27 @@ def test_checkpoint_keywords_are_left_to_lightning(ckpt_path, workdir) -> None:
         check_ckpt_path(ckpt_path.split(":")[0] + ".ckpt")
 
 
+def test_a_folder_is_a_checkpoint_only_for_a_sharding_strategy(store, workdir, capsys) -> None:
+    # the default strategy opened it as a file: an IsADirectoryError traceback once the corpus was prepared
+    (workdir / "sharded.ckpt").mkdir()
+    before = store.read_bytes()
+    rc = main(["fit", "--model.size", "14k", "--ckpt_path", "sharded.ckpt", "--store.path", str(store)])
+    assert_clean_error(rc, capsys.readouterr().err, "--ckpt_path sharded.ckpt is a folder", "fsdp or deepspeed")
+    assert store.read_bytes() == before, "the store was written"
+
+
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_a_checkpoint_of_another_vocabulary_is_refused(command, store, workdir, capsys) -> None:
+    # LightningCLI builds the checkpoint's model with the data's vocab_size: a size-mismatch traceback at loading
+    torch = pytest.importorskip("torch")
+    torch.save({"state_dict": {}, "hyper_parameters": {"size": "14k", "vocab_size": 2048}}, "v2048.ckpt")
+    before = store.read_bytes()
+    rc = main([command, "--data.vocab_size", "512", "--ckpt_path", "v2048.ckpt", *(["--store.path", str(store)] if command == "fit" else [])])
+    assert_clean_error(rc, capsys.readouterr().err, "--ckpt_path v2048.ckpt: its model has a vocabulary of 2048 tokens",
+                       "data 512")
+    assert store.read_bytes() == before, "the store was written"
+
+
 def test_a_file_torch_did_not_write_is_refused_as_a_checkpoint(store, workdir, capsys) -> None:
     torch = pytest.importorskip("torch")
     torch.save({"state_dict": {}}, "saved.ckpt")
