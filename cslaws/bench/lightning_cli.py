@@ -23,10 +23,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from cslaws.bench.budget import check_optimizer_settings, check_trainer_settings
 from cslaws.bench.callback import RunCheckpoint, StreamToStore, checkpoint_dir, stop_reason
@@ -43,6 +43,25 @@ class ProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer, pl_module) -> dict:
         return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+
+
+class SaveConfigOnStart(SaveConfigCallback):
+    """LightningCLI's `config.yaml` in the run's log folder, written once the run starts training or scoring
+    rather than at setup: a run refused in setup or at its start (a budget that needs more passes over the
+    corpus than allowed, the resume of a finished run) leaves no log folder of a run that never ran, and does
+    not overwrite the config of the run it tried to resume."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        pass
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().setup(trainer, pl_module, "fit")
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().setup(trainer, pl_module, "validate")  # a no-op within a fit, whose training start wrote it
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().setup(trainer, pl_module, "test")
 
 
 TRAINER_DEFAULTS = {
@@ -248,6 +267,7 @@ def run_lightning_cli(args: list[str], run: bool = True, **trainer_overrides) ->
         run=run,
         seed_everything_default=0,
         trainer_defaults={**TRAINER_DEFAULTS, **trainer_overrides},
+        save_config_callback=SaveConfigOnStart,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, **({"prog": "bench"} if run else {})},
     )

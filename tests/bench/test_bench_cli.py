@@ -328,6 +328,7 @@ def test_budget_refused_in_setup_is_an_error_and_no_run_row(store, workdir, smal
     rc = main(["fit", "--model.size", "nano", *data, "--store.path", str(store)])
     assert_clean_error(rc, capsys.readouterr().err, "passes over the training split", "--data.max_epochs")
     assert store.read_bytes() == before
+    assert not list(workdir.rglob("config.yaml")), "the config of a run that never trained was logged"
 
 
 def test_leaderboard_refuses_a_file_that_is_not_a_store(workdir, capsys) -> None:

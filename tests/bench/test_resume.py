@@ -163,8 +163,10 @@ def test_resuming_a_finished_run_is_refused_and_leaves_its_row_as_it_was(tmp_pat
     store = ResultsStore(tmp_path / "done.db")
     (before,) = store.runs(None)
     assert before.status == "finished" and before.steps == 8 and glob.glob(str(tmp_path / "done" / "checkpoints" / "*" / "last.ckpt"))
+    config = (tmp_path / "done" / "config.yaml").read_text()
     with pytest.raises(BenchError, match=f"run {before.run_id} in .* is already finished; there is nothing to resume"):
         run_lightning_cli([*args, "--ckpt_path", "last"])
+    assert (tmp_path / "done" / "config.yaml").read_text() == config, "the refused command's config replaced the run's"
     assert store.runs(None) == [before]
     assert store.curve(before.run_id)[-1][0] == 8
 
