@@ -285,6 +285,10 @@ def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
     n, loss = column(args.n_col), column(args.loss_col)
     d = column(d_col) / (6.0 * n) if args.flop_col else column(d_col)
     labels = [r[args.format_col] for r in rows] if args.format_col else None
+    if labels is not None and (blank := next((k for k, label in enumerate(labels, start=1) if not label.strip()), None)):
+        # it was fitted as a format of its own, with a multiplier named by no label
+        raise ValueError(f"row {blank} after the header of {args.runs} has no label in column {args.format_col!r}; "
+                         "give every run its format's label")
     runs = Runs.of(n, d, loss, labels)
     if not 0 <= args.exclude_top < len(runs):
         raise ValueError(f"--exclude-top must be in [0, {len(runs) - 1}] for {len(runs)} runs, got {args.exclude_top}")

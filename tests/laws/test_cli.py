@@ -547,6 +547,18 @@ def test_a_csv_that_names_a_column_twice_is_refused(capsys, tmp_path):
     assert "the header names column(s) 'loss' more than once; give each column its own name" in capsys.readouterr().err
 
 
+def test_a_run_without_a_format_label_is_refused(capsys, quest_csv, tmp_path):
+    """It was fitted as a format of its own, whose multiplier no label named."""
+    lines = quest_csv.read_text().splitlines()
+    column = lines[0].split(",").index("format")
+    fields = lines[3].split(",")
+    fields[column] = " "
+    runs = tmp_path / "runs.csv"
+    runs.write_text("\n".join([*lines[:3], ",".join(fields), *lines[4:]]) + "\n")
+    assert bench(["law", "fit", "--runs", str(runs), "--format-col", "format"]) == 2
+    assert f"row 3 after the header of {runs} has no label in column 'format'" in capsys.readouterr().err
+
+
 def test_law_fit_names_a_file_that_is_not_a_csv(capsys, store_path):
     assert bench(["law", "fit", "--runs", str(store_path)]) == 2
     err = capsys.readouterr().err
