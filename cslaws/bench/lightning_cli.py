@@ -112,6 +112,9 @@ class BenchCLI(LightningCLI):
         check_seed(config.seed_everything)
         check_optimizer_settings(config)
         check_ckpt_path(config.get("ckpt_path"))
+        if config.get("weights_only") is not None and config.get("ckpt_path") is None:  # it would go unused, unsaid
+            raise BenchError(f"--weights_only {str(config.weights_only).lower()} sets how a checkpoint is loaded; without "
+                             "--ckpt_path none is: give --ckpt_path too, or leave it out")
         if command in SCORING_COMMANDS:
             check_scored_checkpoint(command, config.ckpt_path)
 
