@@ -10,6 +10,7 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib
 import os
@@ -64,6 +65,14 @@ def check_can_create(folder: Path, what: str) -> None:
     except OSError as err:
         raise BenchError(f"{what}: cannot write in {existing} ({err.strerror or err}); give a path in a folder you "
                          "can write to") from None
+
+
+def path_argument(text: str) -> Path:
+    """An argparse type for a path option (`--out`, `--store`): an empty value is no path, where `Path("")`
+    would be the working directory (a plot written there, a store said to be missing at `.`)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is no path")
+    return Path(text)
 
 
 def read_csv_rows(path: Path, option: str) -> list[dict[str, str]]:

@@ -33,7 +33,7 @@ from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, de
 from cslaws.errors import BenchError, BenchParser
 from cslaws.formats import Format
 from cslaws.formats.dense import Dense
-from cslaws.bench.cli import read_csv_rows, shipped_configs
+from cslaws.bench.cli import path_argument, read_csv_rows, shipped_configs
 from cslaws.laws.capacity import check_fits, load_format_config, model_bits, run_capacity
 from cslaws.models.llama import SIZES, non_embedding_params
 
@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help=f"dataset of every run (QuEST's: {QUEST_DATASET!r})")
     p.add_argument("--tokenizer", required=True, help=f"tokenizer of every run (QuEST's: {QUEST_TOKENIZER!r})")
     p.add_argument("--val-set", required=True, help=f"validation set of every run (QuEST's: {QUEST_VAL_SET!r})")
-    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
+    p.add_argument("--store", type=path_argument, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
     return p
 
 

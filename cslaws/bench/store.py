@@ -87,7 +87,11 @@ ADDED_COLUMNS = {
 
 def default_store_path() -> Path:
     """`$CSLAWS_STORE`, else `runs/results.db` under the working directory."""
-    return Path(os.environ.get("CSLAWS_STORE", "runs/results.db"))
+    path = os.environ.get("CSLAWS_STORE", "runs/results.db")
+    if not path.strip():  # Path("") is the working directory
+        raise BenchError(f"$CSLAWS_STORE={path!r} is no path; set it to a results store's file, or unset it for "
+                         "runs/results.db")
+    return Path(path)
 
 
 @dataclass
@@ -300,9 +304,16 @@ def _check_runs_table(path: Path, tables: dict[str, set[str]]) -> None:
                          "another application's database, not a results store written by bench")
 
 
+def refuse_folder(path: Path) -> None:
+    """A store is a file: a folder given for one is named as a folder (not as a missing store)."""
+    if path.is_dir():
+        raise BenchError(f"the results store {path} is a folder; a store is a file (such as {path / 'results.db'})")
+
+
 def check_is_store(path: Path) -> None:
     """Refuse a path that is not an existing results store, reading it only (read-only connection), so that
     neither a missing store is created nor a foreign file (text, another SQLite database) is modified."""
+    refuse_folder(path)
     if not path.is_file():
         # `bench store merge` reads stores too, and has no --store: the advice names none
         raise BenchError(f"no results store at {path}; train runs into it first (bench fit, bench sweep), or give the "
@@ -318,8 +329,7 @@ def check_can_hold_store(path: Path) -> None:
     cannot be written (SQLite writes its journal beside the store), a file that is not SQLite, or another
     application's database. A results store, an empty file (0 bytes, or SQLite without tables) or a new path
     may hold one."""
-    if path.is_dir():
-        raise BenchError(f"the results store {path} is a folder; a store is a file (such as {path / 'results.db'})")
+    refuse_folder(path)
     check_can_create(path.parent, f"the results store {path}")
     if path.is_file() and path.stat().st_size > 0:
         tables = _tables(path)

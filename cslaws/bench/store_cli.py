@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from cslaws.bench.cli import path_argument
 from cslaws.bench.store import (ADDED_COLUMNS, ResultsStore, RunRecord, _from_row, _tables, check_can_hold_store, check_is_store,
                                  insert_run, read_sqlite)
 from cslaws.console import console
@@ -187,8 +188,8 @@ def merge(out: Path, inputs: Sequence[Path]) -> MergePlan:
 def _merge(argv: list[str]) -> int:
     p = BenchParser(prog="bench store merge", description="Fold results stores into one, without "
                                 "duplicating runs; refuses runs recorded differently in two stores.")
-    p.add_argument("out", type=Path, help="the store to merge into (created if missing)")
-    p.add_argument("inputs", type=Path, nargs="+", help="stores to read (never changed)")
+    p.add_argument("out", type=path_argument, help="the store to merge into (created if missing)")
+    p.add_argument("inputs", type=path_argument, nargs="+", help="stores to read (never changed)")
     args = p.parse_args(argv)
     plan = merge(args.out, args.inputs)
     console().print(f"merged {len(plan.new)} run(s) from {len(args.inputs)} store(s) into {args.out}; "

@@ -43,7 +43,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from cslaws.bench.cli import check_can_create, read_csv_rows
+from cslaws.bench.cli import check_can_create, path_argument, read_csv_rows
 from cslaws.console import console
 from cslaws.errors import BenchError, BenchParser
 from cslaws.laws import capacity as cap
@@ -396,7 +396,7 @@ def _store_records(args: argparse.Namespace) -> list[Any]:
 
 
 def _common_store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", type=Path, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
+    p.add_argument("--store", type=path_argument, default=None, help="results store (default: $CSLAWS_STORE or runs/results.db)")
     p.add_argument("--min-params", type=int, default=0, metavar="N",
                    help="leave out runs of models with fewer than N non-embedding parameters (below the power-law regime)")
     p.add_argument("--dense", default="dense", help="reference label with eff = 1 (default: dense)")
@@ -486,7 +486,7 @@ def _plot(argv: list[str]) -> int:
     p = BenchParser(prog="bench plot", description="Figures of the leaderboard fit.")
     _store_args(p)
     _rho_args(p)
-    p.add_argument("--out", type=_path, required=True, help="folder for the PNG files")
+    p.add_argument("--out", type=path_argument, required=True, help="folder for the PNG files")
     args = p.parse_args(argv)
     fixed = _fixed(args)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
@@ -512,7 +512,7 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--fit-on", nargs="+", action="extend", default=None, metavar="LABEL",
                    help="held-out predictions from one unified fit on the reference and these formats (default: each "
                         "format in turn is predicted from the others of its families)")
-    p.add_argument("--out", type=_path, required=True, help="the HTML file to write")
+    p.add_argument("--out", type=path_argument, required=True, help="the HTML file to write")
     args = p.parse_args(argv)
     _check_report_out(args.out, args.store)
     _check_bootstrap(args.bootstrap, intervals_optional=False)
@@ -572,13 +572,6 @@ def _check_report_out(out: Path, store: Path | None) -> None:
         what = f"a file that cannot be read ({err.strerror or err})"
     raise BenchError(f"--out {out} is {what}; the page would replace it: give a new path, or that of a page "
                      "bench report wrote before")
-
-
-def _path(text: str) -> Path:
-    """An --out value: an empty one is no path (`Path("")` is the working directory, where plot wrote)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is no path; give a file or folder")
-    return Path(text)
 
 
 def _check_figures_out(out: Path) -> None:

@@ -341,6 +341,23 @@ def test_leaderboard_refuses_a_file_that_is_not_a_store(workdir, capsys) -> None
     assert notes.read_bytes() == before
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["leaderboard", "--store", ""], "leaderboard: argument --store: '' is no path"),  # was "no results store at ."
+    (["leaderboard", "--store", "folder"], "the results store folder is a folder; a store is a file"),  # was "no results store"
+    (["store", "merge", "", "folder"], "store merge: argument out: '' is no path"),
+    (["fit", "--model.size", "14k", "--store.path", ""], "store.path='' is no path"),
+])
+def test_a_store_given_as_no_path_or_a_folder_is_named_so(argv, said, workdir, capsys) -> None:
+    (workdir / "folder").mkdir()
+    assert_clean_error(main(argv), capsys.readouterr().err, said)
+    assert [p.name for p in workdir.iterdir()] == ["folder"]
+
+
+def test_an_empty_store_variable_is_no_path(workdir, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CSLAWS_STORE", "")
+    assert_clean_error(main(["leaderboard"]), capsys.readouterr().err, "$CSLAWS_STORE='' is no path")
+
+
 def test_leaderboard_does_not_create_a_missing_store(workdir, capsys) -> None:
     rc = main(["leaderboard", "--store", "typo/results.db"])
     assert_clean_error(rc, capsys.readouterr().err, "typo/results.db")

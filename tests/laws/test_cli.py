@@ -535,7 +535,7 @@ def test_an_empty_out_is_no_path(capsys, no_store_read, tmp_path, monkeypatch, c
     """`Path("")` is the working directory: plot wrote its figures there."""
     monkeypatch.chdir(tmp_path)
     assert bench([command, "--out", ""]) == 2
-    assert f"bench: error: {command}: argument --out: '' is no path; give a file or folder" in capsys.readouterr().err
+    assert f"bench: error: {command}: argument --out: '' is no path (the options: bench {command} --help)" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
