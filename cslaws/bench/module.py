@@ -286,6 +286,10 @@ def align_to_validation(steps: int, val_check_interval: int | float) -> int:
         if abs(period * val_check_interval - 1) > 1e-9:
             raise BenchError(f"val_check_interval={val_check_interval} is not allowed; use 1/k (1.0, 0.5, 0.25, 0.2, 0.1) or a number of steps")
     aligned = steps // period * period
+    if aligned > 2**53:  # the rounding test below would fail on float error, as Lightning's own count would
+        raise BenchError(f"the token budget gives {steps:,} steps, more than 2**53, past which Lightning's step "
+                         "arithmetic in floats is not exact (and far past any corpus); lower model.tokens or "
+                         "model.tokens_per_param")
     if aligned < 1:
         raise BenchError(f"the token budget gives {steps} steps, fewer than one validation period of {period} steps ({val_check_interval=})")
     if not isinstance(val_check_interval, int) and int(aligned * val_check_interval) * period != aligned:

@@ -53,6 +53,13 @@ def test_validation_intervals_that_cannot_end_on_the_last_step_are_refused() -> 
         align_to_validation(3, 0.25)
 
 
+def test_a_budget_past_exact_float_steps_is_named_as_such() -> None:
+    # 10**23 steps were refused as if 0.2 did not divide them: float error in the rounding test
+    assert align_to_validation(2**53, 0.2) == 2**53 // 5 * 5  # the rule still holds there
+    with pytest.raises(ValueError, match="gives 100,000,000,000,000,000,000,000 steps, more than 2\\*\\*53"):
+        align_to_validation(10**23, 0.2)
+
+
 def test_final_validation_is_at_the_end_of_the_budget(small_corpus) -> None:
     dm = TextDataModule(path="text", data_files=small_corpus, vocab_size=512, seq_len=32, batch_size=8, val_sequences=16)
     model = LanguageModel(size="nano", tokens=30 * 8 * 32, vocab_size=512)
