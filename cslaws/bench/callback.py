@@ -87,14 +87,15 @@ class RunCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, every_n_steps: int | None = None, every_minutes: float | None = 10.0) -> None:
+        # each value first: 0 with every_minutes at its default was told to give only one of them
+        for arg, value in (("every_n_steps", every_n_steps), ("every_minutes", every_minutes)):
+            if value is not None and value <= 0:
+                raise BenchError(f"checkpoint.{arg}={value} is not allowed; it must be positive (or null)")
         if every_n_steps is not None and every_minutes is not None:
             raise BenchError(
                 f"checkpoint.every_n_steps={every_n_steps} and checkpoint.every_minutes={every_minutes}: give one "
                 "of them and set the other to null"
             )
-        for arg, value in (("every_n_steps", every_n_steps), ("every_minutes", every_minutes)):
-            if value is not None and value <= 0:
-                raise BenchError(f"checkpoint.{arg}={value} is not allowed; it must be positive (or null)")
         super().__init__(
             save_last=True,
             save_top_k=0,
