@@ -59,6 +59,9 @@ def check_trainer_settings(settings: Mapping[str, Any]) -> None:
         value = settings.get(name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= least):
             raise BenchError(f"trainer.{name}={value!r} is not allowed; it must be at least {least} ({why})")
+    if settings.get("max_steps") == 0:  # Lightning takes it: a row of no steps, stored failed
+        raise BenchError("trainer.max_steps=0 is not allowed: the run would train nothing; give the step to stop at "
+                         "(it can be resumed from there), or -1 for the whole budget")
     interval = settings.get("val_check_interval")
     if "val_check_interval" in settings and not (isinstance(interval, (int, float)) and interval > 0):
         raise BenchError(f"trainer.val_check_interval={interval!r} is not allowed; it must be a fraction of the "

@@ -161,7 +161,7 @@ class BenchCLI(LightningCLI):
                                 "limit_train_batches": trainer.limit_train_batches,
                                 "limit_val_batches": trainer.limit_val_batches,
                                 "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-                                "gradient_clip_val": trainer.gradient_clip_val,
+                                "gradient_clip_val": trainer.gradient_clip_val, "max_steps": trainer.max_steps,
                                 "num_sanity_val_steps": config.trainer.num_sanity_val_steps})
         return trainer
 

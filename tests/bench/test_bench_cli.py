@@ -102,6 +102,8 @@ BAD_FIT_VALUES = {
     "missing checkpoint": (["--ckpt_path", "nosuch.ckpt"], ["--ckpt_path nosuch.ckpt", "no such checkpoint file", "last"]),
     # Lightning's ValueError traceback, after the model and data were built
     "the best checkpoint": (["--ckpt_path", "best"], ["--ckpt_path best", "no best checkpoint"]),
+    # a row of 0 steps, stored failed as "trainer.should_stop, set by a callback"
+    "no steps": (["--trainer.max_steps", "0"], ["trainer.max_steps=0 is not allowed", "-1 for the whole budget"]),
     "checkpoints every 0 steps": (["--checkpoint.every_n_steps", "0"], ["checkpoint.every_n_steps=0 is not allowed", "positive"]),
     "how to load no checkpoint": (["--weights_only", "true"], ["--weights_only true", "give --ckpt_path too"]),
     "part of the validation set": (["--trainer.limit_val_batches", "2"], ["trainer.limit_val_batches=2", "whole validation set"]),
