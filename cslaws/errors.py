@@ -9,6 +9,7 @@ catch bad values keep working when a check is tightened into a BenchError.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import NoReturn
 
 
@@ -20,6 +21,12 @@ class BenchParser(argparse.ArgumentParser):
     """The parser of `bench`'s argparse commands (and, through `add_subparsers`, of their actions): a bad option
     is one line `bench: error: <command>: <message> (the options: bench <command> --help)`, exit code 2, as
     for every other command of `bench`, not argparse's usage block and its own `bench <command>: error:`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # a value such as -1e15 is a negative number, not an option: Python 3.11's argparse knew only -1 and -.5
+        # and said "--flops: expected one argument" (this is the pattern of Python 3.13's argparse)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("bench ")

@@ -699,6 +699,8 @@ def test_law_fit_names_a_row_with_too_few_or_too_many_fields(capsys, tmp_path):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--flops", "-1"], "the compute budget (--flops) must be a positive number, got -1.0"),
+    # read as an option, not a number: "argument --flops: expected one argument"
+    (["--flops", "-1e15"], "the compute budget (--flops) must be a positive number, got -1000000000000000.0"),
     (["--memory-bits", "nan", "--flops", "1e18"], "the memory budget (--memory-bits) must be a positive number, got nan"),
     (["--flops", "1e18", "--formats", "int4", "dense", "int4"],
      "the candidate formats (--formats) list 'int4' twice; give each label once"),
