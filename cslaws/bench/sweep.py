@@ -483,8 +483,8 @@ def main(argv: list[str]) -> int:
         check_can_hold_store(store_path)
     all_cells = cells(cfg)
     check_cells_build(all_cells, cfg)
-    if cfg.dry_run or cfg.emit:  # only reading: a missing store holds nothing yet and is not created
-        stores = [ResultsStore(store_path, create=False)] if store_path.exists() else []
+    if cfg.dry_run or cfg.emit:  # only reading: a missing or empty store holds nothing yet and is not created
+        stores = [ResultsStore(store_path, create=False)] if store_path.exists() and store_path.stat().st_size else []
     else:
         stores = [ResultsStore(store_path)]
     parts = [ResultsStore(parts_dir(store_path) / c.part_name, create=False) for c in all_cells

@@ -241,17 +241,21 @@ def foreign_sqlite(path: Path) -> Path:
 
 @pytest.mark.parametrize("mode", ["--dry-run", "--emit=lines"])
 def test_a_dry_run_or_emit_only_reads_the_store(tmp_path, capsys, mode) -> None:
-    """A missing store plans every cell and is not created; a file that is no store is refused, unchanged."""
+    """A missing store, or an empty file (which a sweep would take), plans every cell and is not created; a file
+    that is no store is refused, unchanged."""
     argv = ["sweep", "--models", "[nano]", "--formats", "[formats/dense.yaml]", "--tokens_per_param", "[2]", mode]
     assert main([*argv, "--store", str(tmp_path / "new.db")]) == 0
     assert "nano/dense/tpp2/s0/" in capsys.readouterr().out
     assert not (tmp_path / "new.db").exists()
     (tmp_path / "empty.db").touch()
-    for path in (tmp_path / "empty.db", foreign_sqlite(tmp_path / "foreign.db")):
-        before = path.read_bytes()
-        with pytest.raises(BenchError, match="without a `runs` table, not a results store"):
-            main([*argv, "--store", str(path)])
-        assert path.read_bytes() == before
+    assert main([*argv, "--store", str(tmp_path / "empty.db")]) == 0  # it was refused as no store
+    assert "nano/dense/tpp2/s0/" in capsys.readouterr().out
+    assert (tmp_path / "empty.db").read_bytes() == b""
+    foreign = foreign_sqlite(tmp_path / "foreign.db")
+    before = foreign.read_bytes()
+    with pytest.raises(BenchError, match="without a `runs` table, not a results store"):
+        main([*argv, "--store", str(foreign)])
+    assert foreign.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "foreign.db"] + (["sweep"] if "emit" in mode else [])
 
 
