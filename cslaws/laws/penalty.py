@@ -230,6 +230,9 @@ class PenaltyBootstrap:
     k: dict[str, np.ndarray]
     eff: dict[str, np.ndarray]
     level: float
+    #: formats of one run: every resample draws that run, so their k_f moves only with the shared constants,
+    #: and a percentile interval of it would look like a measured one (as `Bootstrap.single`)
+    single: frozenset[str] = frozenset()
 
     def interval(self, x: np.ndarray) -> tuple[float, float]:
         return percentile_interval(x, self.level)
@@ -238,8 +241,8 @@ class PenaltyBootstrap:
         return {
             "level": self.level, "resamples": len(self.samples["alpha"]),
             "ci": {name: list(self.interval(v)) for name, v in self.samples.items()},
-            "k_ci": {name: list(self.interval(v)) for name, v in self.k.items()},
-            "eff_ci": {name: list(self.interval(v)) for name, v in self.eff.items()},
+            "k_ci": {name: list(self.interval(v)) for name, v in self.k.items() if name not in self.single},
+            "eff_ci": {name: list(self.interval(v)) for name, v in self.eff.items() if name not in self.single},
         }
 
 
@@ -253,7 +256,8 @@ def bootstrap_penalty(law: PenaltyFit, runs: Runs, k: int = 100, seed: int = 0, 
     samples = {"A": np.exp(a), "alpha": alpha, "beta": beta, "gamma_D": gd, "gamma_N": gn}
     ks = {name: thetas[:, 7 + j] for j, name in enumerate(problem.model.names)}
     effs = {name: implied_eff(np.exp(a), alpha, law.N0, v) for name, v in ks.items()}
-    return PenaltyBootstrap(samples, ks, effs, level)
+    single = frozenset(name for name in ks if np.sum(runs.label == name) < 2)
+    return PenaltyBootstrap(samples, ks, effs, level, single)
 
 
 PENALTY_COLUMNS = ("format", "penalty k_f (nats)", "95% CI", "eff at (N0, D0)", "95% CI", "compression eff",
@@ -296,11 +300,16 @@ def penalty_rows(law: PenaltyFit, intervals: PenaltyBootstrap | None, compressio
     eff = law.eff_at_centre()
     rows = []
     for name in sorted(law.k, key=lambda s: (law.k[s], s)):
-        k_ci = None if intervals is None else intervals.interval(intervals.k[name])
-        e_ci = None if intervals is None else intervals.interval(intervals.eff[name])
         c_eff = compression.eff.get(name)
-        rows.append([name, f"{law.k[name]:.4f}", _ci(k_ci, 4), f"{eff[name]:.3f}", _ci(e_ci, 3),
-                     "-" if c_eff is None else f"{c_eff:.3f}", _ci(compression_ci.get(name), 3)])
+        if intervals is None:
+            cis = ["-", "-", _ci(compression_ci.get(name), 3)]
+        elif name in intervals.single:
+            cis = ["1 run: none"] * 3
+        else:
+            cis = [_ci(intervals.interval(intervals.k[name]), 4), _ci(intervals.interval(intervals.eff[name]), 3),
+                   _ci(compression_ci.get(name), 3)]
+        rows.append([name, f"{law.k[name]:.4f}", cis[0], f"{eff[name]:.3f}", cis[1],
+                     "-" if c_eff is None else f"{c_eff:.3f}", cis[2]])
     return rows
 
 

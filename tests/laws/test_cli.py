@@ -92,6 +92,11 @@ def test_a_format_of_one_run_has_no_interval(capsys, store_path, tmp_path):
     fit = _json(capsys, ["law", "fit", "--runs", str(_store_csv(copy)), "--format-col", "label", "--bootstrap", "4", "--format", "json"])
     assert "int2" in fit["eff"] and "int2" not in fit["eff_ci"] and "int3" in fit["eff_ci"]
     assert main(["plot", "--store", str(copy), "--out", str(tmp_path / "figs"), "--bootstrap", "4"]) == 0
+    capsys.readouterr()
+    # the penalty form's own bootstrap gave it one
+    penalty = _json(capsys, ["law", "penalty", "--store", str(copy), "--bootstrap", "4", "--format", "json"])["penalty"]
+    assert "int2" in penalty["k"] and "int3" in penalty["bootstrap"]["k_ci"] and "int3" in penalty["bootstrap"]["eff_ci"]
+    assert "int2" not in penalty["bootstrap"]["k_ci"] and "int2" not in penalty["bootstrap"]["eff_ci"]
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv", "text"])
