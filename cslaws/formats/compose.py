@@ -159,20 +159,21 @@ class Compose(Format):
     @property
     def bits_per_value(self) -> float:
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
-        return self._code_bits() + (self.value.bits_per_value - e) + self.sparsifier.metadata_bits
+        return self._code_bits(self.sparsifier.density) + (self.value.bits_per_value - e) + self.sparsifier.metadata_bits
 
     def storage_bits(self, shape: tuple[int, ...]) -> float:
-        """The rule of `bits_per_value` with the value format's scales on the real shape."""
+        """The rule of `bits_per_value` with the survivors and the value format's scales on the real shape."""
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
-        self.sparsifier.storage_bits(shape)  # its cost is metadata_bits; pricing it checks that it fits (N:M groups)
-        return self._code_bits() + (self.value.storage_bits(shape) - e) + self.sparsifier.metadata_bits
+        kept = self.sparsifier.kept_fraction(shape)  # also checks that the sparsifier fits the rows (N:M groups)
+        return self._code_bits(kept) + (self.value.storage_bits(shape) - e) + self.sparsifier.metadata_bits
 
-    def _code_bits(self) -> float:
-        """The value codes' bits per dense position: the survivors' when each value has a code of its own. A
-        vector code (VQ) stands for `dim` neighbouring positions, survivors and pruned alike (its
-        `compress_sparse` quantizes whole vectors, the pruned zeros in place), so every vector keeps its code."""
+    def _code_bits(self, kept: float) -> float:
+        """The value codes' bits per dense position, with a fraction `kept` of the values surviving: the
+        survivors' when each value has a code of its own. A vector code (VQ) stands for `dim` neighbouring
+        positions, survivors and pruned alike (its `compress_sparse` quantizes whole vectors, the pruned zeros
+        in place), so every vector keeps its code."""
         e = float(self.value.element_bits)  # type: ignore[attr-defined]
-        return self.sparsifier.density * e if self.value.values_per_code == 1 else e  # type: ignore[attr-defined]
+        return kept * e if self.value.values_per_code == 1 else e  # type: ignore[attr-defined]
 
     @property
     def mixes_rows(self) -> bool:

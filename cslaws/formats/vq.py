@@ -251,14 +251,20 @@ class VQ(ScaledStorage, Format):
         """Trust radius in units of the group RMS."""
         return self.trust * math.sqrt(self.dim * self.codebook_mse)
 
+    def _check_row(self, row: int) -> None:
+        # a vector never spans two rows (with a tensor scale too): a weight's vector stays in one output
+        # feature, an activation's in one token; groups are multiples of dim (checked at init)
+        if row % self.dim:
+            raise ValueError(f"VQ with dim={self.dim} needs rows whose length is a multiple of {self.dim}, got {row}")
+
+    def storage_bits(self, shape: tuple[int, ...]) -> float:
+        self._check_row(shape[-1])  # pricing a layer is how its fit is checked (`check_fits`)
+        return super().storage_bits(shape)
+
     def _run(self, x: Tensor, keep: Tensor | None, need_mask: bool) -> tuple[Tensor, Tensor | None]:
+        self._check_row(x.shape[-1])
         g = group_view(x.float(), self.granularity, self.group_size)
         kg = None if keep is None else group_view(keep, self.granularity, self.group_size)
-        n = g.shape[-1]
-        if n % self.dim:
-            raise ValueError(
-                f"VQ with dim={self.dim} needs scale groups (rows) whose length is a multiple of {self.dim}, got {n}"
-            )
         s = rms(g, kg).clamp_min_(TINY)
         u = (g / s).reshape(-1, self.dim)
         codebook = self.codebook.to(u.device)

@@ -155,6 +155,21 @@ def test_bits_per_value() -> None:
     assert NM(1, 4).bits_per_value == pytest.approx(4 + 2 / 4)
 
 
+@pytest.mark.parametrize(("fmt", "shape"), [(TopK(0.6), (3, 24)), (Magnitude(0.3), (5, 7)), (Magnitude(0.3, per_row=True), (4, 12)),
+                                             (NM(2, 4), (3, 8))])
+def test_storage_bits_count_the_survivors_the_mask_keeps_on_that_shape(fmt, shape) -> None:
+    """The store's bits are the cost on the real layers: 10 of a row of 24 survive at sparsity 0.6, not 9.6 (it
+    charged the nominal density). Counted here from the mask itself, alone and under a quantizer's codes."""
+    from cslaws.formats.compose import Compose
+    from cslaws.formats.int import Int
+
+    keep = fmt.keep_mask(torch.randn(shape))
+    kept = keep.sum().item() / keep.numel()
+    assert fmt.storage_bits(shape) == pytest.approx(kept * 16 + fmt.metadata_bits, rel=1e-12)
+    composed = Compose([fmt, Int(bits=4, granularity="row")])
+    assert composed.storage_bits(shape) == pytest.approx(kept * 4 + 16 / shape[-1] + fmt.metadata_bits, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("build", "match"),
     [

@@ -13,6 +13,7 @@ from cslaws.formats import vq
 from cslaws.formats.lloydmax import lloyd_max_levels
 from cslaws.formats.quant import gaussian_mse
 from cslaws.formats.vq import VQ, gaussian_codebook, lloyd_codebook
+from cslaws.errors import BenchError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -193,5 +194,17 @@ def test_bad_arguments_raise_at_construction(kwargs: dict, match: str) -> None:
 
 
 def test_row_not_divisible_by_dim_names_the_row_length() -> None:
-    with pytest.raises(ValueError, match=r"dim=2 needs scale groups \(rows\) whose length is a multiple of 2, got 5"):
+    with pytest.raises(ValueError, match=r"dim=2 needs rows whose length is a multiple of 2, got 5"):
         VQ(dim=2, points=4)(torch.randn(3, 5))
+    # with one scale for the tensor too: 3 rows of 5 hold 15 values, which split into vectors across rows
+    with pytest.raises(ValueError, match=r"dim=3 needs rows whose length is a multiple of 3, got 5"):
+        VQ(dim=3, points=4, granularity="tensor")(torch.randn(3, 5))
+
+
+def test_a_model_whose_rows_dim_does_not_divide_is_refused_before_training() -> None:
+    """Pricing the layers is the fit check: VQ's price did not look at dim, and the run failed at its first step."""
+    from cslaws.laws.capacity import check_fits
+
+    with pytest.raises(BenchError, match="needs rows whose length is a multiple of 3, got 32"):
+        check_fits(VQ(dim=3, points=8), None, "nano")
+    check_fits(VQ(dim=2, points=4), None, "nano")
