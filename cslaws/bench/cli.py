@@ -75,6 +75,21 @@ def path_argument(text: str) -> Path:
     return Path(text)
 
 
+#: The CSV files of runs shipped in the package (`cslaws/laws/data/`), read by their path under it.
+SHIPPED_DATA = ("data/chinchilla/svg_extracted_data.csv", "data/quest/runs.csv")
+
+
+def runs_csv_path(path: Path) -> Path:
+    """A CSV of runs (`--runs`) as given when it exists, else a data set shipped in the package (data/...),
+    so that the README's commands work from any folder."""
+    if path.is_file():
+        return path
+    shipped = resources.files("cslaws.laws") / str(path)
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise BenchError(f"--runs {str(path)!r}: no such file, nor a shipped data set ({', '.join(SHIPPED_DATA)})")
+
+
 def read_csv_rows(path: Path, option: str) -> list[dict[str, str]]:
     """The rows of the CSV file of runs `path` (given as `option`) by its header: one field per column in every
     row (`csv.DictReader` would fill a short row with None and keep a long row's extra fields apart, so that

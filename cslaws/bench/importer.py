@@ -33,7 +33,7 @@ from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, de
 from cslaws.errors import BenchError, BenchParser
 from cslaws.formats import Format
 from cslaws.formats.dense import Dense
-from cslaws.bench.cli import path_argument, read_csv_rows, shipped_configs
+from cslaws.bench.cli import path_argument, read_csv_rows, runs_csv_path, shipped_configs
 from cslaws.laws.capacity import check_fits, load_format_config, model_bits, run_capacity
 from cslaws.models.llama import SIZES, non_embedding_params
 
@@ -130,7 +130,7 @@ def _count(row: dict[str, str], col: str, k: int, path: Path) -> int:
 def records(args: argparse.Namespace) -> list[RunRecord]:
     """One finished RunRecord per CSV row (all rows checked before any is written)."""
     configs = configs_by_label(args.configs)
-    rows = read_csv_rows(args.runs, "--runs")
+    rows = read_csv_rows(runs_csv_path(args.runs), "--runs")
     if not rows:
         raise BenchError(f"{args.runs} has no runs")
     if args.label_col not in rows[0]:

@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import sys
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,7 +42,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from cslaws.bench.cli import check_can_create, path_argument, read_csv_rows
+from cslaws.bench.cli import check_can_create, path_argument, read_csv_rows, runs_csv_path
 from cslaws.console import console
 from cslaws.errors import BenchError, BenchParser
 from cslaws.laws import capacity as cap
@@ -64,7 +63,6 @@ from cslaws.laws.unified import check_constant
 from cslaws.models.llama import SIZES
 
 SUBCOMMANDS = ("law", "capacity", "leaderboard", "plot", "plan", "report")
-SHIPPED_DATA = ("data/chinchilla/svg_extracted_data.csv", "data/quest/runs.csv")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,7 +267,7 @@ def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
         raise ValueError("give either --d-col (tokens) or --flop-col (FLOPs, D = C / (6 N)), not both")
     d_col = args.flop_col or args.d_col or "D"
     needed = [args.n_col, d_col, args.loss_col] + ([args.format_col] if args.format_col else [])
-    rows = read_csv_rows(_runs_path(args.runs), "--runs")
+    rows = read_csv_rows(runs_csv_path(args.runs), "--runs")
     if not rows:
         raise FitError(f"{args.runs} has no runs")
     missing = [c for c in needed if c not in rows[0]]
@@ -294,16 +292,6 @@ def _read_runs(args: argparse.Namespace) -> tuple[Runs, int]:
         raise ValueError(f"--exclude-top must be in [0, {len(runs) - 1}] for {len(runs)} runs, got {args.exclude_top}")
     keep = np.argsort(runs.loss, kind="stable")[: len(runs) - args.exclude_top]
     return runs.subset(np.sort(keep)), args.exclude_top
-
-
-def _runs_path(path: Path) -> Path:
-    """A CSV path as given when it exists, else a data set shipped in the package (data/...)."""
-    if path.is_file():
-        return path
-    shipped = files("cslaws.laws") / str(path)
-    if shipped.is_file():
-        return Path(str(shipped))
-    raise FileNotFoundError(f"no runs file {str(path)!r}: not a file, nor a shipped data set ({', '.join(SHIPPED_DATA)})")
 
 
 def _law_table(law: LawFit, intervals: Bootstrap | None, excluded: int) -> Table:

@@ -427,16 +427,16 @@ def test_unknown_subcommand(capsys):
 def test_shipped_data_sets_are_the_test_copies(chinchilla_csv, quest_csv):
     from importlib.resources import files
 
-    from cslaws.laws.cli import SHIPPED_DATA, _runs_path
+    from cslaws.bench.cli import SHIPPED_DATA, runs_csv_path
 
     for name, copy in zip(SHIPPED_DATA, (chinchilla_csv, quest_csv)):
-        assert _runs_path(type(copy)(name)).read_bytes() == copy.read_bytes()
+        assert runs_csv_path(type(copy)(name)).read_bytes() == copy.read_bytes()
         assert (files("cslaws.laws") / name).is_file()
 
 
 def test_missing_runs_file(capsys, tmp_path):
     assert bench(["law", "fit", "--runs", str(tmp_path / "none.csv")]) == 2
-    assert "no runs file" in capsys.readouterr().err
+    assert "none.csv': no such file, nor a shipped data set (data/chinchilla/" in capsys.readouterr().err
 
 
 def test_leaderboard_rejects_a_label_with_two_formats(capsys, tmp_path):
