@@ -48,8 +48,8 @@ class ProgressBar(RichProgressBar):
 class SaveConfigOnStart(SaveConfigCallback):
     """LightningCLI's `config.yaml` in the run's log folder, written once the run starts training or scoring
     rather than at setup: a run refused in setup or at its start (a budget that needs more passes over the
-    corpus than allowed, the resume of a finished run) leaves no log folder of a run that never ran, and does
-    not overwrite the config of the run it tried to resume."""
+    corpus than allowed, the resume of a finished run) logs no config of a run that never ran, and does not
+    overwrite the config of the run it tried to resume. (Lightning still makes the logger's empty folder.)"""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         pass
@@ -215,7 +215,7 @@ class BenchCLI(LightningCLI):
         model has the data's vocabulary (LightningCLI builds the model from the file's options, but with the
         data's vocab_size, which is linked to it, so its embedding would not load)."""
         ckpt_path = self.config[self.subcommand].ckpt_path
-        if ckpt_path is None or ckpt_path in _CKPT_KEYWORDS or ckpt_path.split(":")[0] == "registry":
+        if not names_a_path(ckpt_path):
             return
         if get_filesystem(ckpt_path).isdir(ckpt_path):
             if not isinstance(self.trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
@@ -305,13 +305,18 @@ def check_seed(seed: int) -> None:
 _CKPT_KEYWORDS = ("last", "best", "hpc")
 
 
+def names_a_path(ckpt_path: str | None) -> bool:
+    """Whether `--ckpt_path` names a checkpoint by its path, not by one of Lightning's keywords."""
+    return not (ckpt_path is None or ckpt_path in _CKPT_KEYWORDS or ckpt_path.split(":")[0] == "registry")
+
+
 def check_ckpt_path(ckpt_path: str | None) -> None:
     """A checkpoint file that does not exist is refused before the trainer is built, not after setup, and so is
     `best`, which Lightning refuses with a traceback: a run keeps no best checkpoint."""
     if ckpt_path == "best":
         raise BenchError("--ckpt_path best: a run keeps its last.ckpt only, no best checkpoint; give last or a "
                          "checkpoint file")
-    if ckpt_path is None or ckpt_path in _CKPT_KEYWORDS or ckpt_path.split(":")[0] == "registry":
+    if not names_a_path(ckpt_path):
         return
     fs = get_filesystem(ckpt_path)
     if not fs.exists(ckpt_path):  # Lightning's own test when it loads the file
