@@ -32,7 +32,7 @@ from cslaws.laws.fit import (
     fit_compression, holdout_check, label_index,
 )
 from cslaws.laws.gaps import implied_eff
-from cslaws.laws.uncertainty import _refit, percentile_interval, resample_weights
+from cslaws.laws.uncertainty import _refit, one_run_labels, percentile_interval, resample_weights
 
 EXPONENTS = ("gamma_D", "gamma_N")
 #: Both exponents may take either sign: the data say whether the penalty grows or shrinks with D and N.
@@ -256,8 +256,7 @@ def bootstrap_penalty(law: PenaltyFit, runs: Runs, k: int = 100, seed: int = 0, 
     samples = {"A": np.exp(a), "alpha": alpha, "beta": beta, "gamma_D": gd, "gamma_N": gn}
     ks = {name: thetas[:, 7 + j] for j, name in enumerate(problem.model.names)}
     effs = {name: implied_eff(np.exp(a), alpha, law.N0, v) for name, v in ks.items()}
-    single = frozenset(name for name in ks if np.sum(runs.label == name) < 2)
-    return PenaltyBootstrap(samples, ks, effs, level, single)
+    return PenaltyBootstrap(samples, ks, effs, level, one_run_labels(runs, list(ks)))
 
 
 PENALTY_COLUMNS = ("format", "penalty k_f (nats)", "95% CI", "eff at (N0, D0)", "95% CI", "compression eff",

@@ -8,6 +8,7 @@ them, which makes K = 100 refits take seconds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +86,7 @@ def bootstrap(law: LawFit, runs: Runs, k: int = 100, seed: int = 0, level: float
     if isinstance(model, _PerFormat):
         if law.form != "chinchilla":
             eff = {law.reference: np.ones(k)} | {name: np.exp(thetas[:, 5 + j] / alpha) for j, name in enumerate(model.names)}
-            single = frozenset(name for name in model.names if np.sum(runs.label == name) < 2)
+            single = one_run_labels(runs, model.names)
     else:
         for j, fam in enumerate(model.families):
             for m, name in enumerate(FAMILY_PARAMS):
@@ -93,6 +94,12 @@ def bootstrap(law: LawFit, runs: Runs, k: int = 100, seed: int = 0, level: float
         log_eff = model.log_eff(thetas)
         eff = {key: np.exp(log_eff[:, run]) for key, run in law.eff_runs.items()}
     return Bootstrap(samples, eff, level, single)
+
+
+def one_run_labels(runs: Runs, names: Sequence[str]) -> frozenset[str]:
+    """The labels among `names` that have one run: every stratified resample draws it, so their intervals
+    would move only with the shared constants, and are not given."""
+    return frozenset(name for name in names if np.sum(runs.label == name) < 2)
 
 
 def _refit(law: LawFit, w: np.ndarray) -> np.ndarray:
