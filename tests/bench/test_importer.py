@@ -141,7 +141,7 @@ def test_the_same_rows_under_another_name_or_with_rows_appended_are_not_imported
     ("N,D,loss,format\n1e6,1e9,3.0,dense\n1e6,1e9,-3,dense\n", "bad.csv row 2: loss -3.0 is not a positive finite number"),
     ("format,N,D,loss\ndense,1e6,1e9\n", "bad.csv: row 1 after the header has 3 field(s), the header 4"),
     ("format,N,D,loss\ndense,1e6,1e9,3.0,w4a4\n", "bad.csv: row 1 after the header has 5 field(s), the header 4"),
-    (None, "bad.csv: not a CSV text file"),  # no such file
+    (None, "bad.csv': no such file, nor a shipped data set (data/chinchilla/"),
     (b"SQLite format 3\x00\xde\xad\xbe\xef", "bad.csv: not a CSV text file"),  # not text
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, capsys, csv_text, message) -> None:
