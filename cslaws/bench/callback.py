@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
 import cslaws
 from cslaws.bench.module import Diverged
-from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, default_store_path, process_gone
+from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, given_store_path, process_gone
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.formats.linear import storage_bits
@@ -181,10 +181,7 @@ class StreamToStore(L.Callback):
     def __init__(self, path: str | None = None, refit: bool = True, cell: str | None = None, keep_checkpoints: bool = True) -> None:
         self.path, self.refit, self.cell, self.keep_checkpoints = path, refit, cell, keep_checkpoints
         # before any work (the corpus is prepared, the logger writes): the store opens only when training starts
-        if path is not None and not path.strip():  # Path("") is the working directory, a folder
-            raise BenchError(f"store.path={path!r} is no path; give the results store's file (or leave it out: "
-                             "$CSLAWS_STORE or runs/results.db)")
-        check_can_hold_store(Path(path) if path is not None else default_store_path())
+        check_can_hold_store(given_store_path(path, "store.path"))
         self.config_text = ""
         self.store: ResultsStore | None = None
         self.run_id: int | None = None

@@ -304,6 +304,17 @@ def _check_runs_table(path: Path, tables: dict[str, set[str]]) -> None:
                          "another application's database, not a results store written by bench")
 
 
+def given_store_path(path: str | None, option: str) -> Path:
+    """The results store that `option` names: `path`, or without one `default_store_path()`. An empty path is
+    refused: `Path("")` is the working directory."""
+    if path is None:
+        return default_store_path()
+    if not path.strip():
+        raise BenchError(f"{option} {path!r} is not a path; give the results store's file (or leave {option} out "
+                         "for $CSLAWS_STORE or runs/results.db)")
+    return Path(path)
+
+
 def refuse_folder(path: Path) -> None:
     """A store is a file: a folder given for one is named as a folder (not as a missing store)."""
     if path.is_dir():

@@ -67,7 +67,7 @@ from rich.table import Table
 
 from cslaws.bench.budget import check_optimizer_settings, check_trainer_settings, requested_tokens
 from cslaws.bench.cli import SECTIONS, check_can_create, resolve_config
-from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, default_store_path, process_gone
+from cslaws.bench.store import ResultsStore, RunRecord, check_can_hold_store, given_store_path, process_gone
 from cslaws.console import console as rich_console
 from cslaws.console import quiet_logs
 from cslaws.errors import BenchError
@@ -241,9 +241,7 @@ def parse(argv: list[str]) -> Any:
         raise BenchError(f"the matrix's fit settings: unknown key(s) {', '.join(unknown)}; a bench fit config "
                          f"has: {', '.join(FIT_KEYS)}")
     check_not_owned(cfg.fit)
-    if cfg.store is not None and not cfg.store.strip():
-        raise BenchError(f"--store {cfg.store!r} is not a path; give the results store's file (or leave --store out "
-                         "for $CSLAWS_STORE or runs/results.db)")
+    given_store_path(cfg.store, "--store")  # an empty --store is refused with the matrix's other values
     # a section of null too: `bench fit` ended each cell in a traceback (`trainer: null`)
     for key, value in cfg.fit.items():
         if key in SECTIONS and not isinstance(value, dict):
@@ -475,7 +473,7 @@ def emit(
 def main(argv: list[str]) -> int:
     cfg = parse(argv[1:])
     console = rich_console()
-    store_path = Path(cfg.store) if cfg.store else default_store_path()
+    store_path = given_store_path(cfg.store, "--store")
     work_dir = store_path.parent / "sweep"
     if not cfg.dry_run:  # it holds the fit settings and the cells' logs: a folder that cannot be made stops here
         check_can_create(work_dir, f"--store {store_path}: the sweep's folder {work_dir}")

@@ -348,7 +348,7 @@ def test_leaderboard_refuses_a_file_that_is_not_a_store(workdir, capsys) -> None
     (["leaderboard", "--store", ""], "leaderboard: argument --store: '' is no path"),  # was "no results store at ."
     (["leaderboard", "--store", "folder"], "the results store folder is a folder; a store is a file"),  # was "no results store"
     (["store", "merge", "", "folder"], "store merge: argument out: '' is no path"),
-    (["fit", "--model.size", "14k", "--store.path", ""], "store.path='' is no path"),
+    (["fit", "--model.size", "14k", "--store.path", ""], "store.path '' is not a path"),
 ])
 def test_a_store_given_as_no_path_or_a_folder_is_named_so(argv, said, workdir, capsys) -> None:
     (workdir / "folder").mkdir()
