@@ -36,6 +36,7 @@ from cslaws.bench.module import Diverged, LanguageModel, budget_steps, step_toke
 from cslaws.console import console
 from cslaws.errors import BenchError
 from cslaws.formats import FORMATS, Format
+from cslaws.formats.linear import check_runs_on
 
 
 class ProgressBar(RichProgressBar):
@@ -172,6 +173,7 @@ class BenchCLI(LightningCLI):
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))
         store_cb.config_text = self.parser.dump(self.config, skip_none=False)
         self.check_checkpoint_file()
+        self.check_formats_run()
         self.point_checkpoint()
         if self.config[self.subcommand].ckpt_path == "last" and not self.last_checkpoint().exists():
             # what a sweep's relaunch of a cell killed before its first checkpoint wants; said, not silent
@@ -180,9 +182,20 @@ class BenchCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self.check_scored()
+        self.check_formats_run()
 
     def before_test(self) -> None:
         self.check_scored()
+        self.check_formats_run()
+
+    def check_formats_run(self) -> None:
+        """The formats run on the trainer's device, where a Triton kernel may refuse what the torch path takes
+        (`check_runs_on`): checked before any work, else found at the first step, after the data is prepared."""
+        device = self.trainer.strategy.root_device
+        try:
+            check_runs_on(self.model.model, device)
+        except ValueError as err:
+            raise BenchError(f"the formats cannot run on {device} (trainer.accelerator): {err}") from err
 
     def point_checkpoint(self) -> None:
         """Point the checkpoint callback at the run's own directory, named by its sweep cell, else by

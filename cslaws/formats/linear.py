@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cslaws.formats.base import Format
 from cslaws.formats.dense import Dense
+from cslaws.formats.kernels import interpreting
 
 
 def check_pair(weight: Format, activation: Format) -> None:
@@ -85,3 +87,33 @@ def storage_bits(model: nn.Module) -> tuple[float, float]:
     a_values = sum(m.in_features for m in layers)
     activation = sum(m.activation_format.storage_bits((m.in_features,)) * m.in_features for m in layers) / a_values
     return float(weight), float(activation)
+
+
+def check_runs_on(model: nn.Module, device: torch.device) -> None:
+    """Run each compressed linear's formats once on `device`, on the layer's own weight and on one input row,
+    where a Triton kernel may launch (a CUDA device, Triton's interpreter, or a format forced to backend
+    'triton'); else the torch path runs, which pricing the layers (`check_fits`) has checked already.
+
+    The kernels refuse some nestings of scale groups, Hadamard blocks and N:M groups that the torch path takes,
+    and a format forced to 'triton' on a device that cannot run it; training would meet either only at its
+    first step, after the data and the sanity check. The probe goes through the formats' own dispatch, so it
+    checks exactly what training will run. Raises ValueError naming the layer.
+    """
+    probed: set[tuple[int, tuple[int, ...]]] = set()
+    for name, layer in model.named_modules():
+        if not isinstance(layer, CompressedLinear):
+            continue
+        row = torch.randn(1, layer.in_features, generator=torch.Generator().manual_seed(0))
+        for side, fmt, values in (("weight", layer.weight_format, layer.weight.detach()), ("input", layer.activation_format, row)):
+            key = (id(fmt), tuple(values.shape))
+            if key in probed or not _may_launch(fmt, device):
+                continue
+            probed.add(key)
+            try:
+                with torch.no_grad():
+                    fmt.compress(values.to(device))
+            except ValueError as err:
+                raise ValueError(f"layer {name}, its {side} of shape {tuple(values.shape)}: {err}") from err
+
+def _may_launch(fmt: Format, device: torch.device) -> bool:
+    return device.type == "cuda" or interpreting() or any(getattr(f, "backend", None) == "triton" for f in fmt.walk())

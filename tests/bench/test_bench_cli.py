@@ -148,6 +148,19 @@ def test_bad_fit_value_is_one_error_before_anything_is_written(args, expected, s
     assert not (workdir / "runs").exists(), "runs/ was written"
 
 
+def test_a_kernel_forced_on_a_cpu_is_refused_before_any_work(store, workdir, capsys, monkeypatch) -> None:
+    """It ran until the first training step, after the corpus and the sanity check: a traceback, and a row
+    stored `failed`."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    before = store.read_bytes()
+    rc = main(["fit", "--config", "formats/int4.yaml", "--model.weight.init_args.backend", "triton",
+               "--store.path", str(store)])
+    assert_clean_error(rc, capsys.readouterr().err, "the formats cannot run on cpu", "layer blocks.0.attn.qkv",
+                       "backend='triton' was forced")
+    assert store.read_bytes() == before, "the store was written"
+    assert not (workdir / "runs").exists(), "runs/ was written"
+
+
 @pytest.mark.parametrize(("make", "said"), [
     (lambda p: p.write_text("notes\n"), "is not a results store"),
     (lambda p: p.mkdir(), "is a folder; a store is a file"),

@@ -1,5 +1,6 @@
-"""Storage bits on real shapes: each format's `storage_bits(shape)` and the model average `storage_bits`,
-checked against costs counted by hand from the layer shapes."""
+"""The compressed linear layer: storage bits on real shapes (each format's `storage_bits(shape)` and the model
+average `storage_bits`, checked against costs counted by hand from the layer shapes), the pairing of its
+two formats, and the probe of its formats on the device they will run on (`check_runs_on`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cslaws.formats.dense import Dense
 from cslaws.formats.fp import FP, MX, NVFP4
 from cslaws.formats.hadamard import Hadamard
 from cslaws.formats.int import Int
-from cslaws.formats.linear import LinearFactory, storage_bits
+from cslaws.formats.linear import CompressedLinear, LinearFactory, check_runs_on, storage_bits
 from cslaws.formats.sparse import NM, Magnitude
 from cslaws.formats.vq import VQ
 from cslaws.laws.capacity import load_format_config
@@ -125,3 +126,44 @@ def test_every_shipped_format_keeps_tokens_causal_and_sequences_apart(config: Pa
         before, after = model(tokens), model(changed)
     assert torch.equal(before[0, :20], after[0, :20])
     assert not torch.equal(before[0, 20:], after[0, 20:])  # the change reached the model
+
+
+def _kernel_refused_layer(backend: str) -> CompressedLinear:
+    """Rows of 24 in scale groups of 12 and Hadamard blocks of 8: the torch path rotates and scales them, the
+    fused kernel needs the blocks and groups to nest in one segment of the row, and refuses."""
+    inner = Int(bits=4, granularity="group", group_size=12, backend=backend)
+    return CompressedLinear(24, 16, Hadamard(inner, block=8, backend=backend), Dense())
+
+
+def test_the_probe_finds_what_the_kernel_refuses_with_the_first_step_s_own_message(monkeypatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton on CPU tensors; the refusal comes before any launch
+    layer = _kernel_refused_layer("triton")
+    with pytest.raises(ValueError) as step:
+        layer(torch.randn(2, 24))
+    with pytest.raises(ValueError) as probe:
+        check_runs_on(torch.nn.Sequential(layer), torch.device("cpu"))
+    assert "nest" in str(step.value)
+    assert str(probe.value) == f"layer 0, its weight of shape (16, 24): {step.value}"
+    # the torch path takes the same nesting, and so does the probe
+    check_runs_on(torch.nn.Sequential(_kernel_refused_layer("torch")), torch.device("cpu"))
+    assert _kernel_refused_layer("torch")(torch.randn(2, 24)).shape == (2, 16)
+
+
+def test_the_probe_names_a_kernel_forced_on_a_device_that_cannot_run_it(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = Llama(SIZES["nano"], 8, LinearFactory(Dense(), Int(bits=4, backend="triton")))
+    with pytest.raises(ValueError, match=r"^layer blocks\.0\.attn\.qkv, its input of shape \(1, 32\): "
+                                         "backend='triton' was forced but Triton cannot run on a cpu tensor"):
+        check_runs_on(model, torch.device("cpu"))
+
+
+def test_on_a_cpu_without_a_forced_kernel_nothing_is_probed(monkeypatch) -> None:
+    """There the torch path runs, which pricing the layers has checked: the probe would only cost time."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    fmt = Int(bits=4)
+
+    def no_call(x):
+        raise AssertionError("probed on a CPU")
+
+    monkeypatch.setattr(fmt, "compress", no_call)
+    check_runs_on(Llama(SIZES["nano"], 8, LinearFactory(fmt, None)), torch.device("cpu"))

@@ -39,8 +39,8 @@ def use_triton(x: Tensor, backend: str) -> bool:
     if backend == "torch":
         return False
     runnable = x.is_cuda or (interpreting() and x.device.type == "cpu")
-    if backend == "triton" and not runnable:
-        raise RuntimeError(
+    if backend == "triton" and not runnable:  # a value of `backend` this device cannot run: the user's to change
+        raise ValueError(
             f"backend='triton' was forced but Triton cannot run on a {x.device.type} tensor here: "
             "it needs a CUDA tensor, or TRITON_INTERPRET=1 for CPU tensors; use backend='torch' or 'auto'"
         )

@@ -33,7 +33,7 @@ def test_use_triton_rules(monkeypatch):
     assert use_triton(fake_cuda_tensor(), "auto")
     assert use_triton(fake_cuda_tensor(), "triton")
     assert not use_triton(fake_cuda_tensor(), "torch")
-    with pytest.raises(RuntimeError, match="backend='triton' was forced but Triton cannot run on a cpu tensor"):
+    with pytest.raises(ValueError, match="backend='triton' was forced but Triton cannot run on a cpu tensor"):
         use_triton(cpu, "triton")
     with pytest.raises(ValueError, match="unknown backend 'cuda'; allowed: auto, torch, triton"):
         use_triton(cpu, "cuda")
@@ -70,7 +70,7 @@ def test_auto_on_cpu_takes_the_torch_path(make, monkeypatch):
 @pytest.mark.parametrize("make", KERNEL_FORMATS)
 def test_forced_triton_on_cpu_without_interpreter_is_an_error(make, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(RuntimeError, match="backend='triton' was forced"):
+    with pytest.raises(ValueError, match="backend='triton' was forced"):
         make(backend="triton").compress(torch.randn(3, 64))
 
 
