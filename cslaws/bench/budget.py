@@ -17,6 +17,10 @@ _STEPS = "the token budget (model.tokens or model.tokens_per_param) sets the ste
 #: (which the store names by its identity, val_set, as if whole), with the values that do not, and why.
 #: A limit's int is a count of batches and its float a fraction, so 1 and 1.0 differ.
 _BUDGET_OWNED: dict[str, tuple[tuple[Any, ...], str]] = {
+    # first: each sets limit_train_batches too, which would be named instead of the option given
+    "fast_dev_run": ((False, 0), "a run trains its whole budget; trainer.max_steps N stops it at step N, stored "
+                     "failed, and it can be resumed from there"),
+    "overfit_batches": ((0.0, 0), _STEPS),
     "max_epochs": ((1,), _STEPS),
     "min_epochs": ((None, 0, 1), _STEPS),
     "min_steps": ((None, 0), _STEPS),
@@ -65,7 +69,8 @@ def check_trainer_settings(settings: Mapping[str, Any]) -> None:
     interval = settings.get("val_check_interval")
     if "val_check_interval" in settings and not (isinstance(interval, (int, float)) and interval > 0):
         raise BenchError(f"trainer.val_check_interval={interval!r} is not allowed; it must be a fraction of the "
-                         "epoch in (0, 1] or a number of steps >= 1")
+                         "epoch in (0, 1] or a number of steps >= 1 (not a time: the validations, the last of them "
+                         "at the budget's last step, are planned in steps)")
     for name, (allowed, why) in _BUDGET_OWNED.items():
         value = settings.get(name)
         if name in settings and not any(value is a or (type(value) is type(a) and value == a) for a in allowed):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
 import cslaws
@@ -150,22 +151,64 @@ def run_identity(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, 
     }
 
 
-def check_resumes_as_trained(store: ResultsStore, run_id: int, identity: dict[str, Any]) -> None:
+#: Options a resumed run may give otherwise: where it resumes from, how the checkpoint is read, and where it
+#: stops (`config_key` leaves the same out of a run's checkpoint directory name).
+RESUME_FREE = ("ckpt_path", "weights_only", "verbose", "trainer.max_steps", "trainer.max_time")
+
+
+def check_resumes_as_trained(store: ResultsStore, run_id: int, identity: dict[str, Any], config_text: str = "") -> None:
     """A resumed run goes on training its own row: with other data settings, another tokens-per-step (a batch
     size or a device count of its own) or other formats it would finish a row that describes neither half of it
     (its steps, tokens and validation set would be the first half's). A checkpoint file brings back the model's
-    settings, not the data's or the devices': refused here, before the row is touched."""
+    settings, not the data's, the trainer's or the devices': refused here, before the row is touched.
+
+    `config_text`, the resolved config as `bench fit` dumps it, must also give every option as the row's config
+    does, but for `RESUME_FREE`: another validation interval plans another number of steps and schedule, and
+    a batch of 16 accumulated twice runs other micro-batches than one of 32, at the same tokens per step."""
     row = store.record(run_id)
     if row is None or row.status == "finished":  # nothing to resume: `resume_run` says so
         return
     stored = {name: without_backend(getattr(row, name)) for name in identity}
     differ = [name for name in identity if stored[name] != identity[name]]
-    if differ:
-        was = ", ".join(f"{name}={stored[name]!r}" for name in differ)
-        now = ", ".join(f"{name}={identity[name]!r}" for name in differ)
+    changed = changed_options(row.config, config_text)
+    # named by the options that differ, in the user's words; by the row's columns where no option says it
+    # (a device count that `devices: auto` found otherwise)
+    changes = changed or {name: (stored[name], identity[name]) for name in differ}
+    if changes:
+        was = ", ".join(f"{key}={old!r}" for key, (old, _) in changes.items())
+        now = ", ".join(f"{key}={new!r}" for key, (_, new) in changes.items())
         raise BenchError(f"--ckpt_path: run {run_id} in {store.path} trained with {was}; these options give {now}: "
-                         "resume it with the settings it was trained with (data, batch, devices), or train a new run "
-                         "without --ckpt_path")
+                         "resume it with the options it was trained with (its config is in the store), or train a new "
+                         "run without --ckpt_path")
+
+
+def changed_options(trained: str, given: str) -> dict[str, tuple[Any, Any]]:
+    """The options, as dotted keys, whose values differ between two resolved `bench fit` configs as dumped (the
+    row's and this command's), but for `RESUME_FREE`. An option one of them lacks (another code version's) is
+    not compared, nor is anything when either config is missing (a run written by other code)."""
+    old, new = _fit_options(trained), _fit_options(given)
+    if not old or not new:
+        return {}
+    return {key: (old[key], new[key]) for key in sorted(old.keys() & new.keys())
+            if old[key] != new[key] and key not in RESUME_FREE}
+
+
+def _fit_options(text: str) -> dict[str, Any]:
+    """The `fit:` section of a dumped config, flattened to dotted keys."""
+    loaded = yaml.safe_load(text) if text else None
+    section = loaded.get("fit") if isinstance(loaded, dict) else None
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    if isinstance(section, dict):
+        walk(section, "")
+    return flat
 
 
 class StreamToStore(L.Callback):
@@ -214,7 +257,7 @@ class StreamToStore(L.Callback):
         if resume and resume["run_id"] is not None and resume["store"] == str(self.store.path.resolve()):
             # the row is this run's only once the store reopens it: a refused resume (a finished run, other
             # settings) must not let `on_exception` write over it
-            check_resumes_as_trained(self.store, resume["run_id"], identity)
+            check_resumes_as_trained(self.store, resume["run_id"], identity, self.config_text)
             self.store.resume_run(resume["run_id"], self._resume_step, host=socket.gethostname(), pid=os.getpid())
             self.run_id = resume["run_id"]
             self._fail_dead_rows()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.connector import _convert_precision_to_unified_args
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -155,9 +157,13 @@ class BenchCLI(LightningCLI):
             if innermost_module(err).startswith(_DEVICE_PARSING):
                 raise BenchError(f"trainer.devices={config.trainer.devices!r}: {err}") from err
             raise
+        check_precision_runs(config.trainer.precision, trainer)
         loop = trainer.fit_loop
         check_trainer_settings({"accumulate_grad_batches": trainer.accumulate_grad_batches,
-                                "log_every_n_steps": trainer.log_every_n_steps, "val_check_interval": trainer.val_check_interval,
+                                "log_every_n_steps": trainer.log_every_n_steps,
+                                # a time interval leaves the Trainer without one
+                                "val_check_interval": getattr(trainer, "val_check_interval", config.trainer.val_check_interval),
+                                "fast_dev_run": trainer.fast_dev_run, "overfit_batches": trainer.overfit_batches,
                                 "max_epochs": loop.max_epochs, "min_epochs": loop.min_epochs, "min_steps": loop.min_steps,
                                 "limit_train_batches": trainer.limit_train_batches,
                                 "limit_val_batches": trainer.limit_val_batches,
@@ -256,8 +262,13 @@ class BenchCLI(LightningCLI):
         except Diverged as err:
             raise SystemExit(f"bench: {model.label} {model.size_name}: {err}; stored as failed (lower --model.lr?)") from None
         except SIGTERMException:
+            # saved at the step it stopped at, unless the signal came inside a step of accumulated micro-batches or
+            # inside a validation: then only an earlier periodic checkpoint is there, if any
+            resume = ("resume from its last checkpoint: --ckpt_path last" if self.last_checkpoint().exists() else
+                      "no checkpoint was written, as it stopped inside a step or a validation before any periodic one: "
+                      "train it again")
             raise SystemExit(f"bench: {model.label} {model.size_name}: stopped by SIGTERM at step {model.trained_steps} "
-                             f"of {model.total_steps}; stored as failed (resume: --ckpt_path last)") from None
+                             f"of {model.total_steps}; stored as failed ({resume})") from None
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
@@ -291,6 +302,19 @@ def run_lightning_cli(args: list[str], run: bool = True, **trainer_overrides) ->
 
 #: Lightning's modules that parse `trainer.devices`, by the names their TypeErrors are raised in.
 _DEVICE_PARSING = ("lightning.fabric.accelerators.", "lightning.fabric.utilities.device_parser")
+
+
+def check_precision_runs(asked: str | int | None, trainer: Trainer) -> None:
+    """The precision asked for is the one the trainer runs: Lightning substitutes some with a warning (16-bit AMP
+    runs as bf16 on a CPU), and the run's record would hold the one asked for, not what ran."""
+    if asked is None:
+        return
+    with warnings.catch_warnings():  # Lightning warned of a legacy name such as 16 or bf16 already
+        warnings.simplefilter("ignore")
+        unified = str(_convert_precision_to_unified_args(asked))
+    if unified != trainer.precision:
+        raise BenchError(f"trainer.precision={asked!r} runs as {trainer.precision!r} on this {trainer.strategy.root_device.type} "
+                         f"(Lightning's substitute); give --trainer.precision {trainer.precision}, or a device that runs {unified}")
 
 
 def innermost_module(err: BaseException) -> str:
@@ -350,12 +374,15 @@ SCORING_COMMANDS = ("validate", "test")
 
 
 def config_key(config: Namespace) -> str:
-    """A hash of a resolved run config without `ckpt_path` (and `verbose`, which only `validate` and `test`
-    have), and with the trainer's stopping limits (`max_steps`, `max_time`) at their defaults: the same run,
-    resumed or not, stopped short by a limit and resumed with another or none, or scored by `bench validate`,
-    has the same key (the defaults hash as before, so existing checkpoints still resume)."""
+    """A hash of a resolved run config without how it is loaded (`ckpt_path`, `weights_only`) and `verbose`
+    (which only `validate` and `test` have), and with the trainer's stopping limits (`max_steps`, `max_time`) at
+    their defaults (`callback.RESUME_FREE`): the same run, resumed or not, stopped short by a limit and resumed
+    with another or none, or scored by `bench validate`, has the same key (the defaults hash as before, so
+    existing checkpoints still resume)."""
     config = config.clone()
     config.ckpt_path = None
+    if "weights_only" in config:
+        config.weights_only = None
     config.pop("verbose", None)
     if "trainer" in config:
         config.trainer.max_steps, config.trainer.max_time = -1, None

@@ -108,6 +108,8 @@ BAD_FIT_VALUES = {
     "how to load no checkpoint": (["--weights_only", "true"], ["--weights_only true", "give --ckpt_path too"]),
     "part of the validation set": (["--trainer.limit_val_batches", "2"], ["trainer.limit_val_batches=2", "whole validation set"]),
     "part of the budget": (["--trainer.limit_train_batches", "0.5"], ["trainer.limit_train_batches=0.5", "token budget"]),
+    # Lightning warned and ran bf16-mixed, and the record held 16-mixed
+    "16-bit AMP on a CPU": (["--trainer.precision", "16-mixed"], ["trainer.precision='16-mixed' runs as 'bf16-mixed'", "cpu"]),
     "accelerator without its package": (["--trainer.accelerator", "tpu"], ["trainer:", "torch_xla"]),
     # Lightning's TypeError traceback
     "a device count below -1": (["--trainer.devices", "-2"], ["trainer.devices='-2'", "int > 0"]),
@@ -118,6 +120,12 @@ BAD_FIT_VALUES = {
     "no batches per step": (["--trainer.accumulate_grad_batches", "0"], ["trainer.accumulate_grad_batches=0", "positive integer"]),
     "logging every 0 steps": (["--trainer.log_every_n_steps", "0"], ["trainer.log_every_n_steps=0", "positive integer"]),
     "validating every 0 steps": (["--trainer.val_check_interval", "0.0"], ["trainer.val_check_interval=0.0", "(0, 1]"]),
+    # Lightning's AttributeError traceback: a time interval leaves the Trainer without a val_check_interval
+    "validating every 2 seconds": (["--trainer.val_check_interval", "00:00:00:02"],
+                                   ["trainer.val_check_interval='00:00:00:02'", "not a time"]),
+    # refused before, but as limit_train_batches, which the user never gave
+    "a fast dev run": (["--trainer.fast_dev_run", "true"], ["trainer.fast_dev_run=True", "trainer.max_steps N"]),
+    "overfitting on batches": (["--trainer.overfit_batches", "0.5"], ["trainer.overfit_batches=0.5", "token budget"]),
     "negative workers": (["--data.num_workers", "-1"], ["num_workers=-1", "at least 0"]),
     # the run's one epoch would end unvalidated: stored failed after it trained
     "validating every other epoch": (["--trainer.check_val_every_n_epoch", "2"],

@@ -143,10 +143,30 @@ def test_a_run_stopped_by_sigterm_is_saved_at_its_step_and_resumes_to_the_loss_o
         save(self, trainer, *args, **kwargs)
 
     monkeypatch.setattr(RunCheckpoint, "on_train_batch_end", on_train_batch_end)
-    with pytest.raises(SystemExit, match=f"stopped by SIGTERM at step {stop} of {STEPS}"):
+    with pytest.raises(SystemExit, match=f"stopped by SIGTERM at step {stop} of {STEPS}; stored as failed \\(resume from its last"):
         run_lightning_cli(fit_args(tmp_path, small_corpus, "term"))
     monkeypatch.undo()
     assert resumes_to_the_whole_run(tmp_path, small_corpus, whole, "term", stop).error.startswith("SIGTERMException")
+
+
+def test_a_sigterm_inside_an_accumulated_step_says_that_no_checkpoint_was_written(tmp_path, small_corpus, monkeypatch) -> None:
+    """The step in progress cannot be saved (its accumulated gradients are in no checkpoint), and none came before:
+    the message said `resume: --ckpt_path last`, which then trained from the start."""
+    save = RunCheckpoint.on_train_batch_end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 6:  # the first of step 4's two micro-batches
+            os.kill(os.getpid(), signal.SIGTERM)
+        save(self, trainer, pl_module, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(RunCheckpoint, "on_train_batch_end", on_train_batch_end)
+    args = fit_args(tmp_path, small_corpus, "acc", "--data.batch_size", str(BATCH // 2), "--trainer.accumulate_grad_batches", "2",
+                    "--checkpoint.every_n_steps", "100")
+    with pytest.raises(SystemExit, match="stopped by SIGTERM at step 3 of 60; stored as failed \\(no checkpoint was written"):
+        run_lightning_cli(args)
+    assert not glob.glob(str(tmp_path / "acc" / "checkpoints" / "*" / "last.ckpt"))
+    (run,) = ResultsStore(tmp_path / "acc.db").runs(None)
+    assert (run.status, run.steps) == ("failed", 3)
 
 
 def test_last_without_a_checkpoint_says_it_trains_from_the_start(tmp_path, small_corpus, capsys) -> None:
@@ -171,10 +191,17 @@ def test_resuming_a_finished_run_is_refused_and_leaves_its_row_as_it_was(tmp_pat
     assert store.curve(before.run_id)[-1][0] == 8
 
 
-@pytest.mark.parametrize("changed, said", [(["--data.batch_size", str(2 * BATCH)], "tokens_per_step=128; these options give tokens_per_step=256"),
+@pytest.mark.parametrize("changed, said", [(["--data.batch_size", str(2 * BATCH)], f"data.batch_size={BATCH}; these options give data.batch_size={2 * BATCH}"),
                                            (["--data.seq_len", str(SEQ // 2)], "seq_len=16"),
-                                           (["--seed_everything", "1"], "seed=0; these options give seed=1")],
-                         ids=["batch size", "seq_len", "seed"])
+                                           (["--seed_everything", "1"], "seed_everything=0; these options give seed_everything=1"),
+                                           # the same tokens per step: these ran other steps, stored `finished`
+                                           (["--trainer.val_check_interval", "1.0"],
+                                            "trainer.val_check_interval=0.25; these options give trainer.val_check_interval=1.0"),
+                                           (["--data.batch_size", str(BATCH // 2), "--trainer.accumulate_grad_batches", "2"],
+                                            f"data.batch_size={BATCH}, trainer.accumulate_grad_batches=1; these options give "
+                                            f"data.batch_size={BATCH // 2}, trainer.accumulate_grad_batches=2"),
+                                           (["--trainer.gradient_clip_val", "0.5"], "trainer.gradient_clip_val=1.0")],
+                         ids=["batch size", "seq_len", "seed", "validation interval", "micro-batches", "clipping"])
 def test_resuming_with_other_settings_is_refused_and_leaves_its_row_as_it_was(tmp_path, small_corpus, changed, said) -> None:
     """A checkpoint file brings back the model's settings, not the data's or the devices': resumed with another
     batch or seq_len, the run finished a row whose tokens, steps and validation set were its first half's."""
