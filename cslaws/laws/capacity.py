@@ -237,14 +237,32 @@ def _is_config(name: str) -> bool:
 
 def model_bits(weight: Format | None, activation: Format | None, size: str) -> dict[str, float]:
     """{"weight": bits, "activation": bits} per value on the linear layers of the model size `size`
-    (`cslaws.formats.linear.storage_bits`; the model is built on the meta device, so any size costs no
-    memory)."""
-    from cslaws.formats.linear import LinearFactory, storage_bits
+    (`cslaws.formats.linear.storage_bits`)."""
+    from cslaws.formats.linear import storage_bits
+
+    return dict(zip(("weight", "activation"), storage_bits(_meta_model(weight, activation, size))))
+
+
+def parameter_bits(weight: Format | None, activation: Format | None, size: str) -> float:
+    """Bits per non-embedding parameter of model size `size`: what a memory budget holds N of. The block linears'
+    weights cost their format's storage bits on their own shapes, and the rest of N, the RMSNorm gains (which
+    no format compresses), 16 bits each, as a dense value."""
+    from cslaws.formats.linear import CompressedLinear, storage_bits
+    from cslaws.models.llama import get_size, non_embedding_params
+
+    model = _meta_model(weight, activation, size)
+    compressed = sum(m.weight.numel() for m in model.modules() if isinstance(m, CompressedLinear))
+    n = non_embedding_params(get_size(size))
+    return (storage_bits(model)[0] * compressed + Dense().bits_per_value * (n - compressed)) / n
+
+
+def _meta_model(weight: Format | None, activation: Format | None, size: str) -> torch.nn.Module:
+    """The Llama of `size` with these formats, built on the meta device: any size costs no memory."""
+    from cslaws.formats.linear import LinearFactory
     from cslaws.models.llama import Llama, get_size
 
     with torch.device("meta"):
-        model = Llama(get_size(size), vocab_size=2, linear=LinearFactory(weight, activation))
-    return dict(zip(("weight", "activation"), storage_bits(model)))
+        return Llama(get_size(size), vocab_size=2, linear=LinearFactory(weight, activation))
 
 
 def check_fits(weight: Format | None, activation: Format | None, size: str) -> None:

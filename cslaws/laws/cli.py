@@ -606,7 +606,7 @@ def _plan(argv: list[str]) -> int:
     budget = ", ".join(s for s in (args.memory_bits and f"memory {args.memory_bits:.3g} bits",
                                    args.flops and f"compute {args.flops:.3g} FLOPs") if s)
     table = Table(title=f"Plan under {budget} (predicted loss, best first)", caption=escape(lb.law_summary(law)))
-    for col in ("format", "bits/value", "priced on", "eff", "N", "D", "pred. loss", "better than dense by"):
+    for col in ("format", "bits/param", "priced on", "eff", "N", "D", "pred. loss", f"better than {law.reference} by"):
         table.add_column(col, justify="left" if col in ("format", "priced on") else "right")
     for c in choices:
         table.add_row(escape(c.label), f"{c.bits:.3f}", escape(c.priced_on), f"{c.eff:.3f}", f"{c.n:.3g}",

@@ -291,9 +291,9 @@ def _plan_section(board: lb.Leaderboard, runs, records: Sequence[RunRecord]) -> 
     warning = para(note, "warn") if note else ""
     return section("iso-memory", "Iso-memory and the planner", figure_,
                    para(f"The planner (bench plan) under {budget}. Each format takes the N that minimises its "
-                        "predicted loss within both budgets, its bits priced on the layers of the model size "
-                        "nearest that N; best first."),
-                   table("plan", ("format", "bits/value", "priced on", "eff", "N", "D", "predicted loss",
+                        "predicted loss within both budgets, its bits per parameter priced on the layers of the model "
+                        "size nearest that N (the norms' gains at 16 bits); best first."),
+                   table("plan", ("format", "bits/param", "priced on", "eff", "N", "D", "predicted loss",
                                   f"better than {law.reference} by"), rows, text=(0, 2)), warning)
 
 

@@ -178,13 +178,20 @@ def test_plan_prices_each_format_on_the_size_its_plan_lands_at(capsys, store_pat
             continue
         nearest = min(sizes, key=lambda name: abs(math.log(sizes[name]) - math.log(c["n"])))
         assert c["priced_on"] == nearest
-        d, f = SIZES[nearest].d_model, SIZES[nearest].d_ff
-        # per block: q, k, v, o and gate, up read rows of d (4 d^2 + 2 d f weights), down rows of f (d f weights)
-        assert c["bits"] == pytest.approx(int(c["label"][3:]) + 16 * (5 * d + 2 * f) / (4 * d * d + 3 * d * f), rel=1e-12)
+        assert c["bits"] == pytest.approx(_int_row_scale_bits_per_param(int(c["label"][3:]), nearest), rel=1e-12)
         if memory is not None:
             assert c["n"] <= memory / c["bits"] * (1 + 1e-12)
         if flops is None:
             assert c["n"] == pytest.approx(memory / c["bits"], rel=1e-12)
+
+
+def _int_row_scale_bits_per_param(bits: int, size: str) -> float:
+    """Bits per non-embedding parameter of an int format with one 16-bit scale per row, by hand: per block q, k,
+    v, o and gate, up read rows of d (4 d^2 + 2 d f weights, 5 d + 2 f rows), down rows of f (d f weights, d
+    rows); the two RMSNorm gains per block and the final one (2 d L + d values) stay at 16 bits."""
+    d, f, layers = SIZES[size].d_model, SIZES[size].d_ff, SIZES[size].n_layer
+    weights, rows, gains = layers * (4 * d * d + 3 * d * f), layers * (5 * d + 2 * f), 2 * d * layers + d
+    return (bits * weights + 16 * rows + 16 * gains) / (weights + gains)
 
 
 @pytest.mark.parametrize("memory", [1.5e7, 2.49e6, 4e6, 1e9])
@@ -197,10 +204,8 @@ def test_a_memory_plan_takes_the_largest_n_its_price_allows(capsys, memory):
     (c,) = _json(capsys, ["plan", "--store", str(store), "--memory-bits", str(memory), "--formats", "int2", "--format", "json"])
     sizes = {name: non_embedding_params(size) for name, size in SIZES.items()}
 
-    def bits(n: float) -> float:  # int2 with row scales: 16 bits per row of the nearest size's layers
-        nearest = SIZES[min(sizes, key=lambda name: abs(math.log(sizes[name] / n)))]
-        d, f = nearest.d_model, nearest.d_ff
-        return 2 + 16 * (5 * d + 2 * f) / (4 * d * d + 3 * d * f)
+    def bits(n: float) -> float:  # int2 with row scales on the nearest size's layers
+        return _int_row_scale_bits_per_param(2, min(sizes, key=lambda name: abs(math.log(sizes[name] / n))))
 
     fitting = [n for n in np.logspace(5, 9, 40_000) if n * bits(n) <= memory]
     assert c["n"] * c["bits"] == pytest.approx(memory, rel=1e-12) and c["bits"] == pytest.approx(bits(c["n"]), rel=1e-12)
@@ -400,6 +405,18 @@ def test_json_output_has_null_where_a_number_is_not_finite(capsys):
 
     _print_json({"eff_ci": {"int4": [0.0, float("nan")]}, "hi": (float("inf"), 1), "n": 2})
     assert json.loads(capsys.readouterr().out) == {"eff_ci": {"int4": [0.0, None]}, "hi": [None, 1], "n": 2}
+
+
+def test_plan_compares_with_the_reference_it_was_given(capsys, store_path):
+    """With --dense int4 the gains are over int4's plan, and the table and the JSON say so (they said dense)."""
+    argv = ["plan", "--store", str(store_path), "--dense", "int4", "--memory-bits", "2e9", "--formats", "int2", "dense"]
+    choices = {c["label"]: c for c in _json(capsys, [*argv, "--format", "json"])}
+    assert set(choices) == {"int2", "dense"}
+    int4 = choices["int2"]["reference_loss"]
+    assert all(c["improvement"] == pytest.approx(int4 - c["loss"], abs=1e-12) for c in choices.values())
+    assert choices["dense"]["improvement"] < 0  # dense, 16 bits a parameter, holds 4x fewer than int4 in 2e9 bits
+    assert main(argv) == 0
+    assert "better than int4 by" in capsys.readouterr().out
 
 
 def test_plan_needs_a_budget(capsys, no_store_read):
