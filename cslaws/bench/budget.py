@@ -69,7 +69,7 @@ def check_trainer_settings(settings: Mapping[str, Any]) -> None:
     interval = settings.get("val_check_interval")
     if "val_check_interval" in settings and not (isinstance(interval, (int, float)) and interval > 0):
         raise BenchError(f"trainer.val_check_interval={interval!r} is not allowed; it must be a fraction of the "
-                         "epoch in (0, 1] or a number of steps >= 1 (not a time: the validations, the last of them "
+                         "epoch in (0, 1] or a number of batches >= 1 (not a time: the validations, the last of them "
                          "at the budget's last step, are planned in steps)")
     for name, (allowed, why) in _BUDGET_OWNED.items():
         value = settings.get(name)

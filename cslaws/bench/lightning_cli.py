@@ -175,7 +175,8 @@ class BenchCLI(LightningCLI):
     def before_fit(self) -> None:
         # the model checks its budget again in `setup`; here it is checked once, before DDP starts its processes
         # (20 s later, and each of them would say it)
-        budget_steps(self.model.requested_tokens, step_tokens(self.datamodule, self.trainer), self.trainer.val_check_interval)
+        budget_steps(self.model.requested_tokens, step_tokens(self.datamodule, self.trainer), self.trainer.val_check_interval,
+                     self.trainer.accumulate_grad_batches)
         store_cb = next(cb for cb in self.trainer.callbacks if isinstance(cb, StreamToStore))
         store_cb.config_text = self.parser.dump(self.config, skip_none=False)
         self.check_checkpoint_file()

@@ -52,16 +52,16 @@ def step_tokens(dm: Any, trainer: L.Trainer) -> int:
     return dm.tokens_per_batch * trainer.world_size * trainer.accumulate_grad_batches
 
 
-def budget_steps(requested_tokens: int, per_step: int, val_check_interval: float | int) -> int:
+def budget_steps(requested_tokens: int, per_step: int, val_check_interval: float | int, accumulate: int = 1) -> int:
     """The optimizer steps a budget trains: whole steps of `per_step` tokens, aligned so that the last
-    validation falls on the last step (`align_to_validation`)."""
+    validation falls on the last step (`align_to_validation`; `accumulate` batches to a step)."""
     steps = requested_tokens // per_step
     if steps < 1:
         raise BenchError(
             f"the token budget of {requested_tokens} tokens is smaller than one step of {per_step} tokens "
             "(batch_size x seq_len x devices x accumulate_grad_batches); raise tokens or tokens_per_param"
         )
-    return align_to_validation(steps, val_check_interval)
+    return align_to_validation(steps, val_check_interval, accumulate)
 
 
 def format_progress(step: int, total: int) -> float:
@@ -193,7 +193,8 @@ class LanguageModel(L.LightningModule):
             return
         per_step = self.tokens_per_step
         # One step count for the epoch, the schedule, the formats' progress and the record.
-        self.total_steps = budget_steps(self.requested_tokens, per_step, self.trainer.val_check_interval)
+        self.total_steps = budget_steps(self.requested_tokens, per_step, self.trainer.val_check_interval,
+                                        self.trainer.accumulate_grad_batches)
         self.trainer.datamodule.set_train_sequences(self.total_steps * per_step // self.trainer.datamodule.seq_len)
         compiled = self.trainer.strategy.root_device.type == "cuda" if self.compile_model == "auto" else self.compile_model
         self.compiled = compiled
@@ -273,18 +274,24 @@ class LanguageModel(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def align_to_validation(steps: int, val_check_interval: int | float) -> int:
+def align_to_validation(steps: int, val_check_interval: int | float, accumulate: int = 1) -> int:
     """The largest step count <= `steps` whose last validation falls on its last step.
 
-    Lightning validates every `val_check_interval` (a fraction of the epoch, or a number of steps) and not
-    again at the end of the epoch; a run's final validation loss must be that of the whole budget.
+    Lightning validates every `val_check_interval` (a fraction of the epoch, or a number of batches, of which
+    `accumulate` make an optimizer step) and not again at the end of the epoch; a run's final validation loss
+    must be that of the whole budget.
     """
     if isinstance(val_check_interval, int):
-        period = val_check_interval
+        if val_check_interval % accumulate:
+            raise BenchError(f"trainer.val_check_interval={val_check_interval} is not allowed with "
+                             f"trainer.accumulate_grad_batches={accumulate}: a number of batches, it would validate "
+                             f"inside an optimizer step; give a multiple of {accumulate} (a number of steps x "
+                             f"{accumulate}), or a fraction of the epoch")
+        period = val_check_interval // accumulate
     else:
         period = round(1 / val_check_interval)
         if abs(period * val_check_interval - 1) > 1e-9:
-            raise BenchError(f"val_check_interval={val_check_interval} is not allowed; use 1/k (1.0, 0.5, 0.25, 0.2, 0.1) or a number of steps")
+            raise BenchError(f"val_check_interval={val_check_interval} is not allowed; use 1/k (1.0, 0.5, 0.25, 0.2, 0.1) or a number of batches")
     aligned = steps // period * period
     if aligned > 2**53:  # the rounding test below would fail on float error, as Lightning's own count would
         raise BenchError(f"the token budget gives {steps:,} steps, more than 2**53, past which Lightning's step "

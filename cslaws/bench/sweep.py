@@ -383,7 +383,7 @@ def check_budgets(all_cells: list[Cell], dm: Any, trainer: Any, passes: bool) ->
         dm.setup("fit")
     for cell in all_cells:
         try:
-            steps = budget_steps(cell.requested_tokens, per_step, trainer.val_check_interval)
+            steps = budget_steps(cell.requested_tokens, per_step, trainer.val_check_interval, trainer.accumulate_grad_batches)
             if passes:
                 dm.check_passes(steps * per_step // dm.seq_len)
         except (BenchError, ValueError) as err:  # ValueError: `align_to_validation`'s refusal

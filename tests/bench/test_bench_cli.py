@@ -120,6 +120,10 @@ BAD_FIT_VALUES = {
     "no batches per step": (["--trainer.accumulate_grad_batches", "0"], ["trainer.accumulate_grad_batches=0", "positive integer"]),
     "logging every 0 steps": (["--trainer.log_every_n_steps", "0"], ["trainer.log_every_n_steps=0", "positive integer"]),
     "validating every 0 steps": (["--trainer.val_check_interval", "0.0"], ["trainer.val_check_interval=0.0", "(0, 1]"]),
+    # Lightning counts batches: every 1.5 steps, a validation inside a step
+    "validating inside a step": (["--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "3"],
+                                 ["trainer.val_check_interval=3 is not allowed with trainer.accumulate_grad_batches=2",
+                                  "multiple of 2"]),
     # Lightning's AttributeError traceback: a time interval leaves the Trainer without a val_check_interval
     "validating every 2 seconds": (["--trainer.val_check_interval", "00:00:00:02"],
                                    ["trainer.val_check_interval='00:00:00:02'", "not a time"]),

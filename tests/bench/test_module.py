@@ -46,6 +46,16 @@ def test_steps_align_so_the_last_validation_is_the_last_step(interval) -> None:
         assert steps - unit < aligned <= steps and aligned % period == 0
 
 
+def test_a_number_of_batches_counts_the_micro_batches_of_a_step() -> None:
+    """Lightning's int interval counts batches: with 2 to a step, 6 validates every 3 steps (the budget was cut
+    to a multiple of 6 steps), and 3 would validate in the middle of every other step."""
+    for steps in range(10, 100):
+        aligned = align_to_validation(steps, 6, accumulate=2)
+        assert steps - 3 < aligned <= steps and aligned % 3 == 0
+    with pytest.raises(ValueError, match="val_check_interval=3 is not allowed with trainer.accumulate_grad_batches=2"):
+        align_to_validation(100, 3, accumulate=2)
+
+
 def test_validation_intervals_that_cannot_end_on_the_last_step_are_refused() -> None:
     with pytest.raises(ValueError, match="val_check_interval=0.3 is not allowed"):
         align_to_validation(100, 0.3)
