@@ -199,6 +199,8 @@ class BenchCLI(LightningCLI):
         """The formats run on the trainer's device, where a Triton kernel may refuse what the torch path takes
         (`check_runs_on`): checked before any work, else found at the first step, after the data is prepared."""
         device = self.trainer.strategy.root_device
+        if device.type == "cuda" and getattr(self.trainer.strategy.launcher, "_start_method", None) == "fork":
+            return  # a forked process cannot use CUDA once its parent has: there the first step finds it
         try:
             check_runs_on(self.model.model, device)
         except ValueError as err:

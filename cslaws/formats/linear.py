@@ -115,5 +115,6 @@ def check_runs_on(model: nn.Module, device: torch.device) -> None:
             except ValueError as err:
                 raise ValueError(f"layer {name}, its {side} of shape {tuple(values.shape)}: {err}") from err
 
+
 def _may_launch(fmt: Format, device: torch.device) -> bool:
     return device.type == "cuda" or interpreting() or any(getattr(f, "backend", None) == "triton" for f in fmt.walk())
